@@ -1,0 +1,243 @@
+"""GD²PO advantage estimator: pure tensor math, no openrlhf import.
+
+Notation: rollout i in prompt group g(i) of size G_g ≥ 2, reward dimension k, raw reward r[i,k],
+weight w[k], response mask m[i,t], response length L_i = Σ_t m[i,t].
+
+1. Per-dimension group normalisation (GDPO): A[i,k] = (r[i,k] − mean_g) / (std_g + 1e-6), std unbiased;
+   with norm_by_std=False, A = r − mean_g. A dimension that is constant within a group gets A = 0 exactly.
+2. Weighting: A'[i,k] = w[k] · A[i,k].
+3. Conflict: conflict_i = (∃k A'[i,k] > 1e-8) ∧ (∃k A'[i,k] < −1e-8) ∧ L_i > 0.
+4. SNR: ratio_i = Σ_k A'[i,k]·L_i / (Σ_k |A'[i,k]|·L_i + ε); a conflicting rollout is dropped when
+   |ratio_i| < τ ("snr"), always ("hard", the τ = 1 case), or never ("none" = GDPO).
+5. κ_g = (#kept in g) / G_g; sequence score S_i = κ_g(i) · Σ_k A'[i,k] (κ ≡ 1 without reweighting).
+6. F[i,t] = S_i · keep_i · m[i,t]; whitening over W = keep·m of the whole batch:
+   adv = (F − μ_W) / sqrt(σ²_W + 1e-8) · W, μ_W and σ²_W (Bessel over the token count) taken where W = 1;
+   adv = 0 when fewer than two tokens are kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict
+
+import torch
+
+from .config import GD2POConfig
+
+STD_EPS = 1e-6  # added to the group std, as GRPO/GDPO do
+SIGN_EPS = 1e-8  # |A'| at or below this counts as neither sign in the conflict test
+WHITEN_EPS = 1e-8
+# Larger rewards are almost surely a reward-source bug, and with norm_by_std=False they would overflow
+# the float32 advantages; they are refused with the rollout named rather than turned into inf/NaN.
+MAX_ABS_REWARD = 1e15
+
+
+@dataclass
+class GD2POResult:
+    """Output of :func:`compute_advantages`; every tensor is on the input's device.
+
+    advantages: [B, T] float32 token advantages (zero outside the response mask and on dropped rollouts).
+    keep: [B] bool, False for rollouts the filter dropped.
+    group_keep_ratio: [B] float32, κ of each rollout's group: the share of the group's rollouts kept
+        (reported even when ``reweight_queries`` is off and κ is not applied).
+    dimension_advantages: [B, K] the weighted group-normalised advantages A'.
+    conflict: [B] bool, rollouts whose A' have mixed signs.
+    snr_ratio: [B] Σ_k A'·L / (Σ_k |A'|·L + ε), 0 where the denominator is 0.
+    metrics: diagnostics as Python floats (see :func:`compute_advantages`).
+    """
+
+    advantages: torch.Tensor
+    keep: torch.Tensor
+    group_keep_ratio: torch.Tensor
+    dimension_advantages: torch.Tensor
+    conflict: torch.Tensor
+    snr_ratio: torch.Tensor
+    metrics: Dict[str, float]
+
+
+def compute_advantages(
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    cfg: GD2POConfig,
+) -> GD2POResult:
+    """GD²PO/GDPO token advantages for a batch of rollouts (formulas in the module docstring).
+
+    Args:
+        rewards: [B, K] raw outcome rewards, one column per reward dimension (float or int).
+        group_ids: [B] integer prompt-group id of each rollout; any order, any group size ≥ 2.
+        response_mask: [B, T] 1 on response tokens, 0 elsewhere (bool or numeric).
+        cfg: the estimator configuration.
+
+    Raises:
+        ValueError: naming the offending rollout, dimension or group for shapes that do not fit,
+            non-finite rewards, groups with a single rollout, a mask that is not 0/1, or weights whose
+            length differs from K.
+
+    Metrics (Python floats): num_reward_dims, num_groups, snr_threshold (the τ applied), conflict_ratio,
+    dropped_ratio, keep_ratio, dropped_among_conflicting, group_keep_ratio_{mean,min,max,std} (over
+    groups), snr_ratio_mean / snr_ratio_abs_mean / snr_ratio_abs_median (over conflicting rollouts,
+    0 when there are none), score_abs_mean_before_filter / score_abs_mean_after_filter (token means of
+    |Σ_k A'| and |F| over response tokens), advantage_abs_mean (token mean of the final |adv|), and
+    reward_mean/<key>, reward_std/<key> of the raw rewards.
+    """
+    rewards, group_ids, response_mask = _validated(rewards, group_ids, response_mask, cfg)
+    batch_size, num_dims = rewards.shape
+    device, dtype = rewards.device, rewards.dtype
+
+    # 1. Group statistics per dimension, vectorised through the compact group index.
+    _, group_index, group_size = torch.unique(group_ids, return_inverse=True, return_counts=True)
+    num_groups = group_size.numel()
+    if bool((group_size < 2).any()):
+        lonely = torch.unique(group_ids)[group_size < 2].tolist()
+        raise ValueError(
+            f"group_ids {lonely[:10]} have a single rollout; GD²PO normalises within prompt groups and needs "
+            "at least 2 rollouts per prompt (n_samples_per_prompt >= 2)"
+        )
+    scatter_index = group_index.unsqueeze(1).expand(-1, num_dims)
+    group_count = group_size.to(dtype).unsqueeze(1)
+    group_mean = torch.zeros(num_groups, num_dims, dtype=dtype, device=device).index_add_(0, group_index, rewards)
+    group_mean = group_mean / group_count
+    centered = rewards - group_mean[group_index]
+    group_max = torch.full((num_groups, num_dims), -torch.inf, dtype=dtype, device=device)
+    group_max = group_max.scatter_reduce(0, scatter_index, rewards, reduce="amax")
+    group_min = torch.full((num_groups, num_dims), torch.inf, dtype=dtype, device=device)
+    group_min = group_min.scatter_reduce(0, scatter_index, rewards, reduce="amin")
+    constant = (group_max == group_min)[group_index]
+    if cfg.norm_by_std:
+        group_var = torch.zeros_like(group_mean).index_add_(0, group_index, centered.square()) / (group_count - 1)
+        centered = centered / (group_var.sqrt()[group_index] + STD_EPS)
+    # Exact zero for constant dimensions: the float mean can differ from the values by rounding, which
+    # the 1e-6 std epsilon would otherwise amplify into spurious advantages (and spurious conflicts).
+    normalized = torch.where(constant, torch.zeros_like(centered), centered)
+
+    # 2.-4. Weighting, conflict test, SNR ratio (token sums, as the authors compute them).
+    weights = torch.as_tensor(cfg.weights if cfg.weights is not None else [1.0] * num_dims, dtype=dtype, device=device)
+    dim_adv = normalized * weights
+    length = response_mask.sum(dim=1, dtype=dtype)
+    conflict = (dim_adv > SIGN_EPS).any(dim=1) & (dim_adv < -SIGN_EPS).any(dim=1) & (length > 0)
+    signed_sum = dim_adv.sum(dim=1)
+    numerator = signed_sum * length
+    denominator = dim_adv.abs().sum(dim=1) * length + cfg.snr_eps
+    snr_ratio = torch.where(denominator > 0, numerator / denominator, torch.zeros_like(numerator))
+    if cfg.filter == "none":
+        keep = torch.ones(batch_size, dtype=torch.bool, device=device)
+    elif cfg.filter == "hard":
+        keep = ~conflict
+    else:
+        keep = ~(conflict & (snr_ratio.abs() < cfg.snr_threshold))
+
+    # 5. Query-level reweighting by the share of each group's rollouts that survived.
+    kept_per_group = torch.zeros(num_groups, dtype=dtype, device=device).index_add_(0, group_index, keep.to(dtype))
+    group_keep = kept_per_group / group_size.to(dtype)
+    kappa = group_keep[group_index] if cfg.reweight_queries else torch.ones_like(signed_sum)
+    score = kappa * signed_sum
+
+    # 6. Masked token advantages and whitening over the kept response tokens of the whole batch. F is
+    # constant along each response, so the token statistics reduce to per-rollout sums weighted by the
+    # kept length: one [B, T] product at the end instead of [B, T] temporaries.
+    kept_length = keep.to(dtype) * length
+    rollout_score = score * keep.to(dtype)
+    if cfg.whiten:
+        num_kept_tokens = kept_length.sum()
+        mean = (rollout_score * kept_length).sum() / num_kept_tokens.clamp_min(1)
+        # Bessel over the token count; with a single kept token (F − μ) is 0, so guard only the 0/0.
+        var = ((rollout_score - mean).square() * kept_length).sum() / (num_kept_tokens - 1).clamp_min(1)
+        rollout_advantage = (rollout_score - mean) * torch.rsqrt(var + WHITEN_EPS) * keep.to(dtype)
+    else:
+        rollout_advantage = rollout_score
+    advantages = rollout_advantage.to(torch.float32).unsqueeze(1) * response_mask
+
+    # Diagnostics: computed on the device, moved to the host in one transfer.
+    keys = cfg.reward_keys or tuple(f"dim{k}" for k in range(num_dims))
+    response_tokens = length.sum().clamp_min(1)
+    num_conflict = conflict.sum()
+    conflict_abs_ratio = snr_ratio[conflict].abs()
+    has_conflict = conflict_abs_ratio.numel() > 0
+    zero = torch.zeros((), dtype=dtype, device=device)
+    values = {
+        "num_reward_dims": torch.tensor(float(num_dims), dtype=dtype, device=device),
+        "num_groups": torch.tensor(float(num_groups), dtype=dtype, device=device),
+        "snr_threshold": torch.tensor(cfg.effective_snr_threshold, dtype=dtype, device=device),
+        "conflict_ratio": conflict.to(dtype).mean(),
+        "dropped_ratio": (~keep).to(dtype).mean(),
+        "keep_ratio": keep.to(dtype).mean(),
+        "dropped_among_conflicting": (~keep).to(dtype).sum() / num_conflict.clamp_min(1),
+        "group_keep_ratio_mean": group_keep.mean(),
+        "group_keep_ratio_min": group_keep.min(),
+        "group_keep_ratio_max": group_keep.max(),
+        "group_keep_ratio_std": group_keep.std(correction=0),
+        "snr_ratio_mean": snr_ratio[conflict].mean() if has_conflict else zero,
+        "snr_ratio_abs_mean": conflict_abs_ratio.mean() if has_conflict else zero,
+        "snr_ratio_abs_median": conflict_abs_ratio.median() if has_conflict else zero,
+        "score_abs_mean_before_filter": (signed_sum.abs() * length).sum() / response_tokens,
+        "score_abs_mean_after_filter": (rollout_score.abs() * length).sum() / response_tokens,
+        "advantage_abs_mean": (rollout_advantage.abs() * length).sum() / response_tokens,
+    }
+    for k, key in enumerate(keys):
+        values[f"reward_mean/{key}"] = rewards[:, k].mean()
+        values[f"reward_std/{key}"] = rewards[:, k].std(correction=0)
+    metrics = dict(zip(values, torch.stack(list(values.values())).tolist()))
+
+    return GD2POResult(
+        advantages=advantages,
+        keep=keep,
+        group_keep_ratio=group_keep[group_index].to(torch.float32),
+        dimension_advantages=dim_adv,
+        conflict=conflict,
+        snr_ratio=snr_ratio,
+        metrics=metrics,
+    )
+
+
+def _validated(rewards, group_ids, response_mask, cfg: GD2POConfig):
+    """Shapes, dtypes and values checked once, with errors that name what is wrong."""
+    if not isinstance(cfg, GD2POConfig):
+        raise ValueError(f"cfg must be a GD2POConfig, got {type(cfg).__name__}")
+    tensors = {}
+    for name, value in (("rewards", rewards), ("group_ids", group_ids), ("response_mask", response_mask)):
+        try:
+            tensors[name] = torch.as_tensor(value)
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise ValueError(f"{name} cannot be converted to a tensor: {error}") from None
+    rewards, group_ids, response_mask = tensors["rewards"], tensors["group_ids"], tensors["response_mask"]
+
+    if rewards.dim() != 2 or rewards.shape[1] == 0:
+        raise ValueError(f"rewards must be [num_rollouts, num_reward_dims] with at least one dimension, got {tuple(rewards.shape)}")
+    batch_size, num_dims = rewards.shape
+    if rewards.dtype == torch.bool or rewards.is_complex():
+        raise ValueError(f"rewards must be real numbers, got dtype {rewards.dtype}")
+    # Reward-level math is O(B·K): float64 costs nothing and keeps float32 inputs free of overflow.
+    rewards = rewards.to(torch.float64)
+    device = rewards.device
+    if group_ids.shape != (batch_size,):
+        raise ValueError(f"group_ids must be [{batch_size}] (one id per rollout of rewards), got {tuple(group_ids.shape)}")
+    if group_ids.is_floating_point() or group_ids.is_complex() or group_ids.dtype == torch.bool:
+        raise ValueError(f"group_ids must be an integer tensor, got dtype {group_ids.dtype}")
+    if response_mask.dim() != 2 or response_mask.shape[0] != batch_size:
+        raise ValueError(f"response_mask must be [{batch_size}, num_tokens], got {tuple(response_mask.shape)}")
+    if response_mask.is_complex():
+        raise ValueError(f"response_mask must be 0/1, got dtype {response_mask.dtype}")
+    response_mask = response_mask.to(device=device, dtype=torch.float32)
+    group_ids = group_ids.to(device=device, dtype=torch.int64)
+    if batch_size == 0:
+        raise ValueError("rewards is empty: no rollouts to compute advantages for")
+
+    keys = cfg.reward_keys or tuple(f"dim{k}" for k in range(num_dims))
+    if len(keys) != num_dims:
+        raise ValueError(f"rewards has {num_dims} dimensions but cfg.reward_keys names {len(keys)}: {list(keys)}")
+    if cfg.weights is not None and len(cfg.weights) != num_dims:
+        raise ValueError(f"cfg.weights has {len(cfg.weights)} entries {list(cfg.weights)} for {num_dims} reward dimensions")
+    valid = torch.isfinite(rewards) & (rewards.abs() <= MAX_ABS_REWARD)
+    if not bool(valid.all()):
+        rollout, dim = (~valid).nonzero()[0].tolist()
+        raise ValueError(
+            f"reward of rollout {rollout} (group {group_ids[rollout].item()}) for dimension {keys[dim]!r} is "
+            f"{rewards[rollout, dim].item()}; rewards must be finite with |r| <= {MAX_ABS_REWARD:g} "
+            f"({int((~valid).sum())} invalid values in the batch)"
+        )
+    binary = (response_mask == 0) | (response_mask == 1)
+    if not bool(binary.all()):
+        rollout, token = (~binary).nonzero()[0].tolist()
+        raise ValueError(f"response_mask must be 0/1; rollout {rollout} token {token} is {response_mask[rollout, token].item()}")
+    return rewards, group_ids, response_mask

@@ -1,0 +1,212 @@
+"""Edge cases and invalid input of the estimator core."""
+
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from gd2po_openrlhf import GD2POConfig, compute_advantages
+
+HARD = GD2POConfig(filter="hard")
+SNR = GD2POConfig(filter="snr", snr_threshold=0.8)
+GDPO = GD2POConfig(filter="none", reweight_queries=False)
+
+
+def full_mask(batch_size, num_tokens=4):
+    return torch.ones(batch_size, num_tokens)
+
+
+def assert_finite(result):
+    assert torch.isfinite(result.advantages).all()
+    assert all(math.isfinite(value) for value in result.metrics.values()), result.metrics
+
+
+@pytest.mark.parametrize("cfg", [HARD, SNR])
+def test_every_rollout_filtered_gives_zero_advantages(cfg):
+    # Perfectly anti-correlated dimensions: every rollout with a non-zero advantage is mixed-sign, and
+    # |ratio| = 0 < τ, so the SNR test drops them too.
+    rewards = torch.tensor([[1.0, -1.0], [-1.0, 1.0], [2.0, -2.0], [-2.0, 2.0]])
+    result = compute_advantages(rewards, torch.tensor([0, 0, 1, 1]), full_mask(4), cfg)
+    assert not result.keep.any()
+    assert torch.equal(result.advantages, torch.zeros(4, 4))
+    assert result.group_keep_ratio.tolist() == [0.0] * 4
+    assert result.metrics["dropped_ratio"] == 1.0 and result.metrics["conflict_ratio"] == 1.0
+    assert_finite(result)
+
+
+def test_one_kept_token_gives_zero_not_an_exception():
+    # Rollout 0 is kept with a one-token response, rollout 1 has no tokens: one kept token in the batch,
+    # where the reference's unbiased variance divides by zero.
+    rewards = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    mask = torch.tensor([[1, 0, 0], [0, 0, 0]])
+    result = compute_advantages(rewards, torch.tensor([0, 0]), mask, HARD)
+    assert result.keep.all()
+    assert torch.equal(result.advantages, torch.zeros(2, 3))
+    assert_finite(result)
+
+
+def test_constant_group_gets_exact_zero_advantage():
+    # Group 0 is constant in both dimensions: rounding of its float mean must not leak into advantages.
+    rewards = torch.tensor([[0.1, 0.7]] * 8 + [[0.0, 1.0], [1.0, 0.0], [0.5, 0.5], [1.0, 1.0]] * 2)
+    group_ids = torch.tensor([0] * 8 + [1] * 8)
+    result = compute_advantages(rewards, group_ids, full_mask(16), GD2POConfig(filter="none", whiten=False))
+    assert torch.equal(result.dimension_advantages[:8], torch.zeros(8, 2, dtype=torch.float64))
+    assert torch.equal(result.advantages[:8], torch.zeros(8, 4))
+    assert result.advantages[8:].abs().sum() > 0
+
+
+def test_zero_length_responses():
+    rewards = torch.tensor([[1.0, -1.0], [-1.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
+    mask = torch.tensor([[0, 0, 0], [1, 1, 0], [0, 0, 0], [1, 1, 1]])
+    for cfg in (HARD, SNR, GDPO):
+        result = compute_advantages(rewards, torch.tensor([0, 0, 1, 1]), mask, cfg)
+        assert_finite(result)
+        assert torch.equal(result.advantages[[0, 2]], torch.zeros(2, 3))
+        # No tokens, no token sums: a zero-length rollout is never counted as conflicting (as the reference).
+        assert not result.conflict[0]
+
+
+def test_all_zero_length_batch():
+    result = compute_advantages(torch.tensor([[1.0], [0.0]]), torch.tensor([3, 3]), torch.zeros(2, 5), SNR)
+    assert torch.equal(result.advantages, torch.zeros(2, 5))
+    assert_finite(result)
+
+
+def test_groups_in_any_order_and_sizes():
+    # Interleaved ids, sizes 2, 3 and 5, arbitrary id values.
+    group_ids = torch.tensor([7, -2, 7, 100, -2, 100, 100, -2, 100, 100])
+    rewards = torch.arange(20, dtype=torch.float32).reshape(10, 2) % 7
+    result = compute_advantages(rewards, group_ids, full_mask(10), GD2POConfig(filter="none", whiten=False))
+    for gid in (7, -2, 100):
+        members = group_ids == gid
+        dim_adv = result.dimension_advantages[members]
+        torch.testing.assert_close(dim_adv.mean(0), torch.zeros(2, dtype=torch.float64), atol=1e-9, rtol=0)
+        group = rewards[members].double()
+        expected = (group - group.mean(0)) / (group.std(0) + 1e-6)
+        torch.testing.assert_close(dim_adv, expected)
+
+
+def test_integer_rewards_and_bool_mask():
+    rewards = torch.tensor([[1, 0], [0, 1], [1, 1], [0, 0]])
+    mask = torch.tensor([[True, True], [True, False], [True, True], [False, True]])
+    result = compute_advantages(rewards, torch.tensor([0, 0, 0, 0]), mask, HARD)
+    assert result.keep.tolist() == [False, False, True, True]
+    assert result.advantages.dtype == torch.float32
+
+
+def test_unweighted_sum_without_filter_matches_formula():
+    rewards = torch.tensor([[1.0, 3.0], [2.0, 1.0], [4.0, 2.0], [0.0, 0.0]])
+    cfg = GD2POConfig(filter="none", whiten=False, weights=(2.0, -0.5))
+    result = compute_advantages(rewards, torch.zeros(4, dtype=torch.long), full_mask(4, 2), cfg)
+    normalized = (rewards - rewards.mean(0)) / (rewards.std(0) + 1e-6)
+    expected = (normalized * torch.tensor([2.0, -0.5])).sum(1)
+    torch.testing.assert_close(result.advantages[:, 0], expected)
+    torch.testing.assert_close(result.advantages[:, 1], expected)
+
+
+def test_reweighting_scales_by_group_keep_ratio():
+    # Group 0: rollout 0 conflicts (dim0 up, dim1 down) and is dropped by the hard test, κ = 2/3.
+    rewards = torch.tensor([[2.0, 0.0], [0.0, 0.0], [1.0, 3.0], [0.0, 1.0], [1.0, 0.0]])
+    group_ids = torch.tensor([0, 0, 0, 1, 1])
+    with_kappa = compute_advantages(rewards, group_ids, full_mask(5, 1), GD2POConfig(filter="hard", whiten=False))
+    without = compute_advantages(
+        rewards, group_ids, full_mask(5, 1), GD2POConfig(filter="hard", whiten=False, reweight_queries=False)
+    )
+    assert with_kappa.keep.tolist() == [False, True, True, False, False]
+    assert with_kappa.group_keep_ratio.tolist() == pytest.approx([2 / 3] * 3 + [0.0] * 2)
+    torch.testing.assert_close(with_kappa.advantages[1:3], without.advantages[1:3] * (2 / 3))
+    assert with_kappa.metrics["group_keep_ratio_mean"] == pytest.approx(1 / 3)
+    assert with_kappa.metrics["group_keep_ratio_min"] == 0.0
+    assert with_kappa.metrics["group_keep_ratio_max"] == pytest.approx(2 / 3)
+    assert with_kappa.metrics["score_abs_mean_after_filter"] < with_kappa.metrics["score_abs_mean_before_filter"]
+
+
+def test_metrics_names_and_values():
+    rewards = torch.tensor([[1.0, -1.0], [-1.0, 1.0], [1.0, 1.0], [-1.0, -1.0]])
+    cfg = GD2POConfig(filter="snr", snr_threshold=0.5, reward_keys=("correctness", "format"))
+    result = compute_advantages(rewards, torch.tensor([0, 0, 1, 1]), full_mask(4), cfg)
+    metrics = result.metrics
+    assert metrics["num_reward_dims"] == 2 and metrics["num_groups"] == 2
+    assert metrics["conflict_ratio"] == 0.5 and metrics["dropped_ratio"] == 0.5 and metrics["keep_ratio"] == 0.5
+    assert metrics["dropped_among_conflicting"] == 1.0
+    assert metrics["snr_threshold"] == 0.5
+    assert metrics["snr_ratio_abs_mean"] == pytest.approx(0.0, abs=1e-6)
+    assert metrics["reward_mean/correctness"] == 0.0 and metrics["reward_std/format"] == 1.0
+    # The dropped rollouts have a zero signed sum, and κ = 1 for the other group: nothing changes.
+    assert metrics["score_abs_mean_after_filter"] == pytest.approx(metrics["score_abs_mean_before_filter"])
+    assert GD2POConfig(filter="hard").effective_snr_threshold == 1.0
+    assert GD2POConfig(filter="none").effective_snr_threshold == 0.0
+
+
+@pytest.mark.parametrize(
+    "rewards, group_ids, mask, cfg, message",
+    [
+        ([[1.0], [2.0], [3.0]], [0, 0, 1], full_mask(3), SNR, r"group_ids \[1\] have a single rollout"),
+        ([[1.0], [2.0]], [0, 0, 0], full_mask(2), SNR, r"group_ids must be \[2\]"),
+        ([[1.0], [2.0]], [0, 0], full_mask(3), SNR, r"response_mask must be \[2, num_tokens\]"),
+        ([1.0, 2.0], [0, 0], full_mask(2), SNR, r"rewards must be \[num_rollouts, num_reward_dims\]"),
+        ([[1.0, 0.0], [float("nan"), 1.0]], [0, 0], full_mask(2), SNR, r"rollout 1 \(group 0\) for dimension 'dim0' is nan"),
+        (
+            [[1.0, 0.0], [2.0, float("inf")]],
+            [0, 0],
+            full_mask(2),
+            GD2POConfig(reward_keys=("correctness", "format")),
+            r"rollout 1 \(group 0\) for dimension 'format' is inf",
+        ),
+        ([[1e16], [0.0]], [0, 0], full_mask(2), SNR, r"\|r\| <= 1e\+15"),
+        ([[1.0, 0.0], [2.0, 1.0]], [0, 0], full_mask(2), GD2POConfig(weights=(1.0,)), r"cfg.weights has 1 entries"),
+        ([[1.0], [2.0]], [0.0, 0.0], full_mask(2), SNR, r"group_ids must be an integer tensor"),
+        ([[1.0], [2.0]], [0, 0], torch.full((2, 2), 0.5), SNR, r"response_mask must be 0/1; rollout 0 token 0"),
+        (torch.zeros(0, 2), torch.zeros(0, dtype=torch.long), torch.zeros(0, 3), SNR, r"rewards is empty"),
+        ([["a"], ["b"]], [0, 0], full_mask(2), SNR, r"rewards cannot be converted to a tensor"),
+        ([[1.0], [2.0]], [0, 0], full_mask(2), "snr", r"cfg must be a GD2POConfig"),
+    ],
+)
+def test_invalid_input_raises_value_error_naming_the_problem(rewards, group_ids, mask, cfg, message):
+    with pytest.raises(ValueError, match=message):
+        compute_advantages(rewards, group_ids, mask, cfg)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"snr_threshold": 1.5}, r"snr_threshold \(τ\) must lie in \[0, 1\], got 1.5"),
+        ({"snr_threshold": -0.1}, r"must lie in \[0, 1\]"),
+        ({"snr_threshold": float("nan")}, r"snr_threshold must be a finite number"),
+        ({"snr_eps": -1e-8}, r"snr_eps must be >= 0"),
+        ({"filter": "soft"}, r"filter must be one of \('none', 'hard', 'snr'\), got 'soft'"),
+        ({"weights": (1.0, float("inf"))}, r"weights\[1\] must be a number"),
+        ({"weights": "1,2"}, r"weights must be a sequence"),
+        ({"weights": (1.0, 2.0), "reward_keys": ("a",)}, r"2 weights \[1.0, 2.0\] for 1 reward keys \['a'\]"),
+        ({"reward_keys": ("a", "a")}, r"duplicate names: \['a'\]"),
+        ({"reward_keys": ("a", "")}, r"non-empty strings"),
+    ],
+)
+def test_invalid_config_raises_value_error(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        GD2POConfig(**kwargs)
+
+
+def test_estimator_imports_no_framework():
+    """The core must stay importable without openrlhf, ray or deepspeed being loaded."""
+    code = (
+        "import sys; import gd2po_openrlhf; "
+        "bad = [m for m in ('openrlhf', 'ray', 'deepspeed', 'transformers', 'vllm') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu():
+    torch.manual_seed(0)
+    rewards = torch.randn(64, 3)
+    group_ids = torch.arange(16).repeat_interleave(4)
+    mask = (torch.rand(64, 32) > 0.3).float()
+    cpu = compute_advantages(rewards, group_ids, mask, SNR)
+    gpu = compute_advantages(rewards.cuda(), group_ids.cuda(), mask.cuda(), SNR)
+    assert gpu.advantages.is_cuda
+    torch.testing.assert_close(gpu.advantages.cpu(), cpu.advantages, atol=1e-5, rtol=0)
+    assert torch.equal(gpu.keep.cpu(), cpu.keep)

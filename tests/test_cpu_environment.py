@@ -1,0 +1,93 @@
+"""The CPU environment: the real openrlhf imports with the vLLM/flash-attn stand-ins, which raise when used
+and never ship in the wheel."""
+
+import importlib
+import pathlib
+import subprocess
+import sys
+import sysconfig
+import zipfile
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+STUBS = REPO / "dev" / "cpu_stubs"
+
+
+@pytest.mark.parametrize(
+    "module, attribute",
+    [
+        ("openrlhf.trainer.ppo_utils.experience_maker", "RemoteExperienceMaker"),
+        ("openrlhf.trainer.ppo_trainer", "PPOTrainer"),
+        ("openrlhf.models", "PolicyLoss"),
+        ("openrlhf.cli.train_ppo_ray", "train"),
+    ],
+)
+def test_real_openrlhf_modules_import(module, attribute):
+    imported = importlib.import_module(module)
+    assert pathlib.Path(imported.__file__).is_relative_to(sysconfig.get_paths()["purelib"])
+    assert hasattr(imported, attribute)
+    import openrlhf
+
+    assert openrlhf.__file__ and "site-packages" in openrlhf.__file__
+
+
+def test_stand_ins_come_after_site_packages():
+    entries = [str(pathlib.Path(p).resolve()) for p in sys.path if p]
+    site_packages = str(pathlib.Path(sysconfig.get_paths()["purelib"]).resolve())
+    assert str(STUBS) in entries, "the CPU venv must put dev/cpu_stubs on sys.path"
+    assert entries.index(site_packages) < entries.index(str(STUBS))
+
+
+def test_stand_ins_raise_when_used():
+    import flash_attn.bert_padding
+    import flash_attn.utils.distributed
+    import vllm
+    import vllm.inputs
+    import vllm.utils
+    from gd2po_cpu_standin import StandInUsedError
+
+    if not getattr(vllm, "GD2PO_CPU_STANDIN", False):
+        pytest.skip("a real vllm is installed")
+    calls = [
+        lambda: vllm.SamplingParams(temperature=1.0),
+        lambda: vllm.AsyncEngineArgs(model="x"),
+        lambda: vllm.AsyncLLMEngine.from_engine_args(None),
+        lambda: vllm.inputs.TokensPrompt(prompt_token_ids=[1]),
+        lambda: vllm.utils.random_uuid(),
+        lambda: flash_attn.bert_padding.pad_input(None, None, 1, 1),
+        lambda: flash_attn.bert_padding.unpad_input(None, None),
+        lambda: flash_attn.bert_padding.index_first_axis(None, None),
+        lambda: flash_attn.bert_padding.rearrange(None, "b s -> s b"),
+        lambda: flash_attn.utils.distributed.all_gather(None, None),
+    ]
+    for call in calls:
+        with pytest.raises(StandInUsedError, match="CPU import stand-in"):
+            call()
+
+
+def test_openrlhf_falls_back_to_torch_without_flash_attn_kernels():
+    """flash_attn.ops is deliberately absent, so openrlhf's log-prob helper takes its torch path."""
+    import torch
+    from openrlhf.models.utils import log_probs_from_logits
+
+    logits = torch.randn(2, 3, 5)
+    labels = torch.randint(0, 5, (2, 3))
+    expected = torch.log_softmax(logits, -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(log_probs_from_logits(logits, labels), expected)
+
+
+def test_wheel_holds_only_the_runtime_package(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(tmp_path), str(REPO)],
+        check=True,
+    )
+    (wheel,) = tmp_path.glob("gd2po_openrlhf-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    top_level = {name.split("/")[0] for name in names}
+    assert "gd2po_openrlhf" in top_level
+    assert not {"vllm", "flash_attn", "dev", "gd2po_cpu_standin.py", "tests"} & top_level, top_level
+    assert not [name for name in names if "cpu_stubs" in name or "standin" in name]
+    metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
+    assert "Requires-Dist: openrlhf<0.12,>=0.11.2" in metadata
+    assert 'extra == "gpu"' in metadata and "openrlhf[vllm]" in metadata

@@ -5,8 +5,9 @@ No torch or openrlhf import here: the CLI extension reads these defaults at argu
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Optional, Sequence, Tuple
 
 FILTERS = ("none", "hard", "snr")
@@ -71,6 +72,16 @@ class GD2POConfig:
                     f"GD2POConfig has {len(self.weights)} weights {list(self.weights)} "
                     f"for {len(keys)} reward keys {list(keys)}"
                 )
+
+    @classmethod
+    def from_json(cls, path: str) -> "GD2POConfig":
+        """Load a preset such as ``configs/tool_calling_snr.json``; unknown fields are an error."""
+        with open(path) as handle:
+            values = json.load(handle)
+        unknown = sorted(set(values) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"{path}: unknown GD2POConfig fields {unknown}")
+        return cls(**values)
 
     @property
     def effective_snr_threshold(self) -> float:

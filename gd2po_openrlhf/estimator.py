@@ -18,7 +18,7 @@ weight w[k], response mask m[i,t], response length L_i = Σ_t m[i,t].
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
@@ -34,9 +34,11 @@ MAX_ABS_REWARD = 1e15
 
 @dataclass
 class GD2POResult:
-    """Output of :func:`compute_advantages`; every tensor is on the input's device.
+    """Output of :func:`compute_advantages` / :func:`compute_rollout_advantages`, on the input's device.
 
-    advantages: [B, T] float32 token advantages (zero outside the response mask and on dropped rollouts).
+    rollout_advantages: [B] float32, the advantage on every response token of each rollout (0 if dropped).
+    advantages: [B, T] float32 token advantages, rollout_advantages × response mask (filled by
+        :func:`compute_advantages`; None from :func:`compute_rollout_advantages`).
     keep: [B] bool, False for rollouts the filter dropped.
     group_keep_ratio: [B] float32, κ of each rollout's group: the share of the group's rollouts kept
         (reported even when ``reweight_queries`` is off and κ is not applied).
@@ -46,13 +48,14 @@ class GD2POResult:
     metrics: diagnostics as Python floats (see :func:`compute_advantages`).
     """
 
-    advantages: torch.Tensor
+    rollout_advantages: torch.Tensor
     keep: torch.Tensor
     group_keep_ratio: torch.Tensor
     dimension_advantages: torch.Tensor
     conflict: torch.Tensor
     snr_ratio: torch.Tensor
     metrics: Dict[str, float]
+    advantages: Optional[torch.Tensor] = None
 
 
 def compute_advantages(
@@ -74,6 +77,44 @@ def compute_advantages(
             non-finite rewards, groups with a single rollout, a mask that is not 0/1, or weights whose
             length differs from K.
 
+    Metrics: see :func:`compute_rollout_advantages`.
+    """
+    response_mask = _as_tensor(response_mask, "response_mask")
+    rewards = _as_tensor(rewards, "rewards")
+    if response_mask.dim() != 2 or rewards.dim() < 1 or response_mask.shape[0] != rewards.shape[0]:
+        raise ValueError(
+            f"response_mask must be [num_rollouts, num_tokens] with one row per rollout of rewards "
+            f"{tuple(rewards.shape)}, got {tuple(response_mask.shape)}"
+        )
+    if response_mask.is_complex():
+        raise ValueError(f"response_mask must be 0/1, got dtype {response_mask.dtype}")
+    response_mask = response_mask.to(device=rewards.device, dtype=torch.float32)
+    binary = (response_mask == 0) | (response_mask == 1)
+    if not bool(binary.all()):
+        rollout, token = (~binary).nonzero()[0].tolist()
+        raise ValueError(f"response_mask must be 0/1; rollout {rollout} token {token} is {response_mask[rollout, token].item()}")
+    result = compute_rollout_advantages(rewards, group_ids, response_mask.sum(dim=1), cfg)
+    result.advantages = result.rollout_advantages.unsqueeze(1) * response_mask
+    return result
+
+
+def compute_rollout_advantages(
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    response_lengths: torch.Tensor,
+    cfg: GD2POConfig,
+) -> GD2POResult:
+    """The same estimator from response lengths instead of a mask.
+
+    F[i, t] is constant along each response, so everything, whitening included, is a function of the
+    per-rollout score and its length L_i: the token advantages are ``rollout_advantages[i]`` on each of
+    the L_i response tokens. The OpenRLHF integration uses this form, since its micro-batches have
+    different widths.
+
+    Args:
+        rewards: [B, K] raw outcome rewards; group_ids: [B] prompt-group ids; response_lengths: [B]
+        number of response tokens of each rollout (≥ 0); cfg: the estimator configuration.
+
     Metrics (Python floats): num_reward_dims, num_groups, snr_threshold (the τ applied), conflict_ratio,
     dropped_ratio, keep_ratio, dropped_among_conflicting, group_keep_ratio_{mean,min,max,std} (over
     groups), snr_ratio_mean / snr_ratio_abs_mean / snr_ratio_abs_median (over conflicting rollouts,
@@ -81,7 +122,7 @@ def compute_advantages(
     |Σ_k A'| and |F| over response tokens), advantage_abs_mean (token mean of the final |adv|), and
     reward_mean/<key>, reward_std/<key> of the raw rewards.
     """
-    rewards, group_ids, response_mask = _validated(rewards, group_ids, response_mask, cfg)
+    rewards, group_ids, length = _validated(rewards, group_ids, response_lengths, cfg)
     batch_size, num_dims = rewards.shape
     device, dtype = rewards.device, rewards.dtype
 
@@ -114,7 +155,6 @@ def compute_advantages(
     # 2.-4. Weighting, conflict test, SNR ratio (token sums, as the authors compute them).
     weights = torch.as_tensor(cfg.weights if cfg.weights is not None else [1.0] * num_dims, dtype=dtype, device=device)
     dim_adv = normalized * weights
-    length = response_mask.sum(dim=1, dtype=dtype)
     conflict = (dim_adv > SIGN_EPS).any(dim=1) & (dim_adv < -SIGN_EPS).any(dim=1) & (length > 0)
     signed_sum = dim_adv.sum(dim=1)
     numerator = signed_sum * length
@@ -146,7 +186,6 @@ def compute_advantages(
         rollout_advantage = (rollout_score - mean) * torch.rsqrt(var + WHITEN_EPS) * keep.to(dtype)
     else:
         rollout_advantage = rollout_score
-    advantages = rollout_advantage.to(torch.float32).unsqueeze(1) * response_mask
 
     # Diagnostics: computed on the device, moved to the host in one transfer.
     keys = cfg.reward_keys or tuple(f"dim{k}" for k in range(num_dims))
@@ -180,7 +219,7 @@ def compute_advantages(
     metrics = dict(zip(values, torch.stack(list(values.values())).tolist()))
 
     return GD2POResult(
-        advantages=advantages,
+        rollout_advantages=rollout_advantage.to(torch.float32),
         keep=keep,
         group_keep_ratio=group_keep[group_index].to(torch.float32),
         dimension_advantages=dim_adv,
@@ -190,17 +229,20 @@ def compute_advantages(
     )
 
 
-def _validated(rewards, group_ids, response_mask, cfg: GD2POConfig):
+def _as_tensor(value, name: str) -> torch.Tensor:
+    try:
+        return torch.as_tensor(value)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"{name} cannot be converted to a tensor: {error}") from None
+
+
+def _validated(rewards, group_ids, response_lengths, cfg: GD2POConfig):
     """Shapes, dtypes and values checked once, with errors that name what is wrong."""
     if not isinstance(cfg, GD2POConfig):
         raise ValueError(f"cfg must be a GD2POConfig, got {type(cfg).__name__}")
-    tensors = {}
-    for name, value in (("rewards", rewards), ("group_ids", group_ids), ("response_mask", response_mask)):
-        try:
-            tensors[name] = torch.as_tensor(value)
-        except (TypeError, ValueError, RuntimeError) as error:
-            raise ValueError(f"{name} cannot be converted to a tensor: {error}") from None
-    rewards, group_ids, response_mask = tensors["rewards"], tensors["group_ids"], tensors["response_mask"]
+    rewards = _as_tensor(rewards, "rewards")
+    group_ids = _as_tensor(group_ids, "group_ids")
+    length = _as_tensor(response_lengths, "response_lengths")
 
     if rewards.dim() != 2 or rewards.shape[1] == 0:
         raise ValueError(f"rewards must be [num_rollouts, num_reward_dims] with at least one dimension, got {tuple(rewards.shape)}")
@@ -214,14 +256,16 @@ def _validated(rewards, group_ids, response_mask, cfg: GD2POConfig):
         raise ValueError(f"group_ids must be [{batch_size}] (one id per rollout of rewards), got {tuple(group_ids.shape)}")
     if group_ids.is_floating_point() or group_ids.is_complex() or group_ids.dtype == torch.bool:
         raise ValueError(f"group_ids must be an integer tensor, got dtype {group_ids.dtype}")
-    if response_mask.dim() != 2 or response_mask.shape[0] != batch_size:
-        raise ValueError(f"response_mask must be [{batch_size}, num_tokens], got {tuple(response_mask.shape)}")
-    if response_mask.is_complex():
-        raise ValueError(f"response_mask must be 0/1, got dtype {response_mask.dtype}")
-    response_mask = response_mask.to(device=device, dtype=torch.float32)
+    if length.shape != (batch_size,) or length.is_complex():
+        raise ValueError(f"response_lengths must be [{batch_size}] real numbers, got {tuple(length.shape)} {length.dtype}")
     group_ids = group_ids.to(device=device, dtype=torch.int64)
+    length = length.to(device=device, dtype=torch.float64)
     if batch_size == 0:
         raise ValueError("rewards is empty: no rollouts to compute advantages for")
+    bad_length = ~(torch.isfinite(length) & (length >= 0))
+    if bool(bad_length.any()):
+        rollout = int(bad_length.nonzero()[0])
+        raise ValueError(f"response length of rollout {rollout} is {length[rollout].item()}; lengths must be finite and >= 0")
 
     keys = cfg.reward_keys or tuple(f"dim{k}" for k in range(num_dims))
     if len(keys) != num_dims:
@@ -236,8 +280,4 @@ def _validated(rewards, group_ids, response_mask, cfg: GD2POConfig):
             f"{rewards[rollout, dim].item()}; rewards must be finite with |r| <= {MAX_ABS_REWARD:g} "
             f"({int((~valid).sum())} invalid values in the batch)"
         )
-    binary = (response_mask == 0) | (response_mask == 1)
-    if not bool(binary.all()):
-        rollout, token = (~binary).nonzero()[0].tolist()
-        raise ValueError(f"response_mask must be 0/1; rollout {rollout} token {token} is {response_mask[rollout, token].item()}")
-    return rewards, group_ids, response_mask
+    return rewards, group_ids, length

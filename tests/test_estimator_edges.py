@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from gd2po_openrlhf import GD2POConfig, compute_advantages
+from gd2po_openrlhf import GD2POConfig, compute_advantages, compute_rollout_advantages
 
 HARD = GD2POConfig(filter="hard")
 SNR = GD2POConfig(filter="snr", snr_threshold=0.8)
@@ -145,7 +145,7 @@ def test_metrics_names_and_values():
     [
         ([[1.0], [2.0], [3.0]], [0, 0, 1], full_mask(3), SNR, r"group_ids \[1\] have a single rollout"),
         ([[1.0], [2.0]], [0, 0, 0], full_mask(2), SNR, r"group_ids must be \[2\]"),
-        ([[1.0], [2.0]], [0, 0], full_mask(3), SNR, r"response_mask must be \[2, num_tokens\]"),
+        ([[1.0], [2.0]], [0, 0], full_mask(3), SNR, r"response_mask must be \[num_rollouts, num_tokens\] with one row per rollout"),
         ([1.0, 2.0], [0, 0], full_mask(2), SNR, r"rewards must be \[num_rollouts, num_reward_dims\]"),
         ([[1.0, 0.0], [float("nan"), 1.0]], [0, 0], full_mask(2), SNR, r"rollout 1 \(group 0\) for dimension 'dim0' is nan"),
         (
@@ -192,7 +192,7 @@ def test_invalid_config_raises_value_error(kwargs, message):
 def test_estimator_imports_no_framework():
     """The core must stay importable without openrlhf, ray or deepspeed being loaded."""
     code = (
-        "import sys; import gd2po_openrlhf; "
+        "import sys; from gd2po_openrlhf import GD2POConfig, compute_advantages; "
         "bad = [m for m in ('openrlhf', 'ray', 'deepspeed', 'transformers', 'vllm') if m in sys.modules]; "
         "assert not bad, bad"
     )
@@ -210,3 +210,21 @@ def test_cuda_matches_cpu():
     assert gpu.advantages.is_cuda
     torch.testing.assert_close(gpu.advantages.cpu(), cpu.advantages, atol=1e-5, rtol=0)
     assert torch.equal(gpu.keep.cpu(), cpu.keep)
+
+
+def test_rollout_form_matches_token_form():
+    torch.manual_seed(0)
+    rewards = torch.randint(0, 3, (12, 3)).float()
+    group_ids = torch.arange(3).repeat(4)
+    mask = (torch.arange(9) < torch.randint(0, 10, (12, 1))).float()
+    token_form = compute_advantages(rewards, group_ids, mask, SNR)
+    rollout_form = compute_rollout_advantages(rewards, group_ids, mask.sum(1), SNR)
+    assert rollout_form.advantages is None
+    torch.testing.assert_close(rollout_form.rollout_advantages.unsqueeze(1) * mask, token_form.advantages)
+    assert rollout_form.metrics == token_form.metrics
+
+
+@pytest.mark.parametrize("lengths", [[3.0, -1.0], [3.0, float("nan")]])
+def test_rollout_form_rejects_bad_lengths(lengths):
+    with pytest.raises(ValueError, match="response length of rollout 1"):
+        compute_rollout_advantages([[1.0], [0.0]], [0, 0], lengths, SNR)

@@ -1,0 +1,289 @@
+"""The ``--advantage_estimator gd2po`` command line: flags, their resolution and their validation.
+
+Only the standard library and ``gd2po_openrlhf.config`` are imported: this runs in the driver before
+OpenRLHF parses its arguments, and again on the trainer side to rebuild the same configuration from
+``strategy.args``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from typing import List, Tuple
+
+from ..config import GD2POConfig
+
+ESTIMATOR_FLAG = "--algo.advantage.estimator"
+ESTIMATOR_ALIAS = "--advantage_estimator"  # OpenRLHF 0.9.x spelling
+GD2PO_ESTIMATORS = ("gd2po", "gdpo")
+DEFAULT_FILTER = "snr"
+COST_FLAG_DEFAULTS = {"cost.num_nodes": 1, "cost.num_gpus_per_node": 1, "cost.offload": False, "cost.normalize_enable": False}
+
+
+def add_gd2po_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``--gd2po.*`` and ``--cost.*`` flags (dotted, so OpenRLHF's hierarchize nests them)."""
+    group = parser.add_argument_group("GD²PO (gd2po-openrlhf; used with --advantage_estimator gd2po|gdpo)")
+    group.add_argument(
+        "--gd2po.filter",
+        choices=["none", "hard", "snr"],
+        default=None,
+        help=f"conflict filter: none (GDPO), hard (drop mixed-sign rollouts), snr (drop mixed-sign rollouts "
+        f"whose |Σ_k A_k| / Σ_k |A_k| < τ). Default: {DEFAULT_FILTER} for gd2po; gdpo is always none",
+    )
+    group.add_argument("--gd2po.snr_threshold", type=float, default=0.8, metavar="TAU", help="τ in [0, 1] of the snr filter (authors: 0.8)")
+    group.add_argument(
+        "--gd2po.snr_eps", type=float, default=1e-8, metavar="EPS", help="ε of the SNR ratio (authors: 1e-8 tool calling, 1e-6 safe alignment)"
+    )
+    group.add_argument(
+        "--gd2po.reward_keys",
+        nargs="+",
+        metavar="KEY",
+        default=None,
+        help="names of the reward dimensions, in order. Keys returned by --reward.remote_url (a reward file's "
+        "reward_func returning {'rewards': {key: value}} or extra_logs 'reward/<key>', or an HTTP server) plus "
+        "--gd2po.reward_model_key and --gd2po.cost_model_key for the model groups. Default: the model groups' keys",
+    )
+    group.add_argument(
+        "--gd2po.reward_weights",
+        type=float,
+        metavar="W",
+        nargs="+",
+        default=None,
+        help="one weight per reward key (default 1 each; required with a cost model). A negative weight turns "
+        "a cost into a reward",
+    )
+    group.add_argument("--gd2po.reward_model_key", default="reward_model", metavar="KEY", help="dimension name of the --reward.model_name_or_path group")
+    group.add_argument("--gd2po.cost_model_key", default="cost", metavar="KEY", help="dimension name of the --cost.model_name_or_path group")
+    group.add_argument("--gd2po.no_reweight", action="store_true", default=False, help="do not scale prompts by their kept share κ")
+    group.add_argument("--gd2po.no_whiten", action="store_true", default=False, help="do not whiten the token advantages of the batch")
+    group.add_argument(
+        "--gd2po.dry_run",
+        action="store_true",
+        default=False,
+        help="print the resolved GD²PO configuration and exit before Ray starts (also GD2PO_DRY_RUN=1)",
+    )
+    cost = parser.add_argument_group("GD²PO cost model group (its own Ray actor group, its own GPUs)")
+    cost.add_argument("--cost.model_name_or_path", type=str, default=None, metavar="PATH", help="HF path of a sequence-regression cost model")
+    cost.add_argument("--cost.num_nodes", type=int, metavar="N", default=COST_FLAG_DEFAULTS["cost.num_nodes"], help="nodes of the cost model group")
+    cost.add_argument(
+        "--cost.num_gpus_per_node", type=int, metavar="N", default=COST_FLAG_DEFAULTS["cost.num_gpus_per_node"], help="GPUs per node of the cost model group"
+    )
+    cost.add_argument("--cost.offload", action="store_true", default=False, help="offload the cost model to CPU between calls")
+    cost.add_argument("--cost.normalize_enable", action="store_true", default=False, help="use the cost model's stored mean/std normalisation")
+
+
+@dataclass(frozen=True)
+class RewardDimension:
+    key: str
+    source: str  # reward_model | cost_model | reward_function | reward_server | agent
+    location: str
+    weight: float
+
+
+def _arg(args, dotted: str, default=None):
+    """A dotted option from either the flat argparse namespace or OpenRLHF's hierarchized one."""
+    if dotted in vars(args):
+        return vars(args)[dotted]
+    node = args
+    for part in dotted.split("."):
+        if not hasattr(node, part):
+            return default
+        node = getattr(node, part)
+    return node
+
+
+def resolve(args) -> Tuple[GD2POConfig, List[RewardDimension]]:
+    """The GD²PO configuration and the reward dimensions with their sources, from OpenRLHF's arguments.
+
+    Raises ValueError naming the flags that do not fit together.
+    """
+    estimator = _arg(args, "algo.advantage.estimator")
+    if estimator not in GD2PO_ESTIMATORS:
+        raise ValueError(f"resolve() is for --advantage_estimator gd2po|gdpo, got {estimator!r}")
+    n_samples = _arg(args, "rollout.n_samples_per_prompt", 1)
+    if n_samples is None or n_samples < 2:
+        raise ValueError(
+            f"--advantage_estimator {estimator} normalises rewards within each prompt's rollouts: "
+            f"set --rollout.n_samples_per_prompt >= 2 (got {n_samples})"
+        )
+    if estimator == "gdpo" and _arg(args, "gd2po.filter") not in (None, "none"):
+        raise ValueError(
+            f"--advantage_estimator gdpo is GD²PO without filtering; --gd2po.filter {_arg(args, 'gd2po.filter')} "
+            "needs --advantage_estimator gd2po"
+        )
+    for flag in ("reward.overlong_buffer_len", "reward.stop_properly_penalty_coef"):
+        if _arg(args, flag) is not None:
+            raise ValueError(
+                f"--{flag} shapes OpenRLHF's single summed reward and is not supported with --advantage_estimator "
+                f"{estimator}: return a length dimension from your reward function instead"
+            )
+
+    remote = _arg(args, "reward.remote_url")
+    remote = remote.split(",") if isinstance(remote, str) else list(remote or [])
+    agent = _arg(args, "train.agent_func_path")
+    reward_model = _arg(args, "reward.model_name_or_path")
+    cost_model = _arg(args, "cost.model_name_or_path")
+    reward_model_key = _arg(args, "gd2po.reward_model_key", "reward_model")
+    cost_model_key = _arg(args, "gd2po.cost_model_key", "cost")
+    if not cost_model:
+        given = [f"--{flag}" for flag, default in COST_FLAG_DEFAULTS.items() if _arg(args, flag, default) != default]
+        if given:
+            raise ValueError(f"{', '.join(given)} given without --cost.model_name_or_path")
+
+    if agent:
+        remote_source, remote_location = "agent", agent
+    elif remote and remote != ["agent"]:
+        is_file = remote[0].endswith(".py")
+        remote_source, remote_location = ("reward_function" if is_file else "reward_server"), ",".join(remote)
+    else:
+        remote_source = remote_location = None
+
+    keys = _arg(args, "gd2po.reward_keys")
+    if not keys:
+        if remote_source:
+            raise ValueError(
+                f"--gd2po.reward_keys is required with a {remote_source.replace('_', ' ')} ({remote_location}): "
+                "name the reward dimensions it returns, e.g. --gd2po.reward_keys correctness format length"
+            )
+        keys = ([reward_model_key] if reward_model else []) + ([cost_model_key] if cost_model else [])
+        if not keys:
+            raise ValueError(
+                f"--advantage_estimator {estimator} needs reward dimensions: --reward.remote_url (a reward file or "
+                "server) with --gd2po.reward_keys, --reward.model_name_or_path, and/or --cost.model_name_or_path"
+            )
+    keys = list(keys)
+    if reward_model and reward_model_key not in keys:
+        raise ValueError(
+            f"--reward.model_name_or_path is set but its dimension {reward_model_key!r} is not in --gd2po.reward_keys "
+            f"{keys}: add it, or name it with --gd2po.reward_model_key"
+        )
+    if cost_model and cost_model_key not in keys:
+        raise ValueError(
+            f"--cost.model_name_or_path is set but its dimension {cost_model_key!r} is not in --gd2po.reward_keys "
+            f"{keys}: add it, or name it with --gd2po.cost_model_key"
+        )
+
+    weights = _arg(args, "gd2po.reward_weights")
+    if weights is None and cost_model:
+        raise ValueError(
+            "set --gd2po.reward_weights when a cost model is used: cost models differ in sign. Beaver-style cost "
+            "models score harm (higher = more harmful): weight -1. The GD²PO authors' safety model scores "
+            "safety (higher = safer): weight +1"
+        )
+    weights = list(weights) if weights is not None else [1.0] * len(keys)
+    if len(weights) != len(keys):
+        raise ValueError(f"--gd2po.reward_weights has {len(weights)} values {weights} for {len(keys)} reward keys {keys}")
+
+    dimensions = []
+    for key, weight in zip(keys, weights):
+        if reward_model and key == reward_model_key:
+            dimensions.append(RewardDimension(key, "reward_model", reward_model, weight))
+        elif cost_model and key == cost_model_key:
+            dimensions.append(RewardDimension(key, "cost_model", cost_model, weight))
+        elif remote_source:
+            dimensions.append(RewardDimension(key, remote_source, remote_location, weight))
+        else:
+            raise ValueError(
+                f"reward key {key!r} has no source: it is not the reward model's ({reward_model_key!r}) or the cost "
+                f"model's ({cost_model_key!r}) dimension, and there is no --reward.remote_url or --train.agent_func_path"
+            )
+
+    config = GD2POConfig(
+        filter="none" if estimator == "gdpo" else (_arg(args, "gd2po.filter") or DEFAULT_FILTER),
+        snr_threshold=_arg(args, "gd2po.snr_threshold", 0.8),
+        snr_eps=_arg(args, "gd2po.snr_eps", 1e-8),
+        norm_by_std=not _arg(args, "algo.advantage.no_std_norm", False),
+        whiten=not _arg(args, "gd2po.no_whiten", False),
+        reweight_queries=estimator == "gd2po" and not _arg(args, "gd2po.no_reweight", False),
+        weights=tuple(weights),
+        reward_keys=tuple(keys),
+    )
+    return config, dimensions
+
+
+def describe(args, config: GD2POConfig, dimensions: List[RewardDimension]) -> str:
+    """The resolved configuration, as the dry run prints it."""
+    estimator = _arg(args, "algo.advantage.estimator")
+    kl_coef = _arg(args, "algo.kl.init_coef", 0.0)
+    if _arg(args, "algo.kl.use_loss", False):
+        kl = f"KL as a loss term (coef {kl_coef})"
+    elif kl_coef:
+        kl = f"KL in the reward (coef {kl_coef}): its per-token returns are added to the kept rollouts' advantages"
+    else:
+        kl = "no KL"
+    lines = [
+        f"GD²PO configuration (--advantage_estimator {estimator})",
+        f"  filter            {config.filter}" + (f" (τ = {config.snr_threshold}, ε = {config.snr_eps})" if config.filter == "snr" else ""),
+        f"  group size        {_arg(args, 'rollout.n_samples_per_prompt')} rollouts per prompt",
+        f"  normalise by std  {config.norm_by_std}",
+        f"  reweight by κ     {config.reweight_queries}",
+        f"  whiten            {config.whiten}",
+        f"  KL                {kl}",
+        "  reward dimensions (info key, source, weight):",
+    ]
+    for dim in dimensions:
+        where = dim.location
+        if dim.source == "cost_model":
+            where += f" on {_arg(args, 'cost.num_nodes', 1)}x{_arg(args, 'cost.num_gpus_per_node', 1)} GPUs"
+        elif dim.source == "reward_model":
+            where += f" on {_arg(args, 'reward.num_nodes', 1)}x{_arg(args, 'reward.num_gpus_per_node', 1)} GPUs"
+        lines.append(f"    reward/{dim.key:<20} {dim.source:<16} {where}  weight {dim.weight:+g}")
+    return "\n".join(lines)
+
+
+def _validate_parsed(parser: argparse.ArgumentParser, namespace: argparse.Namespace) -> None:
+    """Parse-time check of a gd2po/gdpo command line; prints and exits on a dry run."""
+    estimator = getattr(namespace, "algo.advantage.estimator", None)
+    if estimator not in GD2PO_ESTIMATORS:
+        return
+    if _arg(namespace, "critic.model_name_or_path"):
+        parser.error(f"--advantage_estimator {estimator} has no critic: drop --critic.model_name_or_path (gae is the critic estimator)")
+    try:
+        config, dimensions = resolve(namespace)
+    except ValueError as error:
+        parser.error(str(error))
+    if _arg(namespace, "gd2po.dry_run") or os.environ.get("GD2PO_DRY_RUN", "").strip().lower() in ("1", "true", "yes", "on"):
+        print(describe(namespace, config, dimensions))
+        print("GD2PO dry run: configuration is valid; exiting before Ray starts.")
+        sys.exit(0)
+
+
+def install_argparse_extension() -> None:
+    """Teach the parser that defines --algo.advantage.estimator about gd2po/gdpo (idempotent).
+
+    argparse is patched process-wide, but only a parser that adds the estimator flag is changed: it gets
+    the two estimators, the flat alias --advantage_estimator, the --gd2po.* and --cost.* flags, and a
+    parse step that validates them.
+    """
+    if getattr(argparse.ArgumentParser.add_argument, "gd2po_extension", False):
+        return
+    original_add_argument = argparse.ArgumentParser.add_argument
+    original_parse_known_args = argparse.ArgumentParser.parse_known_args
+
+    def add_argument(self, *option_strings, **kwargs):
+        if ESTIMATOR_FLAG not in option_strings or getattr(self, "gd2po_extended", False):
+            return original_add_argument(self, *option_strings, **kwargs)
+        self.gd2po_extended = True
+        if kwargs.get("choices") is not None:
+            kwargs["choices"] = list(kwargs["choices"]) + [c for c in GD2PO_ESTIMATORS if c not in kwargs["choices"]]
+        kwargs["help"] = (kwargs.get("help") or "") + (
+            "; gd2po: GD²PO multi-reward estimator (per-dimension group normalisation, conflict filter, κ "
+            "reweighting); gdpo: the same without filter and reweighting (see --gd2po.*)"
+        )
+        if ESTIMATOR_ALIAS not in self._option_string_actions:
+            option_strings = option_strings + (ESTIMATOR_ALIAS,)
+        action = original_add_argument(self, *option_strings, **kwargs)
+        add_gd2po_arguments(self)
+        return action
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = original_parse_known_args(self, args, namespace)
+        if getattr(self, "gd2po_extended", False):
+            _validate_parsed(self, namespace)
+        return namespace, extras
+
+    add_argument.gd2po_extension = True
+    argparse.ArgumentParser.add_argument = add_argument
+    argparse.ArgumentParser.parse_known_args = parse_known_args

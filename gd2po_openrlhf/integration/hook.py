@@ -1,0 +1,92 @@
+"""The import hook that activates GD²PO inside OpenRLHF without changing the user's command.
+
+``gd2po_openrlhf.pth`` (installed at the root of site-packages) calls :func:`install` at every interpreter
+start, in the driver and in every Ray worker alike, since Ray workers start from the same environment.
+It must stay cheap: this module imports only the standard library.
+
+The finder watches two module names:
+- ``openrlhf.cli.train_ppo_ray``: when it is looked up (``python -m`` does that through
+  ``importlib.util.find_spec``), the argparse extension is installed, which widens the estimator choices
+  and adds the ``--gd2po.*`` and ``--cost.*`` flags to the parser that defines
+  ``--algo.advantage.estimator``;
+- ``openrlhf.trainer.ppo_trainer``: after the module executes, its ``RemoteExperienceMaker`` is replaced
+  by the GD²PO experience maker (reaching the PPOTrainer actor and the async TrainingActor alike).
+
+``GD2PO_DISABLE=1`` leaves OpenRLHF untouched.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import os
+import sys
+
+CLI_MODULE = "openrlhf.cli.train_ppo_ray"
+TRAINER_MODULE = "openrlhf.trainer.ppo_trainer"
+
+
+def disabled() -> bool:
+    return os.environ.get("GD2PO_DISABLE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+class _TrainerPatchingLoader(importlib.abc.Loader):
+    """Runs the real loader, then swaps in the GD²PO experience maker."""
+
+    def __init__(self, loader):
+        self._loader = loader
+
+    def create_module(self, spec):
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module):
+        self._loader.exec_module(module)
+        from .trainer import patch_trainer_module
+
+        patch_trainer_module(module)
+
+    def __getattr__(self, name):  # get_code, get_source, is_package, ... of the real loader
+        return getattr(self._loader, name)
+
+
+class GD2POFinder(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path, target=None):
+        if fullname not in (CLI_MODULE, TRAINER_MODULE):
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return None
+        if fullname == CLI_MODULE:
+            from .cli import install_argparse_extension
+
+            install_argparse_extension()
+        else:
+            spec.loader = _TrainerPatchingLoader(spec.loader)
+        return spec
+
+
+def install() -> None:
+    """Put the finder first on ``sys.meta_path`` (idempotent; a no-op with GD2PO_DISABLE=1)."""
+    if disabled() or any(isinstance(finder, GD2POFinder) for finder in sys.meta_path):
+        return
+    sys.meta_path.insert(0, GD2POFinder())
+
+
+def register() -> None:
+    """Explicit activation, for environments where the .pth file is not processed.
+
+    Installs the finder, and patches ``openrlhf.trainer.ppo_trainer`` right away if it is already
+    imported. Use it as Ray's ``worker_process_setup_hook`` ("gd2po_openrlhf.register") for
+    ``ray job submit`` set-ups so that every worker gets it too.
+    """
+    if disabled():
+        return
+    install()
+    from .cli import install_argparse_extension
+
+    install_argparse_extension()
+    trainer = sys.modules.get(TRAINER_MODULE)
+    if trainer is not None:
+        from .trainer import patch_trainer_module
+
+        patch_trainer_module(trainer)

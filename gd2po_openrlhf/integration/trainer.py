@@ -1,0 +1,247 @@
+"""Trainer-side integration: everything that touches OpenRLHF's PPO trainer process.
+
+``patch_trainer_module`` is applied by the import hook right after ``openrlhf.trainer.ppo_trainer``
+executes (in the driver, the PPOTrainer actor and the async TrainingActor). It
+- replaces the module's ``RemoteExperienceMaker`` by :class:`GD2POExperienceMaker`, which delegates every
+  estimator but gd2po/gdpo to OpenRLHF untouched;
+- makes ``SamplesGenerator`` accept per-dimension rewards from reward files and servers
+  (``{"rewards": {key: value}}`` or ``extra_logs["reward/<key>"]``), storing each as ``info["reward/<key>"]``;
+- adds the estimator's batch diagnostics to the rollout statistics, which OpenRLHF logs to TensorBoard
+  and W&B as ``train/gd2po/<name>``.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from types import SimpleNamespace
+from typing import Dict, List
+
+import ray
+import torch
+from openrlhf.trainer.ppo_utils.experience import Experience
+from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
+from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
+from openrlhf.trainer.ray.launcher import RayActorGroup, RewardModelActor
+
+from ..estimator import compute_rollout_advantages
+from .cli import GD2PO_ESTIMATORS, RewardDimension, resolve
+
+REMOTE_SOURCES = ("reward_function", "reward_server", "agent")
+MODEL_SOURCES = ("reward_model", "cost_model")
+
+
+class GD2POExperienceMaker(RemoteExperienceMaker):
+    """OpenRLHF's experience maker with multi-reward model groups and the GD²PO estimator.
+
+    ``model_actor_class`` is the Ray actor class of the groups this maker creates itself (the cost model,
+    and the reward model when a reward file or server is also used, which OpenRLHF does not combine).
+    """
+
+    model_actor_class = RewardModelActor
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gd2po_config = None
+        self.reward_dimensions: List[RewardDimension] = []
+        self.gd2po_model_groups: Dict[str, RayActorGroup] = {}
+        self.gd2po_metrics: Dict[str, float] = {}
+        if self.advantage_estimator not in GD2PO_ESTIMATORS:
+            return
+        self.gd2po_config, self.reward_dimensions = resolve(self.args)
+        remote_used = any(dim.source in REMOTE_SOURCES for dim in self.reward_dimensions)
+        for dim in self.reward_dimensions:
+            # OpenRLHF creates the reward model group itself unless a reward file/server is given.
+            if dim.source == "cost_model" or (dim.source == "reward_model" and remote_used):
+                self.gd2po_model_groups[dim.key] = self._create_model_group("cost" if dim.source == "cost_model" else "reward", dim.location)
+
+    def _create_model_group(self, prefix: str, model_path: str) -> RayActorGroup:
+        """A sequence-regression model as its own Ray actor group on its own GPUs (``--{prefix}.*`` flags)."""
+        args = self.args
+        group = RayActorGroup(
+            getattr(args, prefix).num_nodes,
+            getattr(args, prefix).num_gpus_per_node,
+            self.model_actor_class,
+            pg=None,
+            num_gpus_per_actor=1,
+            duplicate_actors=args.ds.ring_attn_size * args.ds.tensor_parallel_size,
+        )
+        strategy = self.strategy
+        if prefix == "cost":
+            # RewardModelActor reads its offload/normalisation settings from args.reward: give it the cost ones.
+            strategy = copy.copy(self.strategy)
+            strategy.args = copy.copy(args)
+            strategy.args.reward = SimpleNamespace(
+                **{**vars(args.reward), "offload": args.cost.offload, "normalize_enable": args.cost.normalize_enable}
+            )
+        ray.get(group.async_init_model_from_pretrained(strategy, model_path))
+        return group
+
+    @torch.no_grad()
+    def make_experience(self, samples_list: List[Experience]) -> List[Experience]:
+        if self.gd2po_config is None:
+            return super().make_experience(samples_list)
+        duplicate_factor = self.args.ds.ring_attn_size * self.args.ds.tensor_parallel_size
+        # Dispatch our model groups first so that they run alongside the actor/reference forwards.
+        model_refs = {
+            key: self._dispatch_forward(
+                group,
+                False,
+                sequences=[s.sequences for s in samples_list],
+                attention_mask=[s.attention_mask for s in samples_list],
+                pad_sequence=[True] * len(samples_list),
+            )
+            for key, group in self.gd2po_model_groups.items()
+        }
+        openrlhf_reward_model = samples_list[0].rewards is None and self.reward_model_group is not None
+        if samples_list[0].rewards is None and self.reward_model_group is None:
+            # No OpenRLHF reward source at all (only our groups): OpenRLHF still wants a rewards tensor.
+            for samples in samples_list:
+                samples.rewards = torch.zeros(len(samples.sequences))
+        experiences = super().make_experience(samples_list)
+        if openrlhf_reward_model:
+            key = next(dim.key for dim in self.reward_dimensions if dim.source == "reward_model")
+            for experience in experiences:
+                experience.info[f"reward/{key}"] = experience.rewards.float().clone()
+        for key, refs in model_refs.items():
+            outputs = self._flatten_results(refs, duplicate_factor)
+            for experience, output in zip(experiences, outputs):
+                output = torch.as_tensor(output).float().reshape(-1)
+                if output.numel() != len(experience.sequences):
+                    source = next(dim for dim in self.reward_dimensions if dim.key == key)
+                    raise ValueError(
+                        f"{source.source.replace('_', ' ')} {source.location} returned {output.numel()} scores for a "
+                        f"micro-batch of {len(experience.sequences)} rollouts (reward key {key!r})"
+                    )
+                experience.info[f"reward/{key}"] = output
+        return experiences
+
+    @torch.no_grad()
+    def compute_advantages_and_returns(self, experiences: List[Experience]) -> List[Experience]:
+        """GD²PO token advantages for gd2po/gdpo; OpenRLHF's own computation for every other estimator.
+
+        advantages = returns = rollout advantage × action mask (+ the reverse-cumulated −β·KL rewards on
+        kept rollouts when OpenRLHF puts KL in the reward); rewards and info["reward"] become the weighted
+        sum Σ_k w_k r_k so OpenRLHF's logging, sample display and eval keep working.
+        """
+        if self.gd2po_config is None:
+            return super().compute_advantages_and_returns(experiences)
+        cfg, args = self.gd2po_config, self.args
+        sources = {dim.key: dim for dim in self.reward_dimensions}
+        declared = {f"reward/{key}" for key in cfg.reward_keys}
+        for experience in experiences:
+            unexpected = sorted(k for k in experience.info if k.startswith("reward/") and k not in declared)
+            missing = [k for k in cfg.reward_keys if f"reward/{k}" not in experience.info]
+            if unexpected or missing:
+                dim = sources[missing[0]] if missing else None
+                raise ValueError(
+                    f"reward keys of the batch do not match --gd2po.reward_keys {list(cfg.reward_keys)}: "
+                    + (f"missing {missing} (source: {dim.source} {dim.location}) " if missing else "")
+                    + (f"unexpected {unexpected} " if unexpected else "")
+                    + f"for prompt {experience.prompts[0]!r:.200}"
+                )
+        rewards = torch.stack(
+            [torch.cat([exp.info[f"reward/{key}"].reshape(-1) for exp in experiences]).double() for key in cfg.reward_keys],
+            dim=1,
+        )
+        indices = torch.tensor(list(itertools.chain.from_iterable(exp.index for exp in experiences)))
+        lengths = torch.cat([exp.action_mask.sum(dim=-1) for exp in experiences])
+        result = compute_rollout_advantages(rewards, indices // args.rollout.n_samples_per_prompt, lengths, cfg)
+        weighted_total = (rewards * torch.tensor(cfg.weights, dtype=rewards.dtype)).sum(dim=1).float()
+
+        kl_in_reward = self.initial_model_group is not None and not args.algo.kl.use_loss and self.kl_ctl.value > 0
+        exp_len = [len(exp.index) for exp in experiences]
+        for experience, rollout_advantage, keep, total in zip(
+            experiences, result.rollout_advantages.split(exp_len), result.keep.split(exp_len), weighted_total.split(exp_len)
+        ):
+            action_mask = experience.action_mask.float()
+            advantages = rollout_advantage.unsqueeze(1) * action_mask
+            if kl_in_reward:
+                # γ = 1 returns of the per-token KL rewards: a reverse cumulative sum, no loop over tokens.
+                kl_reward = -self.kl_ctl.value * experience.kl.float() * action_mask
+                advantages = advantages + kl_reward.flip(-1).cumsum(-1).flip(-1) * keep.unsqueeze(1)
+            experience.advantages = advantages
+            experience.returns = advantages.clone()
+            experience.rewards = total
+            experience.info["reward"] = total
+            experience.info["return"] = advantages[:, :1].squeeze(1) if advantages.shape[1] else rollout_advantage
+            experience.kl = None
+        self.gd2po_metrics = {f"gd2po/{name}": value for name, value in result.metrics.items()}
+        return experiences
+
+
+def _dimension_values(response: dict, remote_keys: List[str], source: RewardDimension) -> Dict[str, float]:
+    """The remote-sourced reward dimensions of one rollout, validated; errors name the key and the prompt."""
+    reward, extra_logs = response.get("reward"), response.get("extra_logs") or {}
+    where = f"{source.source.replace('_', ' ')} {source.location}"
+    prompt = f"{response.get('prompt')!r:.200}"
+    if isinstance(reward, dict):
+        values = reward
+        unexpected = sorted(set(values) - set(remote_keys))
+        if unexpected:
+            raise ValueError(f"{where} returned reward keys {unexpected} that are not in --gd2po.reward_keys {remote_keys} for prompt {prompt}")
+    else:
+        values = {key[len("reward/"):]: value for key, value in extra_logs.items() if key.startswith("reward/")}
+    missing = [key for key in remote_keys if key not in values]
+    if missing:
+        why = (
+            "it returned no reward at all: the reward function raised or the server failed (OpenRLHF swallows the "
+            "exception and logs '[SingleTurnExecutor] Failed to fetch reward' at INFO level)"
+            if reward is None and not extra_logs
+            else "return them as {'rewards': {key: value, ...}} or as extra_logs 'reward/<key>'"
+        )
+        raise ValueError(f"reward keys {missing} missing from {where} for prompt {prompt}: {why}")
+    checked = {}
+    for key in remote_keys:
+        value = values[key]
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f"reward {key!r} from {where} is {value!r} for prompt {prompt}: expected a finite number")
+        checked[key] = float(value)
+    return checked
+
+
+def patch_trainer_module(module) -> None:
+    """Apply the trainer-side integration to an executed ``openrlhf.trainer.ppo_trainer`` (idempotent)."""
+    if getattr(module, "gd2po_patched", False):
+        return
+    module.RemoteExperienceMaker = GD2POExperienceMaker
+
+    original_stats = module.BasePPOTrainer._compute_rollout_stats
+
+    def _compute_rollout_stats(self, experiences):
+        stats = original_stats(self, experiences)
+        stats.update(getattr(self.experience_maker, "gd2po_metrics", {}))
+        return stats
+
+    module.BasePPOTrainer._compute_rollout_stats = _compute_rollout_stats
+
+    original_process = SamplesGenerator._process_response_into_experience
+
+    def _process_response_into_experience(self, response, **generate_kwargs):
+        if self.args.algo.advantage.estimator not in GD2PO_ESTIMATORS:
+            return original_process(self, response, **generate_kwargs)
+        if not hasattr(self, "gd2po_remote_dimensions"):
+            config, dimensions = resolve(self.args)
+            self.gd2po_remote_dimensions = [dim for dim in dimensions if dim.source in REMOTE_SOURCES]
+        remote = self.gd2po_remote_dimensions
+        if not remote:
+            return original_process(self, response, **generate_kwargs)
+        values = _dimension_values(response, [dim.key for dim in remote], remote[0])
+        # Until the model-group dimensions arrive, reward/score are the weighted sum of these dimensions.
+        partial_total = sum(dim.weight * values[dim.key] for dim in remote)
+        response = dict(response)
+        if isinstance(response.get("reward"), dict) or response.get("reward") is None:
+            response["reward"] = partial_total
+        if isinstance(response.get("scores"), dict) or response.get("scores") is None:
+            response["scores"] = partial_total
+        response["extra_logs"] = {k: v for k, v in (response.get("extra_logs") or {}).items() if not k.startswith("reward/")}
+        experience = original_process(self, response, **generate_kwargs)
+        for key, value in values.items():
+            experience.info[f"reward/{key}"] = torch.tensor([value], dtype=torch.float32)
+        return experience
+
+    SamplesGenerator._process_response_into_experience = _process_response_into_experience
+    module.gd2po_patched = True

@@ -1,0 +1,69 @@
+"""Helpers shared by the integration tests (imported by module name; never as `tests.…`)."""
+
+import runpy
+import sys
+from unittest import mock
+
+import torch
+
+
+class _Parsed(Exception):
+    def __init__(self, strategy):
+        self.strategy = strategy
+
+
+def openrlhf_strategy(argv):
+    """OpenRLHF's real argument parsing, validation and DeepspeedStrategy for ``argv``, stopped before Ray.
+
+    Runs ``openrlhf.cli.train_ppo_ray`` as ``__main__`` (as ``python -m`` does, so the GD²PO import hook
+    extends its parser) and captures the strategy that ``train()`` builds right after ``ray.init``.
+    """
+    import ray
+    import openrlhf.utils
+
+    real_get_strategy = openrlhf.utils.get_strategy
+
+    def capture(args):
+        raise _Parsed(real_get_strategy(args))
+
+    with mock.patch.object(sys, "argv", ["train_ppo_ray"] + list(argv)), mock.patch.object(
+        openrlhf.utils, "get_strategy", capture
+    ), mock.patch.object(ray, "is_initialized", lambda: True):
+        try:
+            runpy.run_module("openrlhf.cli.train_ppo_ray", run_name="__main__")
+        except _Parsed as parsed:
+            return parsed.strategy
+    raise AssertionError("train() was not reached")
+
+
+def rollout_experiences(rewards, lengths, n_samples_per_prompt, micro_batch_size, seed=0, reward_keys=None):
+    """One Experience per rollout, as SamplesGenerator makes them, with per-dimension rewards in info.
+
+    rewards [B, K] in prompt order (n_samples_per_prompt consecutive rollouts per prompt); lengths [B].
+    """
+    from openrlhf.trainer.ppo_utils.experience import Experience
+
+    generator = torch.Generator().manual_seed(seed)
+    reward_keys = reward_keys or [f"dim{k}" for k in range(rewards.shape[1])]
+    samples = []
+    for i, length in enumerate(lengths.tolist()):
+        prompt_length = 3
+        sequences = torch.randint(5, 50, (1, prompt_length + length), generator=generator)
+        action_mask = torch.zeros(1, prompt_length + length - 1, dtype=torch.bool)
+        action_mask[0, prompt_length - 1 :] = True
+        info = {f"reward/{key}": rewards[i, k : k + 1].float() for k, key in enumerate(reward_keys)}
+        samples.append(
+            Experience(
+                sequences=sequences,
+                attention_mask=torch.ones_like(sequences),
+                action_mask=action_mask,
+                prompts=[f"prompt {i // n_samples_per_prompt}"],
+                labels=[""],
+                rewards=rewards[i : i + 1].sum(1).float(),
+                response_length=torch.tensor([length]),
+                truncated=torch.tensor([False]),
+                total_length=torch.tensor([prompt_length + length]),
+                info=info,
+            )
+        )
+    return samples

@@ -1,0 +1,167 @@
+"""OpenRLHF's own launcher with the plugin: --help, dry runs and parse-time validation, in subprocesses of
+the venv (the .pth hook is what activates the plugin there)."""
+
+import os
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from gd2po_openrlhf.integration.cli import resolve
+from gd2po_testing import openrlhf_strategy
+
+LAUNCHER = [sys.executable, "-m", "openrlhf.cli.train_ppo_ray"]
+
+
+def run(argv, env=None, launcher=LAUNCHER):
+    return subprocess.run(launcher + argv, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def reward_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("rewards") / "my_rewards.py"
+    path.write_text("def reward_func(queries, prompts, labels):\n    return {'rewards': {'correctness': 1.0}}\n")
+    return str(path)
+
+
+def test_help_lists_estimators_and_flags():
+    result = run(["--help"])
+    assert result.returncode == 0, result.stderr
+    assert "--advantage_estimator {gae,reinforce,rloo,reinforce_baseline,group_norm,dr_grpo,flash_reinforce,gd2po,gdpo}" in result.stdout
+    for flag in (
+        "--gd2po.filter {none,hard,snr}",
+        "--gd2po.snr_threshold TAU",
+        "--gd2po.snr_eps EPS",
+        "--gd2po.reward_keys KEY [KEY ...]",
+        "--gd2po.reward_weights W [W ...]",
+        "--gd2po.no_reweight",
+        "--gd2po.no_whiten",
+        "--gd2po.dry_run",
+        "--cost.model_name_or_path PATH",
+        "--cost.num_nodes N",
+        "--cost.num_gpus_per_node N",
+        "--cost.offload",
+    ):
+        assert flag in result.stdout, flag
+
+
+def test_dry_run_reward_file(reward_file):
+    result = run(
+        ["--advantage_estimator", "gd2po", "--gd2po.filter", "snr", "--reward.remote_url", reward_file,
+         "--gd2po.reward_keys", "correctness", "format", "length", "--rollout.n_samples_per_prompt", "4"],
+        env={"GD2PO_DRY_RUN": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "filter            snr (τ = 0.8, ε = 1e-08)" in result.stdout
+    for key in ("correctness", "format", "length"):
+        assert f"reward/{key}" in result.stdout
+    assert result.stdout.count(f"reward_function  {reward_file}  weight +1") == 3
+    assert "exiting before Ray starts" in result.stdout
+
+
+def test_dry_run_reward_and_cost_model_with_explicit_entry_point():
+    result = run(
+        ["--algo.advantage.estimator", "gd2po", "--gd2po.dry_run", "--reward.model_name_or_path", "org/helpful-rm",
+         "--cost.model_name_or_path", "org/beaver-cost", "--cost.num_gpus_per_node", "2",
+         "--gd2po.reward_weights", "1", "-1", "--rollout.n_samples_per_prompt", "4", "--gd2po.snr_eps", "1e-6"],
+        launcher=[sys.executable, "-m", "gd2po_openrlhf.train_ppo_ray"],
+    )
+    assert result.returncode == 0, result.stderr
+    assert "reward/reward_model         reward_model     org/helpful-rm on 1x8 GPUs  weight +1" in result.stdout
+    assert "reward/cost                 cost_model       org/beaver-cost on 1x2 GPUs  weight -1" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--rollout.n_samples_per_prompt", "1"], "set --rollout.n_samples_per_prompt >= 2 (got 1)"),
+        (["--gd2po.reward_weights", "1", "2"], "--gd2po.reward_weights has 2 values [1.0, 2.0] for 1 reward keys ['correctness']"),
+        (["--gd2po.snr_threshold", "1.5"], "must lie in [0, 1], got 1.5"),
+        (["--critic.model_name_or_path", "org/critic"], "has no critic: drop --critic.model_name_or_path"),
+        (["--cost.offload"], "--cost.offload given without --cost.model_name_or_path"),
+        (["--reward.overlong_buffer_len", "64"], "--reward.overlong_buffer_len shapes OpenRLHF's single summed reward"),
+    ],
+)
+def test_parse_time_errors(reward_file, argv, message, capsys):
+    # In-process run of the real launcher module (as `python -m` runs it): argparse exits with status 2.
+    base = ["--advantage_estimator", "gd2po", "--reward.remote_url", reward_file, "--gd2po.reward_keys", "correctness",
+            "--rollout.n_samples_per_prompt", "4", "--gd2po.dry_run"]
+    with pytest.raises(SystemExit) as exit_info:
+        openrlhf_strategy(base + argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_parsed_arguments_reach_openrlhf_nested(reward_file):
+    strategy = openrlhf_strategy(
+        ["--advantage_estimator", "gd2po", "--reward.remote_url", reward_file, "--gd2po.reward_keys", "correctness",
+         "--rollout.n_samples_per_prompt", "4", "--gd2po.filter", "hard", "--gd2po.no_whiten"]
+    )
+    args = strategy.args
+    assert args.algo.advantage.estimator == "gd2po" and args.gd2po.filter == "hard" and args.gd2po.no_whiten
+    assert args.critic.model_name_or_path is None and args.cost.model_name_or_path is None
+    config, _ = resolve(args)  # the trainer side resolves the same configuration from the nested args
+    assert (config.filter, config.whiten, config.reward_keys) == ("hard", False, ("correctness",))
+
+
+def test_disable_leaves_openrlhf_untouched():
+    result = run(["--help"], env={"GD2PO_DISABLE": "1"})
+    assert result.returncode == 0
+    assert "gd2po" not in result.stdout and "--advantage_estimator" not in result.stdout
+    refused = run(["--algo.advantage.estimator", "gd2po"], env={"GD2PO_DISABLE": "1"})
+    assert refused.returncode == 2 and "invalid choice: 'gd2po'" in refused.stderr
+
+
+def test_interpreter_start_imports_nothing_heavy():
+    code = "import sys; print(sorted(m for m in ('torch', 'openrlhf', 'ray', 'gd2po_openrlhf.config') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
+    hook = subprocess.run(
+        [sys.executable, "-c", "import sys; print([type(f).__name__ for f in sys.meta_path][0])"],
+        capture_output=True, text=True, check=True,
+    )
+    assert hook.stdout.strip() == "GD2POFinder"
+
+
+def args_for(**flags):
+    """A flat namespace as argparse produces it, with OpenRLHF's defaults for the flags resolve() reads."""
+    defaults = {
+        "algo.advantage.estimator": "gd2po", "rollout.n_samples_per_prompt": 4, "reward.remote_url": None,
+        "train.agent_func_path": None, "reward.model_name_or_path": None, "cost.model_name_or_path": None,
+        "gd2po.reward_keys": None, "gd2po.reward_weights": None, "gd2po.filter": None,
+        "gd2po.snr_threshold": 0.8, "gd2po.snr_eps": 1e-8,
+    }
+    return SimpleNamespace(**{**defaults, **flags})
+
+
+def test_resolve_gdpo_has_no_filter_and_no_reweighting():
+    config, dims = resolve(args_for(**{"algo.advantage.estimator": "gdpo", "reward.remote_url": "http://127.0.0.1:5000/get_reward", "gd2po.reward_keys": ["a", "b"]}))
+    assert config.filter == "none" and not config.reweight_queries
+    assert [(d.key, d.source) for d in dims] == [("a", "reward_server"), ("b", "reward_server")]
+    with pytest.raises(ValueError, match="gdpo is GD²PO without filtering"):
+        resolve(args_for(**{"algo.advantage.estimator": "gdpo", "gd2po.filter": "hard", "reward.model_name_or_path": "rm"}))
+
+
+def test_resolve_mixes_reward_model_and_rule_based_function():
+    config, dims = resolve(args_for(**{
+        "reward.remote_url": "rules.py", "reward.model_name_or_path": "org/rm",
+        "gd2po.reward_keys": ["format", "reward_model"], "gd2po.reward_weights": [0.5, 1.0]}))
+    assert [(d.key, d.source, d.weight) for d in dims] == [("format", "reward_function", 0.5), ("reward_model", "reward_model", 1.0)]
+    assert config.reward_keys == ("format", "reward_model") and config.weights == (0.5, 1.0)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        ({"reward.remote_url": "rules.py"}, "--gd2po.reward_keys is required with a reward function (rules.py)"),
+        ({}, "needs reward dimensions"),
+        ({"cost.model_name_or_path": "org/cost", "reward.model_name_or_path": "org/rm"}, "set --gd2po.reward_weights when a cost model is used"),
+        ({"reward.model_name_or_path": "org/rm", "gd2po.reward_keys": ["helpful"]}, "its dimension 'reward_model' is not in --gd2po.reward_keys"),
+        ({"reward.model_name_or_path": "org/rm", "gd2po.reward_keys": ["reward_model", "cost"], "gd2po.reward_weights": [1, -1]},
+         "reward key 'cost' has no source"),
+    ],
+)
+def test_resolve_refuses_keys_and_sources_that_do_not_fit(flags, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        resolve(args_for(**flags))

@@ -160,7 +160,7 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
             if kl_in_reward:
                 # γ = 1 returns of the per-token KL rewards: a reverse cumulative sum, no loop over tokens.
                 kl_reward = -self.kl_ctl.value * experience.kl.float() * action_mask
-                advantages = advantages + kl_reward.flip(-1).cumsum(-1).flip(-1) * keep.unsqueeze(1)
+                advantages = advantages + kl_reward.flip(-1).cumsum(-1).flip(-1) * action_mask * keep.unsqueeze(1)
             experience.advantages = advantages
             experience.returns = advantages.clone()
             experience.rewards = total

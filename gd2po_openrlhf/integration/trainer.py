@@ -195,6 +195,9 @@ def _dimension_values(response: dict, remote_keys: List[str], source: RewardDime
     checked = {}
     for key in remote_keys:
         value = values[key]
+        # Reward files and servers answer batches of one rollout: accept a value or a 1-element list/tensor.
+        if isinstance(value, (list, tuple)) and len(value) == 1:
+            value = value[0]
         if isinstance(value, torch.Tensor) and value.numel() == 1:
             value = value.item()
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):

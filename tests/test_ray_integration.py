@@ -1,0 +1,107 @@
+"""On a real local Ray cluster (logical GPUs): the patch reaches Ray worker processes, and the reward and
+cost model groups are real RayActorGroups (of light CPU actors returning known scores) whose outputs flow
+into two reward dimensions through the full make_experience_batch path."""
+
+import sys
+
+import pytest
+import ray
+import torch
+from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
+from openrlhf.trainer.ray.launcher import BaseModelActor, RayActorGroup
+
+from gd2po_openrlhf import GD2POConfig, compute_advantages
+from gd2po_openrlhf.integration.trainer import GD2POExperienceMaker
+from gd2po_testing import openrlhf_strategy, rollout_experiences
+
+# Classes of this test module travel to the workers by value (the workers cannot import tests/).
+ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+N = 4
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=4, num_gpus=4, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@ray.remote
+class TrainerProbe:
+    """Imports the trainer modules as OpenRLHF's PPOTrainer and async TrainingActor processes do."""
+
+    def maker_classes(self):
+        import openrlhf.trainer.ppo_trainer as sync_trainer
+        import openrlhf.trainer.ppo_trainer_async as async_trainer
+
+        sync_maker = sync_trainer.RemoteExperienceMaker
+        async_maker = async_trainer.BasePPOTrainer.__init__.__globals__["RemoteExperienceMaker"]  # TrainingActor base
+        return [f"{cls.__module__}.{cls.__qualname__}" for cls in (sync_maker, async_maker)]
+
+
+def test_patch_reaches_ray_worker_processes(local_ray):
+    names = ray.get(TrainerProbe.remote().maker_classes.remote())
+    assert names == ["gd2po_openrlhf.integration.trainer.GD2POExperienceMaker"] * 2
+
+
+@ray.remote(num_gpus=1)
+class LightModelActor(BaseModelActor):
+    """A policy, reward or cost model that returns known values instead of running a network."""
+
+    def init_model_from_pretrained(self, strategy, pretrain):
+        self.strategy = strategy  # is_rank_0() holds without torch.distributed
+        self.kind = pretrain
+        self.offload = strategy.args.reward.offload
+
+    def settings(self):
+        return self.kind, self.offload
+
+    def forward(self, sequences, action_mask=None, attention_mask=None, pad_sequence=False, **kwargs):
+        if self.kind == "policy":
+            return torch.zeros(action_mask.shape)  # log-probs
+        if self.kind == "helpful-rm":
+            return ((sequences * attention_mask).sum(-1) % 7).float()
+        return (attention_mask.sum(-1) % 3).float()  # cost: total length mod 3
+
+
+class LightMaker(GD2POExperienceMaker):
+    model_actor_class = LightModelActor
+
+
+def light_group(kind, strategy):
+    group = RayActorGroup(1, 1, LightModelActor, pg=None, num_gpus_per_actor=1)
+    ray.get(group.async_init_model_from_pretrained(strategy, kind))
+    return group
+
+
+def test_reward_and_cost_model_groups_flow_into_two_dimensions(local_ray):
+    strategy = openrlhf_strategy(
+        ["--advantage_estimator", "gd2po", "--gd2po.filter", "hard", "--reward.model_name_or_path", "helpful-rm",
+         "--reward.num_gpus_per_node", "1", "--cost.model_name_or_path", "beaver-cost", "--cost.offload",
+         "--gd2po.reward_weights", "1", "-1", "--rollout.n_samples_per_prompt", str(N), "--rollout.micro_batch_size", "3",
+         "--algo.kl.init_coef", "0", "--actor.num_gpus_per_node", "1"]
+    )
+    lengths = torch.tensor([2, 5, 3, 4, 6, 1, 2, 3, 4, 4, 5, 2])
+    samples = rollout_experiences(torch.zeros(len(lengths), 1), lengths, N, 3)
+    for sample in samples:  # rollouts as they come from vLLM without a reward file: scored by the model groups
+        sample.rewards, sample.info = None, {}
+    maker = LightMaker(light_group("policy", strategy), None, light_group("helpful-rm", strategy), None,
+                       FixedKLController(0.0), strategy, type("Tokenizer", (), {"pad_token_id": 0}))
+    assert ray.get(maker.gd2po_model_groups["cost"].async_run_method("settings")) == [("beaver-cost", True)]
+
+    experiences = maker.make_experience_batch(samples)
+
+    helpful = torch.tensor([float(s.sequences.sum() % 7) for s in samples])
+    cost = torch.tensor([float(s.attention_mask.sum() % 3) for s in samples])
+    rewards = torch.stack([helpful, cost], dim=1)
+    assert 0 < cost.sum() and 0 < helpful.std()
+    mask = torch.arange(int(lengths.max())) < lengths.unsqueeze(1)
+    expected = compute_advantages(rewards, torch.arange(len(samples)) // N, mask,
+                                  GD2POConfig(filter="hard", weights=(1.0, -1.0), reward_keys=("reward_model", "cost")))
+    for experience in experiences:
+        rows = torch.tensor(experience.index)
+        assert experience.info["reward/reward_model"].tolist() == helpful[rows].tolist()
+        assert experience.info["reward/cost"].tolist() == cost[rows].tolist()
+        assert experience.rewards.tolist() == (helpful[rows] - cost[rows]).tolist()
+        got = experience.advantages.sum(-1) / experience.action_mask.sum(-1)
+        torch.testing.assert_close(got, expected.rollout_advantages[rows], atol=1e-6, rtol=1e-6)

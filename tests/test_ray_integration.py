@@ -105,3 +105,30 @@ def test_reward_and_cost_model_groups_flow_into_two_dimensions(local_ray):
         assert experience.rewards.tolist() == (helpful[rows] - cost[rows]).tolist()
         got = experience.advantages.sum(-1) / experience.action_mask.sum(-1)
         torch.testing.assert_close(got, expected.rollout_advantages[rows], atol=1e-6, rtol=1e-6)
+
+
+def test_reward_model_mixed_with_a_rule_based_reward_file(local_ray, tmp_path):
+    # OpenRLHF cannot combine these: with --reward.remote_url it creates no reward model group, so the
+    # GD²PO maker creates and drives its own.
+    rules = tmp_path / "rules.py"
+    rules.write_text("def reward_func(queries, prompts, labels):\n    return {'rewards': {'format': 1.0}}\n")
+    strategy = openrlhf_strategy(
+        ["--advantage_estimator", "gd2po", "--reward.remote_url", str(rules), "--reward.model_name_or_path", "helpful-rm",
+         "--reward.num_gpus_per_node", "1", "--gd2po.reward_keys", "format", "reward_model",
+         "--rollout.n_samples_per_prompt", str(N), "--rollout.micro_batch_size", "4", "--algo.kl.init_coef", "0"]
+    )
+    lengths = torch.tensor([2, 5, 3, 4, 6, 1, 2, 3])
+    formats = torch.tensor([[1.0], [0.0], [1.0], [1.0], [0.0], [0.0], [1.0], [0.0]])
+    samples = rollout_experiences(formats, lengths, N, 4, reward_keys=["format"])  # as the rollout side delivers them
+    maker = LightMaker(light_group("policy", strategy), None, None, None, FixedKLController(0.0), strategy,
+                       type("Tokenizer", (), {"pad_token_id": 0}))
+    assert list(maker.gd2po_model_groups) == ["reward_model"]
+
+    experiences = maker.make_experience_batch(samples)
+
+    helpful = torch.tensor([float(s.sequences.sum() % 7) for s in samples])
+    for experience in experiences:
+        rows = torch.tensor(experience.index)
+        assert experience.info["reward/reward_model"].tolist() == helpful[rows].tolist()
+        assert experience.info["reward/format"].tolist() == formats[rows, 0].tolist()
+        assert experience.rewards.tolist() == (helpful[rows] + formats[rows, 0]).tolist()

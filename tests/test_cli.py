@@ -2,6 +2,7 @@
 the venv (the .pth hook is what activates the plugin there)."""
 
 import os
+import pathlib
 import subprocess
 import sys
 from types import SimpleNamespace
@@ -165,3 +166,13 @@ def test_resolve_mixes_reward_model_and_rule_based_function():
 def test_resolve_refuses_keys_and_sources_that_do_not_fit(flags, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         resolve(args_for(**flags))
+
+
+def test_example_launcher_dry_run():
+    script = pathlib.Path(__file__).resolve().parents[1] / "examples" / "scripts" / "train_gd2po_reward_file.sh"
+    env = {**os.environ, "GD2PO_DRY_RUN": "1", "PATH": f"{pathlib.Path(sys.executable).parent}:{os.environ['PATH']}"}
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for key in ("correctness", "format", "brevity"):
+        assert f"reward/{key}" in result.stdout and "multi_reward_template.py" in result.stdout
+    assert "filter            snr (τ = 0.8, ε = 1e-08)" in result.stdout and "KL                no KL" in result.stdout

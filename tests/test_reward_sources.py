@@ -122,3 +122,18 @@ def test_http_reward_server_dimensions_reach_the_experience(tokenizer, reward_se
     experience = trainer_side(strategy_for(url), response)
     assert experience.info["reward/correctness"].tolist() == [1.0] and experience.info["reward/format"].tolist() == [1.0]
     assert requests[0]["labels"] == ["four"] and requests[0]["prompts"] == ["what is two plus two"]
+
+
+@pytest.mark.parametrize(
+    "continuation, expected",
+    [("<answer> four </answer>", {"correctness": 1.0, "format": 1.0}), ("four", {"correctness": 0.0, "format": 0.0})],
+)
+def test_shipped_template_reward_file(tokenizer, continuation, expected):
+    import pathlib
+
+    template = pathlib.Path(__file__).resolve().parents[1] / "examples" / "rewards" / "multi_reward_template.py"
+    tokenizer.add_tokens(["<answer>", "</answer>"])
+    response = rollout(SingleTurnAgentExecutor(str(template)), tokenizer, continuation)
+    rewards = response["reward"]
+    assert {k: rewards[k] for k in expected} == expected
+    assert 0.9 < rewards["brevity"] <= 1.0

@@ -32,7 +32,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q tests
 
 demo: $(STAMP)
-	@echo "The CPU demo is not part of this release yet (it needs the OpenRLHF integration)." >&2
+	@echo "The CPU demo is not part of this release yet." >&2
 	@exit 1
 
 clean-venv:

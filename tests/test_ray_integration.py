@@ -2,6 +2,7 @@
 cost model groups are real RayActorGroups (of light CPU actors returning known scores) whose outputs flow
 into two reward dimensions through the full make_experience_batch path."""
 
+import subprocess
 import sys
 
 import pytest
@@ -42,6 +43,33 @@ class TrainerProbe:
 def test_patch_reaches_ray_worker_processes(local_ray):
     names = ray.get(TrainerProbe.remote().maker_classes.remote())
     assert names == ["gd2po_openrlhf.integration.trainer.GD2POExperienceMaker"] * 2
+
+
+SETUP_HOOK_SCRIPT = """
+import ray
+
+@ray.remote
+def maker():
+    import openrlhf.trainer.ppo_trainer as m
+    return m.RemoteExperienceMaker.__qualname__
+
+env = {"env_vars": {"GD2PO_DISABLE": "1"}}
+if HOOK:
+    env["worker_process_setup_hook"] = "gd2po_openrlhf.register"
+ray.init(address="local", num_cpus=1, include_dashboard=False, runtime_env=env)
+print(ray.get(maker.remote()))
+"""
+
+
+@pytest.mark.parametrize("hook, expected", [(False, "RemoteExperienceMaker"), (True, "GD2POExperienceMaker")])
+def test_worker_process_setup_hook_activates_without_the_pth(tmp_path, hook, expected):
+    # GD2PO_DISABLE=1 switches the .pth activation off in the job's workers; Ray's job-level setup hook then
+    # does the work, as for `ray job submit --runtime-env-json '{"worker_process_setup_hook": ...}'`.
+    script = tmp_path / "job.py"
+    script.write_text(f"HOOK = {hook}\n" + SETUP_HOOK_SCRIPT)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().splitlines()[-1] == expected
 
 
 @ray.remote(num_gpus=1)

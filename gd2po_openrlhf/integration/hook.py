@@ -12,7 +12,7 @@ The finder watches two module names:
 - ``openrlhf.trainer.ppo_trainer``: after the module executes, its ``RemoteExperienceMaker`` is replaced
   by the GD²PO experience maker (reaching the PPOTrainer actor and the async TrainingActor alike).
 
-``GD2PO_DISABLE=1`` leaves OpenRLHF untouched.
+``GD2PO_DISABLE=1`` turns the automatic activation off and leaves OpenRLHF untouched.
 """
 
 from __future__ import annotations
@@ -77,11 +77,11 @@ def register() -> None:
 
     Installs the finder, and patches ``openrlhf.trainer.ppo_trainer`` right away if it is already
     imported. Use it as Ray's ``worker_process_setup_hook`` ("gd2po_openrlhf.register") for
-    ``ray job submit`` set-ups so that every worker gets it too.
+    ``ray job submit`` set-ups so that every worker gets it too. An explicit call applies even with
+    GD2PO_DISABLE=1, which only turns off the automatic activation by the .pth file.
     """
-    if disabled():
-        return
-    install()
+    if not any(isinstance(finder, GD2POFinder) for finder in sys.meta_path):
+        sys.meta_path.insert(0, GD2POFinder())
     from .cli import install_argparse_extension
 
     install_argparse_extension()

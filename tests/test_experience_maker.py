@@ -110,6 +110,8 @@ def test_kl_in_reward_adds_reverse_cumulative_kl_on_kept_rollouts(reward_file):
             running = running - 0.1 * kl_values[:, t] * mask[:, t]
             expected[:, t] = running
         torch.testing.assert_close(shaped.advantages, base.advantages + expected * mask * kept)
+        first_response_token = mask.argmax(-1, keepdim=True)
+        torch.testing.assert_close(shaped.info["return"], shaped.advantages.gather(1, first_response_token).squeeze(1))
 
 
 def test_other_estimators_are_delegated_untouched():

@@ -157,15 +157,17 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
         ):
             action_mask = experience.action_mask.float()
             advantages = rollout_advantage.unsqueeze(1) * action_mask
+            first_token_return = rollout_advantage
             if kl_in_reward:
                 # γ = 1 returns of the per-token KL rewards: a reverse cumulative sum, no loop over tokens.
                 kl_reward = -self.kl_ctl.value * experience.kl.float() * action_mask
                 advantages = advantages + kl_reward.flip(-1).cumsum(-1).flip(-1) * action_mask * keep.unsqueeze(1)
+                first_token_return = first_token_return + kl_reward.sum(-1) * keep
             experience.advantages = advantages
             experience.returns = advantages.clone()
             experience.rewards = total
             experience.info["reward"] = total
-            experience.info["return"] = advantages[:, :1].squeeze(1) if advantages.shape[1] else rollout_advantage
+            experience.info["return"] = first_token_return  # the return at the first response token
             experience.kl = None
         self.gd2po_metrics = {f"gd2po/{name}": value for name, value in result.metrics.items()}
         return experiences

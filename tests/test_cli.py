@@ -158,6 +158,7 @@ def test_resolve_mixes_reward_model_and_rule_based_function():
         ({"reward.remote_url": "rules.py"}, "--gd2po.reward_keys is required with a reward function (rules.py)"),
         ({}, "needs reward dimensions"),
         ({"cost.model_name_or_path": "org/cost", "reward.model_name_or_path": "org/rm"}, "set --gd2po.reward_weights when a cost model is used"),
+        ({"cost.model_name_or_path": "org/cost", "gd2po.reward_weights": [-1]}, "a cost model alone is not supported"),
         ({"reward.model_name_or_path": "org/rm", "gd2po.reward_keys": ["helpful"]}, "its dimension 'reward_model' is not in --gd2po.reward_keys"),
         ({"reward.model_name_or_path": "org/rm", "gd2po.reward_keys": ["reward_model", "cost"], "gd2po.reward_weights": [1, -1]},
          "reward key 'cost' has no source"),

@@ -140,6 +140,11 @@ def resolve(args) -> Tuple[GD2POConfig, List[RewardDimension]]:
     else:
         remote_source = remote_location = None
 
+    if cost_model and not (reward_model or remote_source):
+        raise ValueError(
+            "a cost model alone is not supported: OpenRLHF needs a reward source for its rollouts; add "
+            "--reward.model_name_or_path or a --reward.remote_url reward file/server"
+        )
     keys = _arg(args, "gd2po.reward_keys")
     if not keys:
         if remote_source:

@@ -94,11 +94,8 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
             )
             for key, group in self.gd2po_model_groups.items()
         }
-        openrlhf_reward_model = samples_list[0].rewards is None and self.reward_model_group is not None
-        if samples_list[0].rewards is None and self.reward_model_group is None:
-            # No OpenRLHF reward source at all (only our groups): OpenRLHF still wants a rewards tensor.
-            for samples in samples_list:
-                samples.rewards = torch.zeros(len(samples.sequences))
+        # Without a reward file/server, OpenRLHF's own reward model group scores the rollouts.
+        openrlhf_reward_model = samples_list[0].rewards is None
         experiences = super().make_experience(samples_list)
         if openrlhf_reward_model:
             key = next(dim.key for dim in self.reward_dimensions if dim.source == "reward_model")

@@ -29,7 +29,7 @@ $(STAMP): requirements/constraints-cpu.txt requirements/cpu-dev.txt setup.cfg py
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 demo: $(STAMP)
 	@echo "The CPU demo is not part of this release yet." >&2

@@ -1,7 +1,6 @@
 """The GD²PO experience maker as OpenRLHF's trainer module sees it after the import hook, on real
 Experience objects, against the estimator core."""
 
-import itertools
 
 import pytest
 import torch

@@ -9,7 +9,6 @@ import threading
 from types import SimpleNamespace
 
 import pytest
-import torch
 from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
 from openrlhf.utils.agent import SingleTurnAgentExecutor
 from tokenizers import Tokenizer, models, pre_tokenizers

@@ -226,7 +226,7 @@ def patch_trainer_module(module) -> None:
         if self.args.algo.advantage.estimator not in GD2PO_ESTIMATORS:
             return original_process(self, response, **generate_kwargs)
         if not hasattr(self, "gd2po_remote_dimensions"):
-            config, dimensions = resolve(self.args)
+            _, dimensions = resolve(self.args)
             self.gd2po_remote_dimensions = [dim for dim in dimensions if dim.source in REMOTE_SOURCES]
         remote = self.gd2po_remote_dimensions
         if not remote:

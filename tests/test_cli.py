@@ -9,7 +9,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from gd2po_openrlhf.integration.cli import resolve
+from gd2po_openrlhf.integration.cli import parse_launcher_args, resolve
 from gd2po_testing import openrlhf_strategy
 
 LAUNCHER = [sys.executable, "-m", "openrlhf.cli.train_ppo_ray"]
@@ -177,3 +177,20 @@ def test_example_launcher_dry_run():
     for key in ("correctness", "format", "brevity"):
         assert f"reward/{key}" in result.stdout and "multi_reward_template.py" in result.stdout
     assert "filter            snr (τ = 0.8, ε = 1e-08)" in result.stdout and "KL                no KL" in result.stdout
+
+
+def test_parse_launcher_args_gives_openrlhfs_nested_args(reward_file):
+    """The demo's way to get a run's args: the real launcher parser, stopped right after parsing."""
+    argv_before = list(sys.argv)
+    args = parse_launcher_args(
+        ["--advantage_estimator", "gd2po", "--gd2po.filter", "hard", "--reward.remote_url", reward_file,
+         "--gd2po.reward_keys", "correctness", "--rollout.n_samples_per_prompt", "4"]
+    )
+    assert args.algo.advantage.estimator == "gd2po" and args.gd2po.filter == "hard"
+    assert args.reward.remote_url == [reward_file]  # split as the launcher does
+    assert args.rollout.n_samples_per_prompt == 4 and args.reward.clip_range is not None  # OpenRLHF's defaults
+    assert sys.argv == argv_before
+    # the same parse-time validation as a launch, and the next call parses normally again
+    with pytest.raises(SystemExit):
+        parse_launcher_args(["--advantage_estimator", "gd2po", "--reward.remote_url", reward_file, "--rollout.n_samples_per_prompt", "4"])
+    assert parse_launcher_args(["--advantage_estimator", "group_norm", "--rollout.n_samples_per_prompt", "2"]).algo.advantage.estimator == "group_norm"

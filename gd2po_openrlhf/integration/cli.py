@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import runpy
 import sys
 from dataclasses import dataclass
 from typing import List, Tuple
@@ -287,8 +288,44 @@ def install_argparse_extension() -> None:
         namespace, extras = original_parse_known_args(self, args, namespace)
         if getattr(self, "gd2po_extended", False):
             _validate_parsed(self, namespace)
+            if _stop_after_parse:
+                raise _ParsedLauncherArgs(namespace)
         return namespace, extras
 
     add_argument.gd2po_extension = True
     argparse.ArgumentParser.add_argument = add_argument
     argparse.ArgumentParser.parse_known_args = parse_known_args
+
+
+class _ParsedLauncherArgs(Exception):
+    def __init__(self, namespace: argparse.Namespace):
+        self.namespace = namespace
+
+
+_stop_after_parse = False
+
+
+def parse_launcher_args(argv: List[str]) -> argparse.Namespace:
+    """OpenRLHF's own ``train_ppo_ray`` parser, extended and validated as for a real launch, applied to argv.
+
+    Runs the launcher module as ``__main__`` and stops right after it parses (nothing of ``train()`` runs),
+    then nests the dotted flags with OpenRLHF's ``hierarchize`` and splits ``--reward.remote_url`` as the
+    launcher does. Used by the CPU demo so that its experience maker reads the same ``args`` as a cluster run.
+    """
+    global _stop_after_parse
+    from openrlhf.utils.config import hierarchize
+
+    install_argparse_extension()
+    saved_argv, _stop_after_parse = sys.argv, True
+    sys.argv = ["train_ppo_ray"] + list(argv)
+    try:
+        runpy.run_module("openrlhf.cli.train_ppo_ray", run_name="__main__")
+    except _ParsedLauncherArgs as parsed:
+        args = hierarchize(parsed.namespace)
+    else:
+        raise RuntimeError("openrlhf.cli.train_ppo_ray did not parse its arguments")
+    finally:
+        sys.argv, _stop_after_parse = saved_argv, False
+    if args.reward.remote_url:
+        args.reward.remote_url = args.reward.remote_url.split(",")
+    return args

@@ -1,0 +1,106 @@
+"""The demo's table (CSV, Markdown) and figure, from the per-step curves of every estimator and seed."""
+
+from __future__ import annotations
+
+import csv
+import statistics
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+
+from .task import REWARD_KEYS
+
+WINDOW = 5  # steps of the moving average used for "reached the target" and for the figure
+PANELS = [f"reward/{key}" for key in REWARD_KEYS] + ["reward", "gd2po/conflict_ratio", "gd2po/keep_ratio"]
+Curves = Dict[str, List[Dict[str, List[float]]]]  # estimator -> one dict of per-step series per seed
+
+
+def moving_average(values: List[float], window: int = WINDOW) -> torch.Tensor:
+    """Trailing mean over full windows: entry s is the mean of steps s+1 .. s+window (1-based)."""
+    series = torch.tensor(values, dtype=torch.float64)
+    return series.unfold(0, min(window, len(series)), 1).mean(1)
+
+
+def steps_to_target(total_reward: List[float], target: float):
+    """The first step at which the moving average of the total reward reaches ``target``, or None."""
+    window = min(WINDOW, len(total_reward))
+    reached = (moving_average(total_reward, window) >= target).nonzero()
+    return int(reached[0]) + window if len(reached) else None
+
+
+def summarize(curves: Curves, target: float) -> List[dict]:
+    """One row per estimator: final rewards (mean of the last WINDOW steps, then over seeds), steps to the
+    target (mean and population std over the seeds that reached it), run means of |advantage| and ratios."""
+    rows = []
+    for name, runs in curves.items():
+        row = {"estimator": name, "seeds": len(runs)}
+        for key in [f"reward/{k}" for k in REWARD_KEYS] + ["reward"]:
+            row[f"final {key}"] = statistics.fmean(statistics.fmean(run[key][-WINDOW:]) for run in runs)
+        reached = [steps for steps in (steps_to_target(run["reward"], target) for run in runs) if steps is not None]
+        row["target"] = target
+        row["reached"] = f"{len(reached)}/{len(runs)}"
+        row["steps to target mean"] = statistics.fmean(reached) if reached else None
+        row["steps to target std"] = statistics.pstdev(reached) if reached else None
+        for key in ("advantage_abs_mean", "gd2po/conflict_ratio", "gd2po/keep_ratio"):
+            row[f"mean {key}"] = statistics.fmean(value for run in runs for value in run[key])
+        rows.append(row)
+    return rows
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def write_report(rows: List[dict], curves: Curves, settings, out: Path) -> str:
+    """Writes summary.csv, summary.md and curves.png into ``out``; returns the Markdown table."""
+    with open(out / "summary.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+    headers = ["estimator"] + [f"final {k}" for k in REWARD_KEYS] + ["final total", "steps to target", "reached", "mean abs adv", "conflict", "kept"]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        steps = row["steps to target mean"]
+        steps_cell = "—" if steps is None else f"{steps:.1f} ± {row['steps to target std']:.1f}"
+        cells = [row["estimator"]] + [_cell(row[f"final reward/{k}"]) for k in REWARD_KEYS] + [
+            _cell(row["final reward"]), steps_cell, row["reached"], _cell(row["mean advantage_abs_mean"]),
+            _cell(row["mean gd2po/conflict_ratio"]), _cell(row["mean gd2po/keep_ratio"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    note = (
+        f"{settings.seeds} seed(s) × {settings.steps} steps, {settings.prompts_per_step} prompts × "
+        f"{settings.rollouts_per_prompt} rollouts per step. Final = mean of the last {WINDOW} steps; steps to target = "
+        f"first step whose {WINDOW}-step moving average of the total reward reaches {settings.target} (mean ± std over "
+        f"the seeds that reached it); conflict = share of rollouts with mixed-sign per-dimension advantages; kept = "
+        f"share of rollouts the filter kept.\n"
+    )
+    (out / "summary.md").write_text(note + "\n" + table + "\n")
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(2, 3, figsize=(15, 8), sharex=True)
+    for axis, key in zip(axes.flat, PANELS):
+        for name, runs in curves.items():
+            smoothed = torch.stack([moving_average(run[key]) for run in runs])
+            steps = torch.arange(smoothed.shape[1]) + min(WINDOW, len(runs[0][key]))
+            mean = smoothed.mean(0)
+            (line,) = axis.plot(steps, mean, label=name)
+            if len(runs) > 1:
+                axis.fill_between(steps, smoothed.min(0).values, smoothed.max(0).values, color=line.get_color(), alpha=0.15)
+        axis.set_title(key.replace("gd2po/", "") + (f"  (target {settings.target})" if key == "reward" else ""))
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+    axes.flat[0].legend()
+    figure.suptitle(f"{WINDOW}-step moving average; mean over {settings.seeds} seed(s), band = min..max")
+    figure.tight_layout()
+    figure.savefig(out / "curves.png", dpi=100)
+    plt.close(figure)
+    return table

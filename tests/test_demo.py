@@ -1,0 +1,89 @@
+"""Smoke test of the CPU demo (``python -m gd2po_openrlhf.demo``) with a very small budget: the real
+command in a subprocess, its table, figure, results file and TensorBoard logs read back."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+ESTIMATORS = ["grpo", "gdpo", "gd2po_hard", "gd2po_snr"]
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def demo_output(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    command = [
+        sys.executable, "-m", "gd2po_openrlhf.demo", "--seeds", "1", "--steps", str(STEPS), "--warm-start-steps", "5",
+        "--prompts-per-step", "4", "--micro-batch-size", "8", "--updates-per-step", "2", "--output-dir", str(out),
+    ]
+    # GD2PO_DISABLE turns the .pth hook off: the demo must activate the plugin itself.
+    env = {**os.environ, "GD2PO_DISABLE": "1"}
+    completed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return out, completed.stdout
+
+
+def test_table_lists_the_four_estimators(demo_output):
+    out, stdout = demo_output
+    with open(out / "summary.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["estimator"] for row in rows] == ESTIMATORS
+    for row in rows:
+        for key in ("final reward/correctness", "final reward/format", "final reward/brevity", "final reward", "mean gd2po/conflict_ratio"):
+            assert 0.0 <= float(row[key]) <= 3.0
+    markdown = (out / "summary.md").read_text()
+    assert all(f"| {name} |" in markdown for name in ESTIMATORS)
+    assert "| gd2po_snr |" in stdout  # the table is printed too
+    assert "--advantage_estimator gd2po --gd2po.filter snr" in stdout  # the equivalent cluster command
+
+
+def test_figure_is_a_png(demo_output):
+    out, _ = demo_output
+    data = (out / "curves.png").read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_results_file_records_versions_seeds_settings_and_curves(demo_output):
+    out, _ = demo_output
+    results = json.loads((out / "results.json").read_text())
+    assert results["seeds"] == [0]
+    assert results["settings"]["steps"] == STEPS and results["settings"]["prompts_per_step"] == 4
+    for package in ("openrlhf", "torch", "transformers", "gd2po-openrlhf", "python"):
+        assert results["versions"][package] not in ("", "not installed")
+    assert set(results["curves"]) == set(ESTIMATORS)
+    for name in ESTIMATORS:
+        (curves,) = results["curves"][name]
+        assert len(curves["reward"]) == STEPS
+        # the total is the sum of the three dimensions, step by step
+        for step in range(STEPS):
+            parts = sum(curves[f"reward/{key}"][step] for key in ("correctness", "format", "brevity"))
+            assert curves["reward"][step] == pytest.approx(parts)
+    # which rollouts each estimator trained on: hard drops exactly the conflicting ones, snr at most those
+    hard, snr = results["curves"]["gd2po_hard"][0], results["curves"]["gd2po_snr"][0]
+    assert hard["gd2po/keep_ratio"] == pytest.approx([1 - c for c in hard["gd2po/conflict_ratio"]])
+    assert all(keep >= 1 - conflict - 1e-9 for keep, conflict in zip(snr["gd2po/keep_ratio"], snr["gd2po/conflict_ratio"]))
+    assert results["curves"]["grpo"][0]["gd2po/keep_ratio"] == [1.0] * STEPS
+    assert results["curves"]["gdpo"][0]["gd2po/keep_ratio"] == [1.0] * STEPS
+    assert "--gd2po.filter" in results["command_lines"]["gd2po_snr"]
+
+
+def test_tensorboard_logs_carry_the_cluster_tags(demo_output):
+    out, _ = demo_output
+    results = json.loads((out / "results.json").read_text())
+    for name in ESTIMATORS:
+        events = EventAccumulator(str(out / name / "seed0"))
+        events.Reload()
+        tags = set(events.Tags()["scalars"])
+        assert {"train/reward", "train/reward/correctness", "train/reward/format", "train/reward/brevity",
+                "train/gd2po/conflict_ratio", "train/gd2po/keep_ratio", "train/advantage_abs_mean"} <= tags
+        logged = [event.value for event in events.Scalars("train/reward")]
+        assert [event.step for event in events.Scalars("train/reward")] == list(range(1, STEPS + 1))
+        assert logged == pytest.approx(results["curves"][name][0]["reward"])
+        if name.startswith("gd2po"):
+            # the plugin's experience maker produced these, as in a cluster run
+            assert {"train/gd2po/dropped_ratio", "train/gd2po/group_keep_ratio_mean", "train/gd2po/snr_threshold"} <= tags

@@ -227,7 +227,7 @@ def run_estimator(name: str, settings, warm_policy, tokenizer, seed: int, writer
         for key, value in values.items():
             curves.setdefault(key, []).append(value)
             writer.add_scalar(f"train/{key}", value, step)
-        progress.set_postfix(reward=f"{values['reward']:.2f}", conflict=f"{metrics['gd2po/conflict_ratio']:.2f}")
+        progress.set_postfix(reward=f"{values['reward']:.2f}", conflict=f"{metrics['gd2po/conflict_ratio']:.2f}", refresh=False)
     return curves
 
 

@@ -60,6 +60,14 @@ def add_gd2po_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--gd2po.no_reweight", action="store_true", default=False, help="do not scale prompts by their kept share κ")
     group.add_argument("--gd2po.no_whiten", action="store_true", default=False, help="do not whiten the token advantages of the batch")
     group.add_argument(
+        "--gd2po.drop_filtered",
+        action="store_true",
+        default=False,
+        help="send only kept rollouts to the actors (topped up with the shortest filtered ones to a multiple of "
+        "--train.batch_size): saves their forward/backward; the loss's token-mean denominator then counts kept "
+        "tokens only, unlike the authors' runs",
+    )
+    group.add_argument(
         "--gd2po.dry_run",
         action="store_true",
         default=False,
@@ -226,6 +234,8 @@ def describe(args, config: GD2POConfig, dimensions: List[RewardDimension]) -> st
         f"  normalise by std  {config.norm_by_std}",
         f"  reweight by κ     {config.reweight_queries}",
         f"  whiten            {config.whiten}",
+        f"  drop filtered     {bool(_arg(args, 'gd2po.drop_filtered', False))} (filtered rollouts "
+        + ("are not sent to the actors)" if _arg(args, "gd2po.drop_filtered", False) else "train with advantage 0)"),
         f"  KL                {kl}",
         "  reward dimensions (info key, source, weight):",
     ]

@@ -13,6 +13,7 @@ executes (in the driver, the PPOTrainer actor and the async TrainingActor). It
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 from types import SimpleNamespace
@@ -20,13 +21,14 @@ from typing import Dict, List
 
 import ray
 import torch
+import torch.nn.functional as F
 from openrlhf.trainer.ppo_utils.experience import Experience
 from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
 from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
 from openrlhf.trainer.ray.launcher import RayActorGroup, RewardModelActor
 
 from ..estimator import compute_rollout_advantages
-from .cli import GD2PO_ESTIMATORS, RewardDimension, resolve
+from .cli import GD2PO_ESTIMATORS, RewardDimension, _arg, resolve
 
 REMOTE_SOURCES = ("reward_function", "reward_server", "agent")
 MODEL_SOURCES = ("reward_model", "cost_model")
@@ -167,7 +169,68 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
             experience.info["return"] = first_token_return  # the return at the first response token
             experience.kl = None
         self.gd2po_metrics = {f"gd2po/{name}": value for name, value in result.metrics.items()}
-        return experiences
+        if not _arg(args, "gd2po.drop_filtered", False):
+            return experiences
+        # OpenRLHF's rollout statistics (reward mean, lengths) still describe every rollout generated.
+        self.gd2po_unfiltered = experiences
+        trained = drop_filtered_rollouts(
+            experiences, result.keep, lengths, args.train.batch_size, args.rollout.micro_batch_size, self.tokenizer.pad_token_id
+        )
+        self.gd2po_metrics["gd2po/trained_ratio"] = sum(len(e.index) for e in trained) / len(indices)
+        return trained
+
+
+def drop_filtered_rollouts(
+    experiences: List[Experience],
+    keep: torch.Tensor,
+    response_lengths: torch.Tensor,
+    batch_multiple: int,
+    micro_batch_size: int,
+    pad_token_id: int,
+) -> List[Experience]:
+    """The experiences re-cut to hold only the rollouts to train on, in micro-batches of ``micro_batch_size``.
+
+    Those are the kept rollouts, topped up with the shortest filtered ones (advantage 0, so no gradient) to
+    a multiple of ``batch_multiple`` (OpenRLHF's global ``--train.batch_size``) and at least one such batch:
+    every optimiser step then sees a full mini-batch, data-parallel ranks get equal shares, and a batch in
+    which every rollout was filtered still trains on one zero-advantage mini-batch instead of leaving the
+    actors an empty replay buffer. ``keep`` and ``response_lengths`` follow the rollouts' order across
+    ``experiences``; advantages, κ and whitening were computed on the whole batch before this.
+    """
+    total = keep.numel()
+    target = min(total, max(1, math.ceil(int(keep.sum()) / batch_multiple)) * batch_multiple)
+    fill_order = torch.argsort(torch.where(keep, math.inf, response_lengths.double()), stable=True)
+    selected = keep.clone()
+    selected[fill_order[: target - int(keep.sum())]] = True
+    per_experience = selected.split([len(e.index) for e in experiences])
+    rows = [mask.nonzero().squeeze(1) for mask in per_experience]
+    fields = {}
+    for field in dataclasses.fields(Experience):
+        values = [getattr(e, field.name) for e in experiences]
+        if all(v is None for v in values):
+            fields[field.name] = None
+        elif Experience.is_step_tensor_field(field.name):
+            width = max(v.shape[1] for v in values)
+            pad = pad_token_id if field.name == "sequences" else 0
+            fields[field.name] = torch.cat([F.pad(v[r], (0, width - v.shape[1]), value=pad) for v, r in zip(values, rows)])
+        elif isinstance(values[0], torch.Tensor):
+            fields[field.name] = torch.cat([v[r] for v, r in zip(values, rows)])
+        elif isinstance(values[0], dict):
+            fields[field.name] = {key: torch.cat([v[key][r] for v, r in zip(values, rows)]) for key in values[0]}
+        elif all(len(v) == len(e.index) for v, e in zip(values, experiences)):  # per rollout: index, prompts, ...
+            fields[field.name] = [v[i] for v, r in zip(values, rows) for i in r.tolist()]
+        else:  # not per rollout (e.g. no images at all): kept as OpenRLHF's concat keeps it
+            fields[field.name] = list(itertools.chain.from_iterable(values))
+    kept = []
+    for start in range(0, target, micro_batch_size):
+        chunk = slice(start, start + micro_batch_size)
+        sliced = {
+            name: value[chunk] if isinstance(value, torch.Tensor) or (isinstance(value, list) and len(value) == target) else value
+            for name, value in fields.items()
+        }
+        sliced["info"] = {key: value[chunk] for key, value in fields["info"].items()}
+        kept.append(Experience(**sliced))
+    return kept
 
 
 def _dimension_values(response: dict, remote_keys: List[str], source: RewardDimension) -> Dict[str, float]:
@@ -214,6 +277,8 @@ def patch_trainer_module(module) -> None:
     original_stats = module.BasePPOTrainer._compute_rollout_stats
 
     def _compute_rollout_stats(self, experiences):
+        # With --gd2po.drop_filtered, the statistics of every generated rollout, not only the trained ones.
+        experiences = self.experience_maker.__dict__.pop("gd2po_unfiltered", None) or experiences
         stats = original_stats(self, experiences)
         stats.update(getattr(self.experience_maker, "gd2po_metrics", {}))
         return stats

@@ -1,0 +1,200 @@
+"""The demo's training loop, one cluster-run step at a time, with transformers' ``generate`` in place of vLLM:
+  1. P prompts × G rollouts sampled from the policy with ``generate``;
+  2. each rollout goes through OpenRLHF's ``SingleTurnAgentExecutor`` (what the vLLM rollout actors
+     run), which calls the reward file ``task.py``: one value per reward dimension;
+  3. OpenRLHF's ``SamplesGenerator`` turns each response into an ``Experience`` (the plugin's patch puts
+     the dimensions into ``info["reward/<key>"]``) and the experience maker splits them into micro-batches;
+  4. old log-probs (the policy actor's job on a cluster; no reference model, no KL), then the experience
+     maker's ``compute_advantages_and_returns``: OpenRLHF's own for group_norm, the plugin's for gd2po/gdpo;
+  5. OpenRLHF's ``PolicyLoss`` (PPO clip), one optimiser step per mini-batch.
+Each run's ``args`` come from OpenRLHF's own launcher parser (extended by the plugin) applied to the
+equivalent ``train_ppo_ray`` flags.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import functools
+import random
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Dict, List
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from tqdm import tqdm
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from gd2po_openrlhf import GD2POConfig, compute_rollout_advantages
+from gd2po_openrlhf.integration.cli import parse_launcher_args
+
+from . import task
+
+TASK_FILE = str(Path(task.__file__).resolve())
+KEYS = list(task.REWARD_KEYS)
+# The equivalent train_ppo_ray flags of each estimator (the common ones are added in run_estimator).
+ESTIMATORS = {
+    "grpo": ["--advantage_estimator", "group_norm"],
+    "gdpo": ["--advantage_estimator", "gdpo", "--gd2po.reward_keys", *KEYS],
+    "gd2po_hard": ["--advantage_estimator", "gd2po", "--gd2po.filter", "hard", "--gd2po.reward_keys", *KEYS],
+    "gd2po_snr": ["--advantage_estimator", "gd2po", "--gd2po.filter", "snr", "--gd2po.snr_threshold", "0.8", "--gd2po.reward_keys", *KEYS],
+}
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    word_level = Tokenizer(models.WordLevel({word: i for i, word in enumerate(task.VOCAB)}, unk_token="[UNK]"))
+    word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="[UNK]", pad_token=task.PAD, eos_token=task.EOS)
+
+
+def warm_started_policy(tokenizer, seed: int, steps: int, batch_size: int = 64) -> LlamaForCausalLM:
+    """A 2-layer Llama from a config (random init), then supervised steps on the noisy teacher's responses
+    (loss on the response tokens only), so that RL starts from a policy that answers, sometimes well."""
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=32, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+    )
+    policy = LlamaForCausalLM(config)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=3e-3)
+    rng = random.Random(seed)
+    prompt_tokens = len(task.make_prompt(random.Random(0))[0].split())
+    for _ in range(steps):
+        prompts, labels = zip(*(task.make_prompt(rng) for _ in range(batch_size)))
+        texts = [f"{prompt} {task.demonstration(rng, label)}" for prompt, label in zip(prompts, labels)]
+        batch = tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
+        targets = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
+        targets[:, :prompt_tokens] = -100
+        loss = policy(**batch, labels=targets).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return policy
+
+
+def action_log_probs(policy, experience) -> torch.Tensor:
+    """log π(token) of each response token, aligned with ``action_mask`` as OpenRLHF's Actor returns it."""
+    sequences, attention_mask = experience.sequences, experience.attention_mask
+    position_ids = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+    logits = policy(sequences, attention_mask=attention_mask, position_ids=position_ids).logits.float()
+    log_probs = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, sequences[:, 1:].unsqueeze(-1)).squeeze(-1)
+    return log_probs * experience.action_mask
+
+
+async def _engine_answer(token_ids, finish_reason, *args, **kwargs):
+    return SimpleNamespace(outputs=[SimpleNamespace(token_ids=token_ids, finish_reason=finish_reason, logprobs=None)])
+
+
+def sample_rollouts(policy, tokenizer, executor, samples_generator, prompts, labels, group_size: int):
+    """G continuations per prompt from ``generate``, then OpenRLHF's rollout path: the executor (reward file)
+    and the trainer-side conversion into one Experience per rollout, in prompt order."""
+    prompt_ids = tokenizer(list(prompts), return_tensors="pt", add_special_tokens=False).input_ids  # equal lengths
+    with torch.no_grad():
+        sequences = policy.generate(
+            prompt_ids.repeat_interleave(group_size, 0),
+            attention_mask=torch.ones(len(prompts) * group_size, prompt_ids.shape[1], dtype=torch.long),
+            do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=task.MAX_RESPONSE_TOKENS,
+            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )
+    continuations = sequences[:, prompt_ids.shape[1] :]
+    # generate pads the finished rollouts: keep each up to and including its first [EOS], as vLLM returns it.
+    is_eos = continuations == tokenizer.eos_token_id
+    lengths = torch.where(is_eos.any(1), is_eos.int().argmax(1) + 1, continuations.shape[1]).tolist()
+    finished = is_eos.any(1).tolist()
+    params = SimpleNamespace(max_tokens=task.MAX_RESPONSE_TOKENS, logprobs=None)
+    max_len = prompt_ids.shape[1] + task.MAX_RESPONSE_TOKENS
+
+    async def execute_all():
+        return await asyncio.gather(*(
+            executor.execute(
+                prompts[i // group_size], labels[i // group_size], params, max_len, tokenizer,
+                SimpleNamespace(generate=functools.partial(_engine_answer, row[:length].tolist(), "stop" if done else "length")),
+            )
+            for i, (row, length, done) in enumerate(zip(continuations, lengths, finished))
+        ))
+
+    responses = asyncio.run(execute_all())
+    return [samples_generator._process_response_into_experience(response, max_len=max_len) for response in responses]
+
+
+def ppo_update(policy, optimizer, policy_loss, experiences, num_mini_batches: int) -> List[float]:
+    """The actor's update: consecutive micro-batches form ``num_mini_batches`` mini-batches, one optimiser
+    step each (gradients averaged over the mini-batch's micro-batches, clipped at norm 1)."""
+    per_mini_batch = max(1, len(experiences) // num_mini_batches)
+    losses = []
+    for start in range(0, len(experiences), per_mini_batch):
+        mini_batch = experiences[start : start + per_mini_batch]
+        for experience in mini_batch:
+            loss, _, _, _, _ = policy_loss(
+                action_log_probs(policy, experience), experience.action_log_probs, experience.advantages,
+                action_mask=experience.action_mask,
+            )
+            (loss / len(mini_batch)).backward()
+            losses.append(loss.item())
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+    return losses
+
+
+def run_estimator(name: str, settings, warm_policy, tokenizer, seed: int, writer) -> Dict[str, List[float]]:
+    """One RL run; returns the per-step curves (also written to TensorBoard under the cluster run's tags)."""
+    import openrlhf.trainer.ppo_trainer as ppo_trainer
+    from openrlhf.models.loss import PolicyLoss
+    from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
+    from openrlhf.utils.agent import SingleTurnAgentExecutor
+
+    group_size = settings.rollouts_per_prompt
+    common = ["--reward.remote_url", TASK_FILE, "--rollout.n_samples_per_prompt", str(group_size),
+              "--rollout.micro_batch_size", str(settings.micro_batch_size), "--algo.kl.init_coef", "0"]
+    strategy = SimpleNamespace(args=parse_launcher_args(ESTIMATORS[name] + common))
+    maker = ppo_trainer.RemoteExperienceMaker(None, None, None, None, FixedKLController(0.0), strategy, tokenizer)
+    samples_generator = ppo_trainer.SamplesGenerator(strategy, None, None, tokenizer, [])
+    executor = SingleTurnAgentExecutor(TASK_FILE)
+    policy = copy.deepcopy(warm_policy)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=settings.lr)
+    policy_loss = PolicyLoss(clip_eps_low=0.2, clip_eps_high=0.2)
+    # Same seed, same prompts and the same first samples for every estimator.
+    torch.manual_seed(seed)
+    prompt_rng = random.Random(10_000 + seed)
+    diagnostics = GD2POConfig(filter="none", reward_keys=tuple(KEYS))  # GRPO's conflict ratio, measured alike
+    curves: Dict[str, List[float]] = {}
+    progress = tqdm(range(1, settings.steps + 1), desc=f"{name:<10} seed {seed}", file=sys.stdout, mininterval=1.0)
+    for step in progress:
+        prompts, labels = zip(*(task.make_prompt(prompt_rng) for _ in range(settings.prompts_per_step)))
+        samples = sample_rollouts(policy, tokenizer, executor, samples_generator, prompts, labels, group_size)
+        experiences = maker.split_rollout_samples(samples)
+        with torch.no_grad():
+            for experience in experiences:
+                experience.action_log_probs = action_log_probs(policy, experience)
+                experience.kl = torch.zeros_like(experience.action_log_probs)
+        experiences = maker.compute_advantages_and_returns(experiences)
+
+        rewards = torch.stack([torch.cat([e.info[f"reward/{key}"] for e in experiences]).double() for key in KEYS], 1)
+        lengths = torch.cat([e.action_mask.sum(-1) for e in experiences])
+        if name == "grpo":
+            group_ids = torch.tensor([i for e in experiences for i in e.index]) // group_size
+            conflict = compute_rollout_advantages(rewards, group_ids, lengths, diagnostics).metrics["conflict_ratio"]
+            metrics = {"gd2po/conflict_ratio": conflict, "gd2po/keep_ratio": 1.0}
+        else:
+            metrics = dict(maker.gd2po_metrics)
+        advantage_abs = sum(float(e.advantages.abs().sum()) for e in experiences) / float(lengths.sum())
+
+        losses = ppo_update(policy, optimizer, policy_loss, experiences, settings.updates_per_step)
+
+        values = {f"reward/{key}": float(rewards[:, k].mean()) for k, key in enumerate(KEYS)}
+        values["reward"] = float(rewards.sum(1).mean())
+        values["response_length"] = float(lengths.double().mean())
+        values["advantage_abs_mean"] = advantage_abs
+        values["policy_loss"] = sum(losses) / len(losses)
+        values.update(metrics)
+        for key, value in values.items():
+            curves.setdefault(key, []).append(value)
+            writer.add_scalar(f"train/{key}", value, step)
+        progress.set_postfix(reward=f"{values['reward']:.2f}", conflict=f"{metrics['gd2po/conflict_ratio']:.2f}", refresh=False)
+    return curves
+
+

@@ -218,7 +218,7 @@ def main() -> None:
         scaled_mask = (torch.arange(MAX_LEN) < scaled_lengths.unsqueeze(1)).float()
         memory_mb = peak_rss_growth_mb(plugin.compute_advantages_and_returns, scaled_experiences)
         core, whole = [], []
-        for _ in range(max(1, settings.repeats // 2 if scale > 1 else settings.repeats)):
+        for _ in range(settings.repeats):
             core.append(timed(compute_advantages, scaled_rewards, scaled_groups, scaled_mask, CONFIG))
             whole.append(timed(plugin.compute_advantages_and_returns, scaled_experiences))
         core_s, whole_s = statistics.median(core), statistics.median(whole)

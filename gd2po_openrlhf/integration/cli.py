@@ -234,8 +234,8 @@ def describe(args, config: GD2POConfig, dimensions: List[RewardDimension]) -> st
         f"  normalise by std  {config.norm_by_std}",
         f"  reweight by κ     {config.reweight_queries}",
         f"  whiten            {config.whiten}",
-        f"  drop filtered     {bool(_arg(args, 'gd2po.drop_filtered', False))} (filtered rollouts "
-        + ("are not sent to the actors)" if _arg(args, "gd2po.drop_filtered", False) else "train with advantage 0)"),
+        "  drop filtered     "
+        + ("True (filtered rollouts are not sent to the actors)" if _arg(args, "gd2po.drop_filtered", False) else "False (filtered rollouts train with advantage 0)"),
         f"  KL                {kl}",
         "  reward dimensions (info key, source, weight):",
     ]

@@ -21,11 +21,11 @@ from typing import Dict, List
 
 import ray
 import torch
-import torch.nn.functional as F
 from openrlhf.trainer.ppo_utils.experience import Experience
 from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
 from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
 from openrlhf.trainer.ray.launcher import RayActorGroup, RewardModelActor
+from openrlhf.utils.utils import zero_pad_sequences
 
 from ..estimator import compute_rollout_advantages
 from .cli import GD2PO_ESTIMATORS, RewardDimension, _arg, resolve
@@ -197,11 +197,11 @@ def drop_filtered_rollouts(
     actors an empty replay buffer. ``keep`` and ``response_lengths`` follow the rollouts' order across
     ``experiences``; advantages, κ and whitening were computed on the whole batch before this.
     """
-    total = keep.numel()
-    target = min(total, max(1, math.ceil(int(keep.sum()) / batch_multiple)) * batch_multiple)
+    num_kept = int(keep.sum())
+    target = min(keep.numel(), max(1, math.ceil(num_kept / batch_multiple)) * batch_multiple)
     fill_order = torch.argsort(torch.where(keep, math.inf, response_lengths.double()), stable=True)
     selected = keep.clone()
-    selected[fill_order[: target - int(keep.sum())]] = True
+    selected[fill_order[: target - num_kept]] = True
     per_experience = selected.split([len(e.index) for e in experiences])
     rows = [mask.nonzero().squeeze(1) for mask in per_experience]
     fields = {}
@@ -210,9 +210,8 @@ def drop_filtered_rollouts(
         if all(v is None for v in values):
             fields[field.name] = None
         elif Experience.is_step_tensor_field(field.name):
-            width = max(v.shape[1] for v in values)
             pad = pad_token_id if field.name == "sequences" else 0
-            fields[field.name] = torch.cat([F.pad(v[r], (0, width - v.shape[1]), value=pad) for v, r in zip(values, rows)])
+            fields[field.name] = zero_pad_sequences([v[r] for v, r in zip(values, rows)], "right", pad)
         elif isinstance(values[0], torch.Tensor):
             fields[field.name] = torch.cat([v[r] for v, r in zip(values, rows)])
         elif isinstance(values[0], dict):

@@ -1,0 +1,122 @@
+"""The tool-calling reward file (examples/rewards/tool_calling.py): every branch of the three ToolRL rules.
+
+Expected values are worked out by hand from the rules in the file's docstring.
+"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REWARD_FILE = Path(__file__).resolve().parents[1] / "examples" / "rewards" / "tool_calling.py"
+spec = importlib.util.spec_from_file_location("tool_calling_rewards", REWARD_FILE)
+tool_calling = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tool_calling)
+
+
+def calls(*pairs):
+    return "\n".join(json.dumps({"name": name, "parameters": params}) for name, params in pairs)
+
+
+def turn(think="I should call the tool", tool_calls=None, response=None):
+    parts = [f"<think>{think}</think>"]
+    if tool_calls is not None:
+        parts.append(f"<tool_call>\n{tool_calls}\n</tool_call>")
+    if response is not None:
+        parts.append(f"<response>{response}</response>")
+    return "\n".join(parts)
+
+
+WEATHER = ("get_weather", {"city": "Paris", "unit": "C"})
+TIME = ("get_time", {"tz": "CET"})
+GT_TWO_CALLS = turn(tool_calls=calls(WEATHER, TIME))  # max = 1 + (1 + 2) + (1 + 1) = 6
+
+
+@pytest.mark.parametrize(
+    "response, ground_truth, expected",
+    [
+        (turn(tool_calls=calls(WEATHER, TIME)), GT_TWO_CALLS, 3.0),  # exact match
+        (turn(tool_calls=calls(TIME, WEATHER)), GT_TWO_CALLS, 3.0),  # same calls, other order: full score
+        (turn(response="hi"), GT_TWO_CALLS, -3.0),  # no tool block
+        (turn(tool_calls='{"name": "get_weather", "parameters": {"city": "Paris"'), GT_TWO_CALLS, -3.0),  # bad JSON
+        (turn(tool_calls='{"parameters": {}}'), GT_TWO_CALLS, -3.0),  # a call without a name
+        (turn(tool_calls='["get_weather"]'), GT_TWO_CALLS, -3.0),  # not an object
+        (turn(tool_calls=""), GT_TWO_CALLS, -3.0),  # empty block
+        (turn(tool_calls=calls(WEATHER, TIME)), turn(response="no tool needed"), 0.0),  # gt calls nothing
+        # one of two calls, exact: names 1/2, weather 1 + 2 → (0.5 + 3) / 6
+        (turn(tool_calls=calls(WEATHER)), GT_TWO_CALLS, 6 * 3.5 / 6 - 3),
+        # partial parameters: weather keys {city} vs {city, unit} → 1/2, one equal value; time exact 1 + 1
+        (turn(tool_calls=calls(("get_weather", {"city": "Paris"}), TIME)), GT_TWO_CALLS, 6 * (1 + 1.5 + 2) / 6 - 3),
+        # right keys, one wrong value: weather 1 + 1, time 1 + 0
+        (
+            turn(tool_calls=calls(("get_weather", {"city": "Lyon", "unit": "C"}), ("get_time", {"tz": "UTC"}))),
+            GT_TWO_CALLS,
+            6 * (1 + 2 + 1) / 6 - 3,
+        ),
+        # an extra wrong call: names 2/3, both gt calls exact
+        (turn(tool_calls=calls(WEATHER, TIME, ("send_mail", {}))), GT_TWO_CALLS, 6 * (2 / 3 + 3 + 2) / 6 - 3),
+        # the best unused same-name call counts once: gt [weather, weather'] vs pred [weather'] ...
+        (
+            turn(tool_calls=calls(("get_weather", {"city": "Rome", "unit": "C"}))),
+            turn(tool_calls=calls(WEATHER, ("get_weather", {"city": "Rome", "unit": "C"}))),
+            # names {w} vs {w}: 1; first gt call takes the only prediction (1 + 1), second gets nothing; max 7
+            6 * (1 + 2) / 7 - 3,
+        ),
+        (turn(tool_calls=calls(("other", {"x": 1}))), GT_TWO_CALLS, 6 * 0 / 6 - 3),  # nothing in common
+        # values compare as JSON values: 5 ≠ "5"
+        (turn(tool_calls=calls(("f", {"n": "5"}))), turn(tool_calls=calls(("f", {"n": 5}))), 6 * (1 + 1) / 3 - 3),
+    ],
+)
+def test_correctness(response, ground_truth, expected):
+    assert tool_calling.score(response, ground_truth)["correctness"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    "response, ground_truth, expected",
+    [
+        (turn(tool_calls=calls(WEATHER)), GT_TWO_CALLS, 1.0),  # format does not judge the calls
+        (turn(tool_calls=calls(WEATHER)) + "<|im_end|>\n", GT_TWO_CALLS, 1.0),  # end-of-turn marker stripped
+        (turn(tool_calls=calls(WEATHER), response="done"), turn(tool_calls=calls(WEATHER), response="ok"), 1.0),
+        (turn(response="Paris is sunny"), turn(response="x"), 1.0),
+        (turn(response="Paris is sunny"), "plain text ground truth", 1.0),  # neither block: a response is expected
+        (turn(tool_calls=calls(WEATHER)), turn(tool_calls=calls(WEATHER), response="ok"), 0.0),  # response missing
+        (turn(tool_calls=calls(WEATHER), response="x"), GT_TWO_CALLS, 0.0),  # a response the gt does not have
+        ("<tool_call>\n" + calls(WEATHER) + "\n</tool_call>", GT_TWO_CALLS, 0.0),  # no think
+        (
+            "<tool_call>\n" + calls(WEATHER) + "\n</tool_call>\n<think>late</think>",
+            GT_TWO_CALLS,
+            0.0,
+        ),  # wrong order
+        ("<think>a</think><think>b</think>\n<tool_call>\n" + calls(WEATHER) + "\n</tool_call>", GT_TWO_CALLS, 0.0),
+        ("<think>a</think>\n<tool_call>" + calls(WEATHER) + "</tool_call>", GT_TWO_CALLS, 0.0),  # no newlines inside
+        (turn(tool_calls=calls(WEATHER)) + " and more", GT_TWO_CALLS, 0.0),  # text after the last block
+        ("sure! " + turn(tool_calls=calls(WEATHER)), GT_TWO_CALLS, 0.0),  # text before the first block
+        ("<think>unclosed\n<tool_call>\n" + calls(WEATHER) + "\n</tool_call>", GT_TWO_CALLS, 0.0),
+    ],
+)
+def test_format(response, ground_truth, expected):
+    assert tool_calling.score(response, ground_truth)["format"] == expected
+
+
+@pytest.mark.parametrize(
+    "response, expected",
+    [
+        (turn(think="one two three", response="x"), 0.01),  # 3/512 = 0.0059 → 0.01
+        (turn(think=" ".join(["w"] * 256), response="x"), 0.5),
+        (turn(think=" ".join(["w"] * 700), response="x"), 1.0),  # capped
+        (turn(think="", response="x"), 0.0),
+        ("<response>no thinking</response>", 0.0),
+        ("<think>never closed " + " ".join(["w"] * 100), 0.0),
+    ],
+)
+def test_length(response, expected):
+    assert tool_calling.score(response, "<response>x</response>")["length"] == expected
+
+
+def test_reward_func_scores_a_batch_and_returns_every_dimension():
+    prompts = ["<|im_start|>user\nweather?<|im_end|>\n<|im_start|>assistant\n", "<|im_start|>user\ntime?<|im_end|>\n"]
+    responses = [turn(tool_calls=calls(WEATHER, TIME)) + "<|im_end|>", "no tags at all"]
+    out = tool_calling.reward_func([p + r for p, r in zip(prompts, responses)], prompts, [GT_TWO_CALLS, GT_TWO_CALLS])
+    assert out["extra_logs"] == {"reward/correctness": [3.0, -3.0], "reward/format": [1.0, 0.0], "reward/length": [0.01, 0.0]}
+    assert out["rewards"] == out["scores"] == pytest.approx([4.01, -3.0])

@@ -186,10 +186,10 @@ def test_extra_logs_form_is_accepted(generator):
     "reward, extra_logs, message",
     [
         (None, None, r"reward keys \['correctness', 'format'\] missing from reward function .*rules.py for prompt 'What is 2\+2\?': it returned no reward at all"),
-        ({"correctness": 1.0}, None, r"reward keys \['format'\] missing"),
-        ({"correctness": 1.0, "format": 0.0, "style": 1.0}, None, r"returned reward keys \['style'\] that are not in --gd2po.reward_keys"),
-        ({"correctness": float("nan"), "format": 0.0}, None, r"reward 'correctness' from reward function .* is nan for prompt"),
-        ({"correctness": "1", "format": 0.0}, None, r"reward 'correctness' .* is '1' for prompt .*expected a finite number"),
+        ({"correctness": 1.0}, None, r"reward function .*rules.py for prompt 'What is 2\+2\?' returned no value for reward keys \['format'\]"),
+        ({"correctness": 1.0, "format": 0.0, "style": 1.0}, None, r"returned reward keys \['style'\] that are not among the declared reward keys \['correctness', 'format'\]"),
+        ({"correctness": float("nan"), "format": 0.0}, None, r"reward function .* for prompt .* returned nan for reward key 'correctness' of rollout 0: expected a finite number"),
+        ({"correctness": "1", "format": 0.0}, None, r"returned '1' for reward key 'correctness' of rollout 0: expected a finite number"),
     ],
 )
 def test_bad_rollout_rewards_name_key_source_and_prompt(generator, reward, extra_logs, message):

@@ -28,6 +28,7 @@ from openrlhf.trainer.ray.launcher import RayActorGroup, RewardModelActor
 from openrlhf.utils.utils import zero_pad_sequences
 
 from ..estimator import compute_rollout_advantages
+from ..rewards import dimensions_from_payload
 from .cli import GD2PO_ESTIMATORS, RewardDimension, _arg, resolve
 
 REMOTE_SOURCES = ("reward_function", "reward_server", "agent")
@@ -234,37 +235,15 @@ def drop_filtered_rollouts(
 
 def _dimension_values(response: dict, remote_keys: List[str], source: RewardDimension) -> Dict[str, float]:
     """The remote-sourced reward dimensions of one rollout, validated; errors name the key and the prompt."""
-    reward, extra_logs = response.get("reward"), response.get("extra_logs") or {}
-    where = f"{source.source.replace('_', ' ')} {source.location}"
-    prompt = f"{response.get('prompt')!r:.200}"
-    if isinstance(reward, dict):
-        values = reward
-        unexpected = sorted(set(values) - set(remote_keys))
-        if unexpected:
-            raise ValueError(f"{where} returned reward keys {unexpected} that are not in --gd2po.reward_keys {remote_keys} for prompt {prompt}")
-    else:
-        values = {key[len("reward/"):]: value for key, value in extra_logs.items() if key.startswith("reward/")}
-    missing = [key for key in remote_keys if key not in values]
-    if missing:
-        why = (
-            "it returned no reward at all: the reward function raised or the server failed (OpenRLHF swallows the "
-            "exception and logs '[SingleTurnExecutor] Failed to fetch reward' at INFO level)"
-            if reward is None and not extra_logs
-            else "return them as {'rewards': {key: value, ...}} or as extra_logs 'reward/<key>'"
+    where = f"{source.source.replace('_', ' ')} {source.location} for prompt {response.get('prompt')!r:.200}"
+    if response.get("reward") is None and not response.get("extra_logs"):
+        raise ValueError(
+            f"reward keys {remote_keys} missing from {where}: it returned no reward at all: the reward function raised "
+            "or the server failed (OpenRLHF swallows the exception and logs '[SingleTurnExecutor] Failed to fetch "
+            "reward' at INFO level)"
         )
-        raise ValueError(f"reward keys {missing} missing from {where} for prompt {prompt}: {why}")
-    checked = {}
-    for key in remote_keys:
-        value = values[key]
-        # Reward files and servers answer batches of one rollout: accept a value or a 1-element list/tensor.
-        if isinstance(value, (list, tuple)) and len(value) == 1:
-            value = value[0]
-        if isinstance(value, torch.Tensor) and value.numel() == 1:
-            value = value.item()
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ValueError(f"reward {key!r} from {where} is {value!r} for prompt {prompt}: expected a finite number")
-        checked[key] = float(value)
-    return checked
+    payload = {"rewards": response.get("reward"), "extra_logs": response.get("extra_logs")}
+    return {key: values[0] for key, values in dimensions_from_payload(payload, 1, remote_keys, where).items()}
 
 
 def patch_trainer_module(module) -> None:
@@ -299,10 +278,10 @@ def patch_trainer_module(module) -> None:
         # Until the model-group dimensions arrive, reward/score are the weighted sum of these dimensions.
         partial_total = sum(dim.weight * values[dim.key] for dim in remote)
         response = dict(response)
-        if isinstance(response.get("reward"), dict) or response.get("reward") is None:
-            response["reward"] = partial_total
-        if isinstance(response.get("scores"), dict) or response.get("scores") is None:
-            response["scores"] = partial_total
+        # A dict, a list of one (batched reward files and servers) or nothing becomes that scalar sum.
+        for field in ("reward", "scores"):
+            if isinstance(response.get(field), bool) or not isinstance(response.get(field), (int, float)):
+                response[field] = partial_total
         response["extra_logs"] = {k: v for k, v in (response.get("extra_logs") or {}).items() if not k.startswith("reward/")}
         experience = original_process(self, response, **generate_kwargs)
         for key, value in values.items():

@@ -1,0 +1,65 @@
+"""Reward payloads: what a reward function or server returns, validated into one list per dimension.
+
+No torch or openrlhf import: used by the reward server, the trainer-side integration and the tests alike.
+A payload follows OpenRLHF's remote-reward protocol, ``{"rewards": ..., "scores": ..., "extra_logs": ...}``,
+and carries the dimensions either as ``"rewards": {key: values}`` or as ``"extra_logs": {"reward/<key>": values}``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Dict, List, Mapping, Optional, Sequence
+
+DIMENSION_PREFIX = "reward/"
+
+
+def dimensions_from_payload(
+    payload, num_rollouts: int, reward_keys: Optional[Sequence[str]] = None, source: str = "reward source"
+) -> Dict[str, List[float]]:
+    """``{key: [value per rollout]}`` from one payload answering ``num_rollouts`` rollouts.
+
+    Values may be a list, tuple or array (anything with ``tolist()``) of ``num_rollouts`` numbers, or a bare
+    number when ``num_rollouts == 1``. With ``reward_keys`` the payload must carry exactly those dimensions.
+    Raises ValueError naming the source, the reward key and the rollout for a missing or unexpected key,
+    a wrong number of values, or a value that is not a finite real number.
+    """
+    if not isinstance(payload, Mapping):
+        raise ValueError(f"{source} returned {type(payload).__name__} {payload!r:.200}, expected a dict with 'rewards' and/or 'extra_logs'")
+    rewards, extra_logs = payload.get("rewards"), payload.get("extra_logs") or {}
+    if not isinstance(extra_logs, Mapping):
+        raise ValueError(f"{source} returned extra_logs of type {type(extra_logs).__name__}, expected a dict")
+    if isinstance(rewards, Mapping):
+        values = dict(rewards)
+    else:
+        values = {key[len(DIMENSION_PREFIX):]: value for key, value in extra_logs.items() if str(key).startswith(DIMENSION_PREFIX)}
+    if reward_keys is not None:
+        unexpected = sorted(str(k) for k in set(values) - set(reward_keys))
+        if unexpected:
+            raise ValueError(f"{source} returned reward keys {unexpected} that are not among the declared reward keys {list(reward_keys)}")
+        missing = [key for key in reward_keys if key not in values]
+        if missing:
+            raise ValueError(
+                f"{source} returned no value for reward keys {missing}: return them as "
+                "{'rewards': {key: values}} or as extra_logs {'reward/<key>': values}"
+            )
+        keys = list(reward_keys)
+    else:
+        keys = list(values)
+        if not keys:
+            raise ValueError(f"{source} returned no reward dimensions: return {{'rewards': {{key: values}}}} or extra_logs 'reward/<key>'")
+    dimensions = {}
+    for key in keys:
+        value = values[key]
+        if hasattr(value, "tolist"):  # torch tensors, numpy arrays and scalars
+            value = value.tolist()
+        if not isinstance(value, (list, tuple)):
+            if num_rollouts != 1:
+                raise ValueError(f"{source} returned a single value for reward key {key!r}, expected a list of {num_rollouts}")
+            value = [value]
+        if len(value) != num_rollouts:
+            raise ValueError(f"{source} returned {len(value)} values for reward key {key!r}, expected one per rollout ({num_rollouts})")
+        for index, item in enumerate(value):
+            if isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(item):
+                raise ValueError(f"{source} returned {item!r:.100} for reward key {key!r} of rollout {index}: expected a finite number")
+        dimensions[str(key)] = [float(item) for item in value]
+    return dimensions

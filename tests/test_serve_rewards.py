@@ -1,0 +1,241 @@
+"""The reward server (python -m gd2po_openrlhf.serve_rewards) on loopback: protocol, validation, limits,
+concurrent clients, OpenRLHF's own HTTP client and the command line."""
+
+import asyncio
+import importlib.util
+import json
+import random
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
+from openrlhf.utils.agent import SingleTurnAgentExecutor
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+import openrlhf.trainer.ppo_trainer  # noqa: F401  (the import hook patches SamplesGenerator through it)
+from gd2po_openrlhf.serve_rewards import RewardServer, load_reward_func
+from gd2po_testing import openrlhf_strategy
+
+ROOT = Path(__file__).resolve().parents[1]
+TOOL_CALLING = ROOT / "examples" / "rewards" / "tool_calling.py"
+spec = importlib.util.spec_from_file_location("tool_calling_rewards_for_server", TOOL_CALLING)
+tool_calling = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(tool_calling)
+
+GROUND_TRUTH = '<think>x</think>\n<tool_call>\n{"name": "f", "parameters": {"a": 1, "b": 2}}\n</tool_call>'
+
+
+def rollout_text(i):
+    """A response whose three rewards depend on i: the call's parameters, the format and the think length."""
+    params = {"a": 1, "b": i % 3}
+    think = " ".join(["w"] * (i % 600))
+    body = f'<think>{think}</think>\n<tool_call>\n{json.dumps({"name": "f", "parameters": params})}\n</tool_call>'
+    return body if i % 4 else body + " trailing words"
+
+
+def post(url, payload, timeout=30):
+    data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+@pytest.fixture
+def serve():
+    servers = []
+
+    def start(reward_func=tool_calling.reward_func, **kwargs):
+        server = RewardServer(("127.0.0.1", 0), reward_func, "test.py", **kwargs)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_concurrent_clients_each_get_their_own_rollouts_rewards(serve):
+    server = serve(reward_keys=["correctness", "format", "length"], max_concurrency=4)
+    rng = random.Random(0)
+    batches = [[rng.randrange(2000) for _ in range(rng.randint(1, 6))] for _ in range(120)]
+
+    def ask(batch):
+        prompts = [f"prompt {i}: call f\n" for i in batch]
+        status, answer = post(server.url, {"query": [p + rollout_text(i) for p, i in zip(prompts, batch)], "prompts": prompts, "labels": [GROUND_TRUTH] * len(batch)})
+        return batch, status, answer
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(ask, batches))
+    for batch, status, answer in results:
+        assert status == 200
+        expected = [tool_calling.score(rollout_text(i), GROUND_TRUTH) for i in batch]
+        for key in ("correctness", "format", "length"):
+            assert answer["extra_logs"][f"reward/{key}"] == [e[key] for e in expected]
+        assert answer["rewards"] == pytest.approx([sum(e.values()) for e in expected]) and answer["scores"] == answer["rewards"]
+    # the batches really differ: otherwise a mix-up between clients could go unnoticed
+    assert len({json.dumps(a["extra_logs"]) for _, _, a in results}) > 100
+    status, health = post_get(server.url.replace("/get_reward", "/health"))
+    assert status == 200 and health["served_requests"] == len(batches) and health["served_rollouts"] == sum(map(len, batches))
+    assert health["in_flight"] == 0 and health["reward_keys"] == ["correctness", "format", "length"]
+
+
+def post_get(url):
+    with urllib.request.urlopen(url, timeout=10) as answer:
+        return answer.status, json.loads(answer.read())
+
+
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        (b"{not json", 400, "body is not valid JSON"),
+        (b"[1, 2]", 400, "body must be a JSON object"),
+        ({"prompts": ["p"], "labels": [None]}, 400, "'query' must be a non-empty list of strings"),
+        ({"query": [], "prompts": []}, 400, "'query' must be a non-empty list"),
+        ({"query": ["p r", 3], "prompts": ["p", "p"]}, 400, "'query' must be a non-empty list of strings"),
+        ({"query": ["p r", "p s"], "prompts": ["p"]}, 400, "'prompts' must be a list of 2 strings"),
+        ({"query": ["p r"], "prompts": ["p"], "labels": ["a", "b"]}, 400, "'labels' must be a list of 1 items"),
+        ({"query": ["p r"] * 5, "prompts": ["p"] * 5, "labels": ["a"] * 5}, 413, "batch of 5 queries exceeds --max-batch 4"),
+    ],
+)
+def test_malformed_requests_get_a_4xx_with_the_reason(serve, body, status, message):
+    server = serve(max_batch=4)
+    code, answer = post(server.url, body)
+    assert code == status and message in answer["error"]
+    assert post(server.url, {"query": ["p " + rollout_text(1)], "prompts": ["p "], "labels": [GROUND_TRUTH]})[0] == 200  # still serving
+
+
+def test_labels_may_be_omitted_and_unknown_paths_are_404(serve):
+    server = serve(reward_func=lambda q, p, labels: {"rewards": {"has_label": [float(x is not None) for x in labels]}})
+    assert post(server.url, {"query": ["a b"], "prompts": ["a"]}) == (200, {"rewards": [0.0], "scores": [0.0], "extra_logs": {"reward/has_label": [0.0]}})
+    assert post(server.url.replace("get_reward", "nope"), {"query": ["a"], "prompts": ["a"]})[0] == 404
+
+
+@pytest.mark.parametrize(
+    "reward_func, message",
+    [
+        (lambda q, p, l: 1 / 0, "ZeroDivisionError"),
+        (lambda q, p, l: {"rewards": {"correctness": [1.0]}}, "returned 1 values for reward key 'correctness', expected one per rollout (2)"),
+        (lambda q, p, l: {"rewards": {"correctness": [1.0, float("nan")]}}, "returned nan for reward key 'correctness' of rollout 1"),
+        (lambda q, p, l: {"rewards": [1.0, 2.0]}, "returned no reward dimensions"),
+    ],
+)
+def test_a_failing_reward_function_is_a_500_naming_the_cause(serve, reward_func, message):
+    server = serve(reward_func=reward_func)
+    code, answer = post(server.url, {"query": ["a b", "a c"], "prompts": ["a", "a"], "labels": [None, None]})
+    assert code == 500 and message in answer["error"]
+
+
+def test_declared_reward_keys_are_enforced(serve):
+    server = serve(reward_func=lambda q, p, l: {"rewards": {"correctness": [1.0], "style": [0.0]}}, reward_keys=["correctness"])
+    code, answer = post(server.url, {"query": ["a b"], "prompts": ["a"]})
+    assert code == 500 and "reward keys ['style'] that are not among the declared reward keys ['correctness']" in answer["error"]
+
+
+def test_a_full_server_answers_503_after_the_queue_timeout(serve):
+    release = threading.Event()
+
+    def slow(queries, prompts, labels):
+        release.wait(10)
+        return {"rewards": {"x": [1.0] * len(queries)}}
+
+    server = serve(reward_func=slow, max_concurrency=1, queue_timeout=0.2)
+    payload = {"query": ["a b"], "prompts": ["a"]}
+    with ThreadPoolExecutor(2) as pool:
+        first = pool.submit(post, server.url, payload)
+        while server.in_flight == 0:
+            time.sleep(0.01)
+        code, answer = post(server.url, payload)
+        release.set()
+        assert first.result() == (200, {"rewards": [1.0], "scores": [1.0], "extra_logs": {"reward/x": [1.0]}})
+    assert code == 503 and "busy: all 1 slots taken" in answer["error"]
+
+
+def byte_level_tokenizer():
+    """Round-trips any text exactly, so the reward file sees the response as generated."""
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    tokenizer = Tokenizer(models.BPE({c: i for i, c in enumerate(sorted(alphabet))}, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer)
+
+
+class ScriptedEngine:
+    """Stands in for vLLM's engine only: answers with a fixed continuation."""
+
+    def __init__(self, token_ids):
+        self.token_ids = token_ids
+
+    async def generate(self, prompt_token_ids, sampling_params, multi_modal_data=None):
+        return SimpleNamespace(outputs=[SimpleNamespace(token_ids=self.token_ids, finish_reason="stop", logprobs=None)])
+
+
+def test_openrlhfs_http_client_and_the_plugin_read_every_dimension(serve):
+    server = serve(reward_keys=["correctness", "format", "length"])
+    tokenizer = byte_level_tokenizer()
+    strategy = openrlhf_strategy(
+        ["--advantage_estimator", "gd2po", "--reward.remote_url", server.url, "--gd2po.reward_keys", "correctness", "format", "length",
+         "--rollout.n_samples_per_prompt", "2"]
+    )
+    executor = SingleTurnAgentExecutor(server.url)
+    params = SimpleNamespace(max_tokens=512, logprobs=None)
+    for i in (1, 2, 7):
+        engine = ScriptedEngine(tokenizer(rollout_text(i), add_special_tokens=False)["input_ids"])
+        response = asyncio.run(executor.execute("call f please\n", GROUND_TRUTH, params, 4096, tokenizer, engine))
+        experience = SamplesGenerator._process_response_into_experience(SimpleNamespace(args=strategy.args), response)
+        expected = tool_calling.score(rollout_text(i), GROUND_TRUTH)
+        assert {k: experience.info[f"reward/{k}"].item() for k in expected} == pytest.approx(expected)
+        assert experience.rewards.tolist() == pytest.approx([sum(expected.values())])
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_command_line_serves_the_tool_calling_file_and_logs_each_request():
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gd2po_openrlhf.serve_rewards", "--reward-file", str(TOOL_CALLING), "--port", str(port)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        for _ in range(200):
+            try:
+                status, health = post_get(f"http://127.0.0.1:{port}/health")
+                break
+            except OSError:
+                time.sleep(0.05)
+        assert status == 200 and health["status"] == "ok" and health["reward_file"] == str(TOOL_CALLING)
+        code, answer = post(f"http://127.0.0.1:{port}/get_reward", {"query": ["p" + rollout_text(5)] * 3, "prompts": ["p"] * 3, "labels": [GROUND_TRUTH] * 3})
+        assert code == 200 and answer["extra_logs"]["reward/correctness"] == [3.0] * 3
+    finally:
+        process.terminate()
+        log = process.communicate(timeout=10)[1]
+    assert f"serving {TOOL_CALLING} on http://127.0.0.1:{port}/get_reward" in log
+    assert '"POST /get_reward HTTP/1.1" 200 batch=3' in log and '"GET /health HTTP/1.1" 200' in log
+
+
+def test_command_line_refuses_a_file_without_reward_func(tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("def reward(queries):\n    return 0\n")
+    result = subprocess.run([sys.executable, "-m", "gd2po_openrlhf.serve_rewards", "--reward-file", str(bad)], capture_output=True, text=True)
+    assert result.returncode == 2 and f"reward file {bad} defines no reward_func" in result.stderr
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_reward_func(str(tmp_path / "missing.py"))

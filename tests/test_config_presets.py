@@ -4,16 +4,75 @@ import pathlib
 import pytest
 
 from gd2po_openrlhf import GD2POConfig
+from gd2po_openrlhf.integration.cli import parse_launcher_args, resolve
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 
-def test_shipped_presets_load():
-    tool = GD2POConfig.from_json(str(CONFIGS / "tool_calling_snr.json"))
-    assert (tool.filter, tool.snr_threshold, tool.snr_eps) == ("snr", 0.8, 1e-8)
-    assert tool.reward_keys == ("correctness", "format", "length") and tool.weights == (1.0, 1.0, 1.0)
-    safe = GD2POConfig.from_json(str(CONFIGS / "safe_alignment_snr.json"))
-    assert safe.reward_keys == ("helpfulness", "cost") and safe.weights == (1.0, -1.0) and safe.snr_eps == 1e-6
+def launch(*flags):
+    """OpenRLHF's real parser on a gd2po command line, then the plugin's resolution of it."""
+    args = parse_launcher_args(["--advantage_estimator", "gd2po", "--rollout.n_samples_per_prompt", "4", *flags])
+    return args, *resolve(args)
+
+
+def test_tool_calling_preset_resolves_to_the_authors_settings():
+    args, config, dims = launch("--gd2po.config", str(CONFIGS / "tool_calling.yaml"))
+    assert (config.filter, config.snr_threshold, config.snr_eps) == ("snr", 0.8, 1e-8)
+    assert config.reward_keys == ("correctness", "format", "length") and config.weights == (1.0, 1.0, 1.0)
+    reward_file = str(CONFIGS.parent / "examples" / "rewards" / "tool_calling.py")  # resolved against configs/
+    assert args.reward.remote_url == [reward_file]
+    assert {(d.source, d.location) for d in dims} == {("reward_function", reward_file)}
+
+
+def test_safe_alignment_preset_with_the_models_on_the_command_line():
+    args, config, dims = launch(
+        "--gd2po.config", str(CONFIGS / "safe_alignment.yaml"), "--reward.model_name_or_path", "org/rm", "--cost.model_name_or_path", "org/cm"
+    )
+    assert (config.filter, config.snr_threshold, config.snr_eps) == ("snr", 0.8, 1e-6)
+    assert [(d.key, d.source, d.location, d.weight) for d in dims] == [
+        ("helpfulness", "reward_model", "org/rm", 1.0),
+        ("cost", "cost_model", "org/cm", -1.0),
+    ]
+
+
+def test_command_line_flags_override_the_preset():
+    _, config, dims = launch(
+        "--gd2po.snr_threshold", "0.5", "--gd2po.config", str(CONFIGS / "tool_calling.yaml"), "--gd2po.reward_weights", "2", "1", "1",
+        "--gd2po.filter", "hard",
+    )
+    assert (config.filter, config.snr_threshold, config.weights) == ("hard", 0.5, (2.0, 1.0, 1.0))
+    assert config.snr_eps == 1e-8  # not given on the command line: the preset's
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("gd2po:\n  snr_treshold: 0.5\n", "unknown key 'gd2po.snr_treshold'; allowed: cost.model_name_or_path, "),
+        ("reward:\n  num_gpus_per_node: 2\n", "unknown key 'reward.num_gpus_per_node'"),
+        ("actor:\n  model_name_or_path: x\n", "unknown key 'actor.model_name_or_path'"),
+        ("gd2po:\n  filter: strict\n", "gd2po.filter: expected one of ['none', 'hard', 'snr'], got 'strict'"),
+        ("gd2po:\n  snr_threshold: high\n", "gd2po.snr_threshold: could not convert string to float: 'high'"),
+        ("gd2po:\n  reward_keys: correctness\n", "gd2po.reward_keys: expected a non-empty list, got 'correctness'"),
+        ("gd2po:\n  no_whiten: 1\n", "gd2po.no_whiten: expected true or false, got 1"),
+        ("gd2po: snr\n", "section 'gd2po' must be a mapping"),
+        ("- gd2po\n", "expected sections gd2po/cost/reward, got list"),
+        ("gd2po: {filter: [snr\n", "cannot read it"),
+    ],
+)
+def test_bad_presets_are_refused_naming_the_file_and_key(tmp_path, capsys, text, message):
+    preset = tmp_path / "preset.yaml"
+    preset.write_text(text)
+    with pytest.raises(SystemExit) as exit_info:
+        launch("--gd2po.config", str(preset), "--reward.model_name_or_path", "org/rm")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--gd2po.config {preset}" in err and message in err
+
+
+def test_a_missing_preset_file_is_refused(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        launch("--gd2po.config", str(tmp_path / "nope.yaml"))
+    assert "--gd2po.config" in capsys.readouterr().err
 
 
 def test_preset_with_unknown_field_is_refused(tmp_path):

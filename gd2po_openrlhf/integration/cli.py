@@ -68,6 +68,13 @@ def add_gd2po_arguments(parser: argparse.ArgumentParser) -> None:
         "tokens only, unlike the authors' runs",
     )
     group.add_argument(
+        "--gd2po.config",
+        default=None,
+        metavar="PATH",
+        help="YAML preset (e.g. configs/tool_calling.yaml) with a gd2po: section (any --gd2po.* flag), an optional cost: "
+        "section and reward: remote_url / model_name_or_path; flags given on the command line override it",
+    )
+    group.add_argument(
         "--gd2po.dry_run",
         action="store_true",
         default=False,
@@ -230,6 +237,7 @@ def describe(args, config: GD2POConfig, dimensions: List[RewardDimension]) -> st
     lines = [
         f"GD²PO configuration (--advantage_estimator {estimator})",
         f"  filter            {config.filter}" + (f" (τ = {config.snr_threshold}, ε = {config.snr_eps})" if config.filter == "snr" else ""),
+        f"  preset            {_arg(args, 'gd2po.config')}" if _arg(args, "gd2po.config") else None,
         f"  group size        {_arg(args, 'rollout.n_samples_per_prompt')} rollouts per prompt",
         f"  normalise by std  {config.norm_by_std}",
         f"  reweight by κ     {config.reweight_queries}",
@@ -246,7 +254,59 @@ def describe(args, config: GD2POConfig, dimensions: List[RewardDimension]) -> st
         elif dim.source == "reward_model":
             where += f" on {_arg(args, 'reward.num_nodes', 1)}x{_arg(args, 'reward.num_gpus_per_node', 1)} GPUs"
         lines.append(f"    reward/{dim.key:<20} {dim.source:<16} {where}  weight {dim.weight:+g}")
-    return "\n".join(lines)
+    return "\n".join(line for line in lines if line is not None)
+
+
+CONFIG_REWARD_KEYS = ("reward.remote_url", "reward.model_name_or_path")
+
+
+def load_config_file(parser: argparse.ArgumentParser, path: str) -> dict:
+    """``{dest: value}`` of a YAML preset, checked and converted as the parser would convert the flags.
+
+    Sections: ``gd2po`` (``--gd2po.*``), ``cost`` (``--cost.*``) and ``reward`` (``remote_url`` and
+    ``model_name_or_path`` only). A relative ``.py`` reward file is resolved against the preset's folder, so a
+    preset works from any working directory. Raises ValueError naming the file and the offending key.
+    """
+    import yaml  # only when a preset is given: keeps the launcher's start-up free of it
+
+    try:
+        with open(path) as handle:
+            data = yaml.safe_load(handle)
+    except (OSError, yaml.YAMLError) as error:
+        raise ValueError(f"--gd2po.config {path}: cannot read it: {error}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--gd2po.config {path}: expected sections gd2po/cost/reward, got {type(data).__name__}")
+    actions = {action.dest: action for action in parser._actions}
+    values = {}
+    for section, entries in data.items():
+        if not isinstance(entries, dict):
+            raise ValueError(f"--gd2po.config {path}: section {section!r} must be a mapping of option: value")
+        for key, value in entries.items():
+            dest = f"{section}.{key}"
+            known = section in ("gd2po", "cost") or dest in CONFIG_REWARD_KEYS
+            if not known or dest not in actions or dest in ("gd2po.config", "gd2po.dry_run"):
+                allowed = sorted(d for d in actions if d.split(".")[0] in ("gd2po", "cost") and d not in ("gd2po.config", "gd2po.dry_run"))
+                raise ValueError(f"--gd2po.config {path}: unknown key {dest!r}; allowed: {', '.join(allowed + list(CONFIG_REWARD_KEYS))}")
+            action = actions[dest]
+            try:
+                if action.nargs in ("+", "*"):
+                    if not isinstance(value, list) or (action.nargs == "+" and not value):
+                        raise ValueError(f"expected a non-empty list, got {value!r}")
+                    value = [action.type(v) if action.type else v for v in value]
+                elif action.const is True and action.nargs == 0:  # store_true
+                    if not isinstance(value, bool):
+                        raise ValueError(f"expected true or false, got {value!r}")
+                elif value is not None and action.type is not None:
+                    value = action.type(value)
+                if action.choices is not None and value not in action.choices:
+                    raise ValueError(f"expected one of {list(action.choices)}, got {value!r}")
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"--gd2po.config {path}: {dest}: {error}") from None
+            if dest == "reward.remote_url" and isinstance(value, str):
+                here = os.path.dirname(os.path.abspath(path))
+                value = ",".join(os.path.normpath(os.path.join(here, u)) if u.endswith(".py") and not os.path.isabs(u) else u for u in value.split(","))
+            values[dest] = value
+    return values
 
 
 def _validate_parsed(parser: argparse.ArgumentParser, namespace: argparse.Namespace) -> None:
@@ -260,6 +320,10 @@ def _validate_parsed(parser: argparse.ArgumentParser, namespace: argparse.Namesp
         config, dimensions = resolve(namespace)
     except ValueError as error:
         parser.error(str(error))
+    # A missing reward file would otherwise surface as a swallowed exception in every vLLM rollout actor.
+    for dim in dimensions:
+        if dim.source == "reward_function" and not os.path.isfile(dim.location):
+            parser.error(f"reward file {dim.location} (--reward.remote_url, reward key {dim.key!r}) does not exist")
     if _arg(namespace, "gd2po.dry_run") or os.environ.get("GD2PO_DRY_RUN", "").strip().lower() in ("1", "true", "yes", "on"):
         print(describe(namespace, config, dimensions))
         print("GD2PO dry run: configuration is valid; exiting before Ray starts.")
@@ -295,6 +359,16 @@ def install_argparse_extension() -> None:
         return action
 
     def parse_known_args(self, args=None, namespace=None):
+        if getattr(self, "gd2po_extended", False):
+            # A preset becomes the parser's defaults, so that flags given on the command line override it.
+            preset = argparse.ArgumentParser(add_help=False)
+            preset.add_argument("--gd2po.config", default=None)
+            path = getattr(original_parse_known_args(preset, sys.argv[1:] if args is None else args)[0], "gd2po.config")
+            if path:
+                try:
+                    self.set_defaults(**load_config_file(self, path))
+                except ValueError as error:
+                    self.error(str(error))
         namespace, extras = original_parse_known_args(self, args, namespace)
         if getattr(self, "gd2po_extended", False):
             _validate_parsed(self, namespace)

@@ -1,0 +1,114 @@
+"""API-Bank style evaluation of a tool-calling policy: call accuracy per level and overall, format accuracy,
+mean think length.
+
+    python examples/eval/eval_api_bank.py samples.jsonl --model ./ckpt/gd2po_tool_calling   # generate with vLLM
+    python examples/eval/eval_api_bank.py scored.jsonl                                       # rows already hold a response
+
+Each row (JSON list or JSONL): `input` (chat messages or a user string), `label` (the ground-truth assistant
+turn, in the tool-calling recipe's <think>/<tool_call>/<response> format), optional `level` (API-Bank level,
+default "all") and `response` (when absent, `--model` generates it greedily with vLLM).
+
+A call is correct when the predicted call list equals the ground truth's (same names, same parameters, order
+free); a ground truth without calls expects none. Format is the recipe's format reward; think length counts the
+words inside <think>.
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+from collections import defaultdict
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+_spec = importlib.util.spec_from_file_location("tool_calling_rules", os.path.join(HERE, "..", "rewards", "tool_calling.py"))
+rules = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(rules)
+
+
+def calls_of(text):
+    """The calls of the first tool block as canonical JSON strings (sorted), [] without a block, None if malformed."""
+    content = rules.block(text, "tool_call")
+    if content is None:
+        return []
+    calls = rules.parse_tool_calls(content)
+    return None if calls is None else sorted(json.dumps(c, sort_keys=True) for c in calls)
+
+
+def score_sample(response, label):
+    response = rules.TRAILING_END_TOKENS.sub("", response).strip()
+    thought = rules.block(response, "think")
+    return {
+        "call_correct": float(calls_of(response) == calls_of(str(label))),
+        "format_ok": rules.format_ok(response, str(label)),
+        "think_words": float(len(thought.split())) if thought is not None else 0.0,
+    }
+
+
+def evaluate(samples):
+    """{"overall": metrics, "levels": {level: metrics}} with metrics = call/format accuracy, mean think words, n."""
+    by_level = defaultdict(list)
+    for index, sample in enumerate(samples):
+        if not isinstance(sample.get("response"), str) or "label" not in sample:
+            raise ValueError(f"sample {index} needs a string 'response' and a 'label'; keys: {sorted(sample)}")
+        by_level[str(sample.get("level", "all"))].append(score_sample(sample["response"], sample["label"]))
+
+    def summarize(scores):
+        n = len(scores)
+        return {
+            "call_accuracy": sum(s["call_correct"] for s in scores) / n,
+            "format_accuracy": sum(s["format_ok"] for s in scores) / n,
+            "mean_think_words": sum(s["think_words"] for s in scores) / n,
+            "n": n,
+        }
+
+    return {"overall": summarize([s for scores in by_level.values() for s in scores]), "levels": {lv: summarize(s) for lv, s in sorted(by_level.items())}}
+
+
+def generate(samples, model, tensor_parallel_size, max_tokens):
+    try:
+        from vllm import LLM, SamplingParams
+    except ImportError as error:
+        raise SystemExit(f"error: rows without 'response' need vLLM to generate them ({error}); install vllm or add responses")
+    llm = LLM(model=model, tensor_parallel_size=tensor_parallel_size)
+    tokenizer = llm.get_tokenizer()
+    prompts = [
+        tokenizer.apply_chat_template(
+            s["input"] if isinstance(s["input"], list) else [{"role": "user", "content": s["input"]}], tokenize=False, add_generation_prompt=True
+        )
+        for s in samples
+    ]
+    outputs = llm.generate(prompts, SamplingParams(temperature=0.0, max_tokens=max_tokens))
+    for sample, output in zip(samples, outputs):
+        sample["response"] = output.outputs[0].text
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("samples", help="JSON or JSONL rows")
+    parser.add_argument("--model", default=None, help="policy to generate missing responses with (vLLM)")
+    parser.add_argument("--tensor-parallel-size", type=int, default=1)
+    parser.add_argument("--max-tokens", type=int, default=1024)
+    parser.add_argument("--output", default=None, help="write the metrics (and the responses) as JSON here")
+    args = parser.parse_args(argv)
+    with open(args.samples) as handle:
+        text = handle.read()
+    samples = json.loads(text) if args.samples.endswith(".json") else [json.loads(line) for line in text.splitlines() if line.strip()]
+    missing = [i for i, s in enumerate(samples) if "response" not in s]
+    if missing:
+        if not args.model:
+            raise SystemExit(f"error: {len(missing)} rows have no 'response' (first: row {missing[0]}); pass --model to generate them")
+        generate([samples[i] for i in missing], args.model, args.tensor_parallel_size, args.max_tokens)
+    try:
+        metrics = evaluate(samples)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}")
+    print(f"{'level':<8} {'n':>5} {'call acc':>9} {'format acc':>11} {'think words':>12}")
+    for level, m in list(metrics["levels"].items()) + [("overall", metrics["overall"])]:
+        print(f"{level:<8} {m['n']:>5} {m['call_accuracy']:>9.3f} {m['format_accuracy']:>11.3f} {m['mean_think_words']:>12.1f}")
+    if args.output:
+        with open(args.output, "w") as handle:
+            json.dump({"metrics": metrics, "samples": samples}, handle, indent=1)
+
+
+if __name__ == "__main__":
+    main()

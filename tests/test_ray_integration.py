@@ -2,6 +2,7 @@
 cost model groups are real RayActorGroups (of light CPU actors returning known scores) whose outputs flow
 into two reward dimensions through the full make_experience_batch path."""
 
+import json
 import subprocess
 import sys
 
@@ -10,6 +11,8 @@ import ray
 import torch
 from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
 from openrlhf.trainer.ray.launcher import BaseModelActor, RayActorGroup
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
 
 from gd2po_openrlhf import GD2POConfig, compute_advantages
 from gd2po_openrlhf.integration.trainer import GD2POExperienceMaker
@@ -88,13 +91,24 @@ class LightModelActor(BaseModelActor):
     def forward(self, sequences, action_mask=None, attention_mask=None, pad_sequence=False, **kwargs):
         if self.kind == "policy":
             return torch.zeros(action_mask.shape)  # log-probs
-        if self.kind == "helpful-rm":
+        if self.kind.endswith("helpful-rm"):
             return ((sequences * attention_mask).sum(-1) % 7).float()
         return (attention_mask.sum(-1) % 3).float()  # cost: total length mod 3
 
 
 class LightMaker(GD2POExperienceMaker):
     model_actor_class = LightModelActor
+
+    def load_model_tokenizer(self, model_path):
+        return self.tokenizer  # the light models have no tokenizer files: they share the policy's
+
+
+class LightTokenizer:
+    pad_token_id = 0
+
+    @staticmethod
+    def get_vocab():
+        return {"[PAD]": 0}
 
 
 def light_group(kind, strategy):
@@ -115,7 +129,7 @@ def test_reward_and_cost_model_groups_flow_into_two_dimensions(local_ray):
     for sample in samples:  # rollouts as they come from vLLM without a reward file: scored by the model groups
         sample.rewards, sample.info = None, {}
     maker = LightMaker(light_group("policy", strategy), None, light_group("helpful-rm", strategy), None,
-                       FixedKLController(0.0), strategy, type("Tokenizer", (), {"pad_token_id": 0}))
+                       FixedKLController(0.0), strategy, LightTokenizer())
     assert ray.get(maker.gd2po_model_groups["cost"].async_run_method("settings")) == [("beaver-cost", True)]
 
     experiences = maker.make_experience_batch(samples)
@@ -150,7 +164,7 @@ def test_reward_model_mixed_with_a_rule_based_reward_file(local_ray, tmp_path):
     formats = torch.tensor([[1.0], [0.0], [1.0], [1.0], [0.0], [0.0], [1.0], [0.0]])
     samples = rollout_experiences(formats, lengths, N, 4, reward_keys=["format"])  # as the rollout side delivers them
     maker = LightMaker(light_group("policy", strategy), None, None, None, FixedKLController(0.0), strategy,
-                       type("Tokenizer", (), {"pad_token_id": 0}))
+                       LightTokenizer())
     assert list(maker.gd2po_model_groups) == ["reward_model"]
 
     experiences = maker.make_experience_batch(samples)
@@ -161,3 +175,92 @@ def test_reward_model_mixed_with_a_rule_based_reward_file(local_ray, tmp_path):
         assert experience.info["reward/reward_model"].tolist() == helpful[rows].tolist()
         assert experience.info["reward/format"].tolist() == formats[rows, 0].tolist()
         assert experience.rewards.tolist() == (helpful[rows] + formats[rows, 0]).tolist()
+
+
+def word_tokenizer(words, chat_template):
+    vocab = {w: i for i, w in enumerate(["[UNK]", "[PAD]"] + words)}
+    word_level = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="[UNK]", pad_token="[PAD]")
+    tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+POLICY_WORDS = [f"w{i}" for i in range(60)]
+
+
+@pytest.fixture
+def model_dirs(tmp_path):
+    """A reward model and a cost model whose tokenizers (saved as real model folders) differ from the policy's."""
+    reward_dir, cost_dir = tmp_path / "helpful-rm", tmp_path / "beaver-cost"
+    words = ["hello", "there", "<user>", "<assistant>"] + POLICY_WORDS[::-1]
+    word_tokenizer(words, "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} {% endfor %}").save_pretrained(reward_dir)
+    word_tokenizer(words[:30], "{% for m in messages %}{{ m['content'] }} {% endfor %}").save_pretrained(cost_dir)
+    return reward_dir, cost_dir
+
+
+def safety_strategy(reward_dir, cost_dir, *extra):
+    return openrlhf_strategy(
+        ["--advantage_estimator", "gd2po", "--reward.model_name_or_path", str(reward_dir), "--reward.num_gpus_per_node", "1",
+         "--cost.model_name_or_path", str(cost_dir), "--gd2po.reward_weights", "1", "-1", "--data.label_key", "label",
+         "--rollout.n_samples_per_prompt", str(N), "--rollout.micro_batch_size", "3", "--algo.kl.init_coef", "0",
+         "--actor.num_gpus_per_node", "1", *extra]
+    )
+
+
+class RayMaker(GD2POExperienceMaker):
+    model_actor_class = LightModelActor  # the real load_model_tokenizer reads the saved folders
+
+
+def test_a_reward_model_with_another_vocabulary_is_refused_by_default(local_ray, model_dirs):
+    reward_dir, cost_dir = model_dirs
+    strategy = safety_strategy(reward_dir, cost_dir)
+    policy = word_tokenizer(POLICY_WORDS, None)
+    with pytest.raises(ValueError, match=rf"the reward model {reward_dir} \(reward key 'reward_model'\) has another vocabulary "
+                       r"\(66 tokens\) than the policy \(62\).*--gd2po.reward_chat_template own"):
+        RayMaker(light_group("policy", strategy), None, light_group(str(reward_dir), strategy), None, FixedKLController(0.0), strategy, policy)
+
+
+def test_own_chat_template_rerenders_each_conversation_for_every_model_group(local_ray, model_dirs):
+    reward_dir, cost_dir = model_dirs
+    strategy = safety_strategy(reward_dir, cost_dir, "--gd2po.reward_chat_template", "own")
+    policy = word_tokenizer(POLICY_WORDS, None)
+    lengths = torch.tensor([2, 5, 3, 4, 6, 1, 2, 3, 4, 4, 5, 2])
+    samples = rollout_experiences(torch.zeros(len(lengths), 1), lengths, N, 3)
+    conversations = [[{"role": "user", "content": "hello there"}], "there w3 hello", [{"role": "user", "content": "w1"}]]
+    for i, sample in enumerate(samples):
+        sample.rewards, sample.info = None, {}
+        label = conversations[(i // N) % 3]
+        sample.labels = [label if isinstance(label, str) else json.dumps(label)]
+    maker = RayMaker(light_group("policy", strategy), None, light_group(str(reward_dir), strategy), None,
+                     FixedKLController(0.0), strategy, policy)
+
+    experiences = maker.make_experience_batch(samples)
+
+    reward_tok, cost_tok = (PreTrainedTokenizerFast.from_pretrained(d) for d in model_dirs)
+    def rendered(tokenizer, i):
+        label = conversations[(i // N) % 3]
+        conversation = [{"role": "user", "content": label}] if isinstance(label, str) else label
+        response = policy.decode(samples[i].sequences[0, 1:][samples[i].action_mask[0]].tolist(), skip_special_tokens=True)
+        text = tokenizer.apply_chat_template(conversation + [{"role": "assistant", "content": response}], tokenize=False)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    helpful = torch.tensor([float(sum(rendered(reward_tok, i)) % 7) for i in range(len(samples))])
+    cost = torch.tensor([float(len(rendered(cost_tok, i)) % 3) for i in range(len(samples))])
+    on_policy_tokens = torch.tensor([float(s.sequences.sum() % 7) for s in samples])
+    assert not torch.equal(helpful, on_policy_tokens)  # the reward model really saw another tokenisation
+    for experience in experiences:
+        rows = torch.tensor(experience.index)
+        assert experience.info["reward/reward_model"].tolist() == helpful[rows].tolist()
+        assert experience.info["reward/cost"].tolist() == cost[rows].tolist()
+
+
+def test_own_chat_template_refuses_a_rollout_without_a_conversation(local_ray, model_dirs):
+    reward_dir, cost_dir = model_dirs
+    strategy = safety_strategy(reward_dir, cost_dir, "--gd2po.reward_chat_template", "own")
+    samples = rollout_experiences(torch.zeros(4, 1), torch.tensor([2, 3, 2, 3]), N, 2)
+    for sample in samples:
+        sample.rewards, sample.info = None, {}
+    maker = RayMaker(light_group("policy", strategy), None, light_group(str(reward_dir), strategy), None,
+                     FixedKLController(0.0), strategy, word_tokenizer(POLICY_WORDS, None))
+    with pytest.raises(ValueError, match=r"needs each prompt's conversation in its label .*prompt 'prompt 0' has label ''"):
+        maker.make_experience_batch(samples)

@@ -57,6 +57,15 @@ def add_gd2po_arguments(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--gd2po.reward_model_key", default="reward_model", metavar="KEY", help="dimension name of the --reward.model_name_or_path group")
     group.add_argument("--gd2po.cost_model_key", default="cost", metavar="KEY", help="dimension name of the --cost.model_name_or_path group")
+    group.add_argument(
+        "--gd2po.reward_chat_template",
+        choices=["policy", "own"],
+        default="policy",
+        help="how the reward and cost model groups see a rollout. policy: the policy's tokens as generated (the models "
+        "must share the policy's vocabulary; a mismatch is refused at start). own: each model scores the conversation "
+        "re-rendered with its own tokenizer's chat template; the prompt's label (--data.label_key) must hold the "
+        "conversation as JSON chat messages or a user string (examples/data/prepare_safe_alignment.py writes it)",
+    )
     group.add_argument("--gd2po.no_reweight", action="store_true", default=False, help="do not scale prompts by their kept share κ")
     group.add_argument("--gd2po.no_whiten", action="store_true", default=False, help="do not whiten the token advantages of the batch")
     group.add_argument(
@@ -186,6 +195,15 @@ def resolve(args) -> Tuple[GD2POConfig, List[RewardDimension]]:
             f"{keys}: add it, or name it with --gd2po.cost_model_key"
         )
 
+    if _arg(args, "gd2po.reward_chat_template", "policy") == "own":
+        if not (reward_model or cost_model):
+            raise ValueError("--gd2po.reward_chat_template own re-renders rollouts for reward/cost models, but none is given")
+        if not _arg(args, "data.label_key"):
+            raise ValueError(
+                "--gd2po.reward_chat_template own reads each prompt's conversation from its label: set --data.label_key "
+                "(examples/data/prepare_safe_alignment.py writes it as 'label')"
+            )
+
     weights = _arg(args, "gd2po.reward_weights")
     if weights is None and cost_model:
         raise ValueError(
@@ -245,6 +263,12 @@ def describe(args, config: GD2POConfig, dimensions: List[RewardDimension]) -> st
         "  drop filtered     "
         + ("True (filtered rollouts are not sent to the actors)" if _arg(args, "gd2po.drop_filtered", False) else "False (filtered rollouts train with advantage 0)"),
         f"  KL                {kl}",
+        (
+            "  reward models see "
+            + ("their own chat template's rendering of each conversation" if _arg(args, "gd2po.reward_chat_template") == "own" else "the policy's tokens")
+            if any(dim.source in ("reward_model", "cost_model") for dim in dimensions)
+            else None
+        ),
         "  reward dimensions (info key, source, weight):",
     ]
     for dim in dimensions:
@@ -310,9 +334,16 @@ def load_config_file(parser: argparse.ArgumentParser, path: str) -> dict:
 
 
 def _validate_parsed(parser: argparse.ArgumentParser, namespace: argparse.Namespace) -> None:
-    """Parse-time check of a gd2po/gdpo command line; prints and exits on a dry run."""
+    """Parse-time check of a gd2po/gdpo command line; prints and exits on a dry run (any estimator)."""
     estimator = getattr(namespace, "algo.advantage.estimator", None)
+    dry_run = _arg(namespace, "gd2po.dry_run") or os.environ.get("GD2PO_DRY_RUN", "").strip().lower() in ("1", "true", "yes", "on")
     if estimator not in GD2PO_ESTIMATORS:
+        if dry_run:  # a baseline launched through the same scripts: OpenRLHF's own estimator, GD²PO inactive
+            reward = _arg(namespace, "reward.remote_url") or _arg(namespace, "reward.model_name_or_path")
+            print(f"OpenRLHF's --advantage_estimator {estimator} (GD²PO inactive): reward from {reward}, "
+                  f"{_arg(namespace, 'rollout.n_samples_per_prompt')} rollouts per prompt")
+            print("GD2PO dry run: OpenRLHF parsed the arguments; exiting before Ray starts.")
+            sys.exit(0)
         return
     if _arg(namespace, "critic.model_name_or_path"):
         parser.error(f"--advantage_estimator {estimator} has no critic: drop --critic.model_name_or_path (gae is the critic estimator)")
@@ -324,7 +355,7 @@ def _validate_parsed(parser: argparse.ArgumentParser, namespace: argparse.Namesp
     for dim in dimensions:
         if dim.source == "reward_function" and not os.path.isfile(dim.location):
             parser.error(f"reward file {dim.location} (--reward.remote_url, reward key {dim.key!r}) does not exist")
-    if _arg(namespace, "gd2po.dry_run") or os.environ.get("GD2PO_DRY_RUN", "").strip().lower() in ("1", "true", "yes", "on"):
+    if dry_run:
         print(describe(namespace, config, dimensions))
         print("GD2PO dry run: configuration is valid; exiting before Ray starts.")
         sys.exit(0)

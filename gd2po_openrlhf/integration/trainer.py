@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import json
 import math
 from types import SimpleNamespace
 from typing import Dict, List
@@ -54,10 +55,60 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
             return
         self.gd2po_config, self.reward_dimensions = resolve(self.args)
         remote_used = any(dim.source in REMOTE_SOURCES for dim in self.reward_dimensions)
+        # Tokenizers of the model groups that score their own chat template's rendering, by reward key.
+        self.gd2po_model_tokenizers = {}
+        own_template = _arg(self.args, "gd2po.reward_chat_template", "policy") == "own"
         for dim in self.reward_dimensions:
+            if dim.source not in MODEL_SOURCES:
+                continue
+            model_tokenizer = self.load_model_tokenizer(dim.location)
+            if own_template:
+                self.gd2po_model_tokenizers[dim.key] = model_tokenizer
+            elif model_tokenizer.get_vocab() != self.tokenizer.get_vocab():
+                raise ValueError(
+                    f"the {dim.source.replace('_', ' ')} {dim.location} (reward key {dim.key!r}) has another vocabulary "
+                    f"({len(model_tokenizer.get_vocab())} tokens) than the policy ({len(self.tokenizer.get_vocab())}): it "
+                    "would score token ids it does not know. Add --gd2po.reward_chat_template own to re-render each "
+                    "conversation with its own tokenizer and chat template"
+                )
             # OpenRLHF creates the reward model group itself unless a reward file/server is given.
             if dim.source == "cost_model" or (dim.source == "reward_model" and remote_used):
                 self.gd2po_model_groups[dim.key] = self._create_model_group("cost" if dim.source == "cost_model" else "reward", dim.location)
+        self.openrlhf_reward_key = next((d.key for d in self.reward_dimensions if d.source == "reward_model" and d.key not in self.gd2po_model_groups), None)
+        self.gd2po_rendered = {}
+
+    def load_model_tokenizer(self, model_path: str):
+        """The tokenizer shipped with a reward or cost model."""
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(model_path, trust_remote_code=True)
+
+    def _render_for_model(self, samples_list: List[Experience], model_tokenizer) -> Dict[str, list]:
+        """Each rollout as ``model_tokenizer``'s chat template renders it: label conversation + decoded response.
+
+        The response is the policy's action tokens decoded without special tokens; the conversation is the label,
+        JSON chat messages or a plain user message. Returns ``sequences`` and ``attention_mask`` lists, one
+        right-padded tensor per micro-batch, as the model groups' ``forward`` takes them.
+        """
+        sequences, attention_masks = [], []
+        for samples in samples_list:
+            responses = self.tokenizer.batch_decode(
+                [seq[1:][mask].tolist() for seq, mask in zip(samples.sequences, samples.action_mask.bool())], skip_special_tokens=True
+            )
+            conversations = [_label_conversation(label, prompt) for label, prompt in zip(samples.labels, samples.prompts)]
+            texts = model_tokenizer.apply_chat_template(
+                [c + [{"role": "assistant", "content": r}] for c, r in zip(conversations, responses)], tokenize=False
+            )
+            encoded = model_tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+            sequences.append(encoded["input_ids"])
+            attention_masks.append(encoded["attention_mask"])
+        return {"sequences": sequences, "attention_mask": attention_masks}
+
+    def _dispatch_forward(self, group, sync_condition, **kwargs):
+        # OpenRLHF's own reward model group gets its chat template's rendering too (make_experience prepares it).
+        if group is self.reward_model_group and self.openrlhf_reward_key in self.gd2po_rendered:
+            kwargs.update(self.gd2po_rendered[self.openrlhf_reward_key])
+        return super()._dispatch_forward(group, sync_condition, **kwargs)
 
     def _create_model_group(self, prefix: str, model_path: str) -> RayActorGroup:
         """A sequence-regression model as its own Ray actor group on its own GPUs (``--{prefix}.*`` flags)."""
@@ -86,24 +137,19 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
         if self.gd2po_config is None:
             return super().make_experience(samples_list)
         duplicate_factor = self.args.ds.ring_attn_size * self.args.ds.tensor_parallel_size
+        self.gd2po_rendered = {key: self._render_for_model(samples_list, tok) for key, tok in self.gd2po_model_tokenizers.items()}
+        policy_tokens = {"sequences": [s.sequences for s in samples_list], "attention_mask": [s.attention_mask for s in samples_list]}
         # Dispatch our model groups first so that they run alongside the actor/reference forwards.
         model_refs = {
-            key: self._dispatch_forward(
-                group,
-                False,
-                sequences=[s.sequences for s in samples_list],
-                attention_mask=[s.attention_mask for s in samples_list],
-                pad_sequence=[True] * len(samples_list),
-            )
+            key: self._dispatch_forward(group, False, **self.gd2po_rendered.get(key, policy_tokens), pad_sequence=[True] * len(samples_list))
             for key, group in self.gd2po_model_groups.items()
         }
         # Without a reward file/server, OpenRLHF's own reward model group scores the rollouts.
         openrlhf_reward_model = samples_list[0].rewards is None
         experiences = super().make_experience(samples_list)
         if openrlhf_reward_model:
-            key = next(dim.key for dim in self.reward_dimensions if dim.source == "reward_model")
             for experience in experiences:
-                experience.info[f"reward/{key}"] = experience.rewards.float().clone()
+                experience.info[f"reward/{self.openrlhf_reward_key}"] = experience.rewards.float().clone()
         for key, refs in model_refs.items():
             outputs = self._flatten_results(refs, duplicate_factor)
             for experience, output in zip(experiences, outputs):
@@ -179,6 +225,23 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
         )
         self.gd2po_metrics["gd2po/trained_ratio"] = sum(len(e.index) for e in trained) / len(indices)
         return trained
+
+
+def _label_conversation(label, prompt) -> List[dict]:
+    """The chat messages a label carries for --gd2po.reward_chat_template own: a JSON list of messages or a user string."""
+    if isinstance(label, str) and label.lstrip().startswith("["):
+        try:
+            label = json.loads(label)
+        except json.JSONDecodeError:
+            pass
+    if isinstance(label, list) and label and all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in label):
+        return [{"role": m["role"], "content": m["content"]} for m in label]
+    if isinstance(label, str) and label.strip():
+        return [{"role": "user", "content": label}]
+    raise ValueError(
+        f"--gd2po.reward_chat_template own needs each prompt's conversation in its label (--data.label_key), as JSON chat "
+        f"messages or a user string; prompt {prompt!r:.200} has label {label!r:.200}"
+    )
 
 
 def drop_filtered_rollouts(

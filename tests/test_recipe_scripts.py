@@ -1,0 +1,77 @@
+"""The recipe launchers in examples/scripts: bash syntax, then a dry run through OpenRLHF's real argument parsing
+and the plugin's validation (GD2PO_DRY_RUN=1 stops right after parsing, before Ray starts)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = ROOT / "examples" / "scripts"
+TOOL_FILE = str(ROOT / "examples" / "rewards" / "tool_calling.py")
+
+
+def dry_run(script, **env):
+    environment = {**os.environ, "GD2PO_DRY_RUN": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env}
+    return subprocess.run(["bash", str(SCRIPTS / script)], capture_output=True, text=True, env=environment, timeout=300)
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in SCRIPTS.glob("*.sh")))
+def test_bash_syntax(script):
+    assert subprocess.run(["bash", "-n", str(SCRIPTS / script)], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize(
+    "script, expected",
+    [
+        ("train_gd2po_tool_calling.sh", ["(--advantage_estimator gd2po)", "filter            snr (τ = 0.8, ε = 1e-08)"]),
+        ("train_gd2po_tool_calling_hard.sh", ["(--advantage_estimator gd2po)", "filter            hard\n"]),
+        ("train_gdpo_tool_calling.sh", ["(--advantage_estimator gdpo)", "filter            none\n", "reweight by κ     False"]),
+    ],
+)
+def test_tool_calling_scripts_resolve_three_rule_dimensions(script, expected):
+    result = dry_run(script)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for line in expected + ["KL                no KL", "group size        4 rollouts per prompt", "configs/tool_calling.yaml"]:
+        assert line in result.stdout
+    for key in ("correctness", "format", "length"):
+        assert f"reward/{key:<20} reward_function  {TOOL_FILE}  weight +1" in result.stdout
+
+
+def test_tool_calling_grpo_baseline_is_openrlhfs_group_norm():
+    result = dry_run("train_grpo_tool_calling.sh")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"OpenRLHF's --advantage_estimator group_norm (GD²PO inactive): reward from {TOOL_FILE}, 4 rollouts per prompt" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "script, cost_weight, expected",
+    [
+        ("train_gd2po_safe_alignment.sh", "-1", "filter            snr (τ = 0.8, ε = 1e-06)"),
+        ("train_gd2po_safe_alignment_hard.sh", "-1", "filter            hard\n"),
+        ("train_gdpo_safe_alignment.sh", "1", "filter            none\n"),  # the authors' cost model: higher = safer
+    ],
+)
+def test_safe_alignment_scripts_put_reward_and_cost_models_in_their_own_groups(script, cost_weight, expected):
+    result = dry_run(script, COST_WEIGHT=cost_weight, COST_GPUS="3")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert expected in result.stdout and "KL                no KL" in result.stdout
+    assert "reward/helpfulness          reward_model     PKU-Alignment/beaver-7b-unified-reward on 1x2 GPUs  weight +1" in result.stdout
+    assert f"reward/cost                 cost_model       PKU-Alignment/beaver-7b-unified-cost on 1x3 GPUs  weight {float(cost_weight):+g}" in result.stdout
+    assert "reward models see their own chat template's rendering of each conversation" in result.stdout
+
+
+def test_safe_alignment_grpo_baseline_and_a_bad_estimator():
+    result = dry_run("train_grpo_safe_alignment.sh")
+    assert result.returncode == 0 and "group_norm (GD²PO inactive): reward from PKU-Alignment/beaver-7b-unified-reward" in result.stdout
+    bad = dry_run("train_gd2po_safe_alignment.sh", ESTIMATOR="ppo")
+    assert bad.returncode == 2 and "ESTIMATOR must be gd2po, gdpo or group_norm, got 'ppo'" in bad.stderr
+
+
+def test_a_bad_override_fails_in_parsing_with_the_plugins_message():
+    result = dry_run("train_gd2po_tool_calling.sh", TAU="1.5")
+    assert result.returncode == 2 and "snr_threshold (τ) must lie in [0, 1], got 1.5" in result.stderr
+    missing = dry_run("train_gd2po_tool_calling.sh", REWARD="/nonexistent/rules.py")
+    assert missing.returncode == 2 and "reward file /nonexistent/rules.py (--reward.remote_url, reward key 'correctness') does not exist" in missing.stderr

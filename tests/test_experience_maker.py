@@ -81,6 +81,30 @@ def test_advantages_match_the_estimator(reward_file, filter_name, shuffle_seed):
     assert maker.gd2po_metrics["gd2po/reward_mean/format"] == pytest.approx(expected.metrics["reward_mean/format"])
 
 
+def test_sum_rewards_is_grpo_on_the_weighted_sum(reward_file):
+    strategy = openrlhf_strategy(
+        ["--advantage_estimator", "gdpo", "--gd2po.sum_rewards", "--reward.remote_url", reward_file,
+         "--gd2po.reward_keys", "correctness", "format", "--gd2po.reward_weights", "1", "-0.5",
+         "--rollout.n_samples_per_prompt", str(N), "--algo.kl.init_coef", "0"]
+    )
+    generator = torch.Generator().manual_seed(2)
+    rewards = torch.randint(0, 3, (5 * N, 2), generator=generator).float()
+    lengths = torch.randint(1, 9, (5 * N,), generator=generator)
+    maker = make_maker(strategy)
+    out = maker.compute_advantages_and_returns(micro_batches(rollout_experiences(rewards, lengths, N, 4, reward_keys=["correctness", "format"]), 4))
+    total = rewards @ torch.tensor([1.0, -0.5])
+    mask = (torch.arange(int(lengths.max())) < lengths.unsqueeze(1)).float()
+    expected = compute_advantages(total.unsqueeze(1), torch.arange(5 * N) // N, mask, GD2POConfig(filter="none", reweight_queries=False))
+    per_dimension = compute_advantages(rewards, torch.arange(5 * N) // N, mask, GD2POConfig(filter="none", reweight_queries=False, weights=(1.0, -0.5)))
+    assert not torch.allclose(expected.rollout_advantages, per_dimension.rollout_advantages)  # GRPO ≠ GDPO here
+    for experience in out:
+        rows = torch.tensor(experience.index)
+        got = experience.advantages.sum(-1) / experience.action_mask.sum(-1)
+        torch.testing.assert_close(got, expected.rollout_advantages[rows], atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(experience.rewards, total[rows])
+    assert maker.gd2po_metrics["gd2po/num_reward_dims"] == 1
+
+
 def test_kl_in_reward_adds_reverse_cumulative_kl_on_kept_rollouts(reward_file):
     strategy = openrlhf_strategy(
         ["--advantage_estimator", "gd2po", "--gd2po.filter", "hard", "--reward.remote_url", reward_file,

@@ -65,9 +65,11 @@ def test_safe_alignment_scripts_put_reward_and_cost_models_in_their_own_groups(s
 
 def test_safe_alignment_grpo_baseline_and_a_bad_estimator():
     result = dry_run("train_grpo_safe_alignment.sh")
-    assert result.returncode == 0 and "group_norm (GD²PO inactive): reward from PKU-Alignment/beaver-7b-unified-reward" in result.stdout
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "(--advantage_estimator gdpo)" in result.stdout and "the weighted sum Σ_k w_k r_k, normalised within each group (GRPO)" in result.stdout
+    assert "reward/cost                 cost_model" in result.stdout and "weight -1" in result.stdout
     bad = dry_run("train_gd2po_safe_alignment.sh", ESTIMATOR="ppo")
-    assert bad.returncode == 2 and "ESTIMATOR must be gd2po, gdpo or group_norm, got 'ppo'" in bad.stderr
+    assert bad.returncode == 2 and "ESTIMATOR must be gd2po, gdpo or grpo, got 'ppo'" in bad.stderr
 
 
 def test_a_bad_override_fails_in_parsing_with_the_plugins_message():

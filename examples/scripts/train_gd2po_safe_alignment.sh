@@ -17,7 +17,7 @@
 # scores the policy's tokens as they are and refuses models whose vocabulary differs.
 #
 # Baselines: train_gd2po_safe_alignment_hard.sh, train_gdpo_safe_alignment.sh, train_grpo_safe_alignment.sh
-# (GRPO: OpenRLHF's group_norm on the reward model alone, as OpenRLHF has no cost model).
+# (GRPO on the weighted sum reward − cost: --advantage_estimator gdpo --gd2po.sum_rewards).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -28,7 +28,7 @@ COST_MODEL=${COST_MODEL:-PKU-Alignment/beaver-7b-unified-cost}
 COST_WEIGHT=${COST_WEIGHT:--1}
 REWARD_TEMPLATE=${REWARD_TEMPLATE:-own}                       # own | policy
 DATA=${DATA:-$ROOT/data/safe_alignment/train.jsonl}          # from examples/data/prepare_safe_alignment.py
-ESTIMATOR=${ESTIMATOR:-gd2po}                                 # gd2po | gdpo | group_norm (GRPO)
+ESTIMATOR=${ESTIMATOR:-gd2po}                                 # gd2po | gdpo | grpo (GRPO on the weighted sum)
 FILTER=${FILTER:-snr}
 TAU=${TAU:-0.8}
 SNR_EPS=${SNR_EPS:-1e-6}
@@ -49,8 +49,9 @@ GD2PO_ARGS=(--gd2po.config "$ROOT/configs/safe_alignment.yaml" --gd2po.reward_we
 case "$ESTIMATOR" in
   gd2po) ESTIMATOR_ARGS+=("${GD2PO_ARGS[@]}" --gd2po.filter "$FILTER" --gd2po.snr_threshold "$TAU" --gd2po.snr_eps "$SNR_EPS") ;;
   gdpo) ESTIMATOR_ARGS+=("${GD2PO_ARGS[@]}" --gd2po.filter none) ;;
-  group_norm) ;;
-  *) echo "ESTIMATOR must be gd2po, gdpo or group_norm, got '$ESTIMATOR'" >&2; exit 2 ;;
+  # OpenRLHF's group_norm cannot add a cost model to the reward: GDPO's plumbing with one normalisation of the sum.
+  grpo) ESTIMATOR_ARGS=(--advantage_estimator gdpo --gd2po.sum_rewards "${GD2PO_ARGS[@]}" --gd2po.filter none) ;;
+  *) echo "ESTIMATOR must be gd2po, gdpo or grpo, got '$ESTIMATOR'" >&2; exit 2 ;;
 esac
 
 python3 -m openrlhf.cli.train_ppo_ray \

@@ -66,6 +66,14 @@ def add_gd2po_arguments(parser: argparse.ArgumentParser) -> None:
         "re-rendered with its own tokenizer's chat template; the prompt's label (--data.label_key) must hold the "
         "conversation as JSON chat messages or a user string (examples/data/prepare_safe_alignment.py writes it)",
     )
+    group.add_argument(
+        "--gd2po.sum_rewards",
+        action="store_true",
+        default=False,
+        help="with --advantage_estimator gdpo: GRPO on the weighted sum Σ_k w_k r_k (one group normalisation of the "
+        "sum instead of one per dimension). The GRPO baseline for sources OpenRLHF cannot add up, e.g. a reward "
+        "model and a cost model",
+    )
     group.add_argument("--gd2po.no_reweight", action="store_true", default=False, help="do not scale prompts by their kept share κ")
     group.add_argument("--gd2po.no_whiten", action="store_true", default=False, help="do not whiten the token advantages of the batch")
     group.add_argument(
@@ -136,8 +144,10 @@ def resolve(args) -> Tuple[GD2POConfig, List[RewardDimension]]:
     if estimator == "gdpo" and _arg(args, "gd2po.filter") not in (None, "none"):
         raise ValueError(
             f"--advantage_estimator gdpo is GD²PO without filtering; --gd2po.filter {_arg(args, 'gd2po.filter')} "
-            "needs --advantage_estimator gd2po"
+            "(given on the command line or by --gd2po.config) needs --advantage_estimator gd2po: add --gd2po.filter none"
         )
+    if _arg(args, "gd2po.sum_rewards", False) and estimator != "gdpo":
+        raise ValueError("--gd2po.sum_rewards (GRPO on the weighted sum) needs --advantage_estimator gdpo: a single summed dimension never conflicts")
     for flag in ("reward.overlong_buffer_len", "reward.stop_properly_penalty_coef"):
         if _arg(args, flag) is not None:
             raise ValueError(
@@ -254,6 +264,7 @@ def describe(args, config: GD2POConfig, dimensions: List[RewardDimension]) -> st
         kl = "no KL"
     lines = [
         f"GD²PO configuration (--advantage_estimator {estimator})",
+        "  advantage of      the weighted sum Σ_k w_k r_k, normalised within each group (GRPO)" if _arg(args, "gd2po.sum_rewards") else None,
         f"  filter            {config.filter}" + (f" (τ = {config.snr_threshold}, ε = {config.snr_eps})" if config.filter == "snr" else ""),
         f"  preset            {_arg(args, 'gd2po.config')}" if _arg(args, "gd2po.config") else None,
         f"  group size        {_arg(args, 'rollout.n_samples_per_prompt')} rollouts per prompt",

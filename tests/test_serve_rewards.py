@@ -239,3 +239,16 @@ def test_command_line_refuses_a_file_without_reward_func(tmp_path):
     assert result.returncode == 2 and f"reward file {bad} defines no reward_func" in result.stderr
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_reward_func(str(tmp_path / "missing.py"))
+
+
+def test_load_test_script_finds_no_lost_or_duplicated_rollouts(tmp_path):
+    report_path = tmp_path / "load.json"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "reward_server_load.py"), "--requests", "300", "--clients", "16", "--json", str(report_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    report = json.loads(report_path.read_text())
+    assert report["requests"] == 300 and report["rollouts"] == report["server_counted_rollouts"] > 300
+    assert report["lost_rollouts"] == report["duplicated_rollouts"] == report["requests_with_wrong_rewards"] == 0
+    assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p99"] <= report["latency_ms"]["max"]

@@ -1,0 +1,125 @@
+"""Fuzzing with hypothesis: arbitrary shapes, dtypes and values for the estimator and for reward payloads.
+
+The contract: a correct result (finite, of the right shape) or a ValueError naming the problem; never another
+exception, never NaN.
+"""
+
+import math
+
+import numpy as np
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gd2po_openrlhf import GD2POConfig, compute_advantages
+from gd2po_openrlhf.rewards import dimensions_from_payload
+
+DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64, torch.int32, torch.bool, torch.uint8]
+SPECIAL = st.sampled_from([0.0, -0.0, 1.0, -1.0, 1e-30, 1e30, 3.4e38, -3.4e38, 1e300, math.nan, math.inf, -math.inf])
+NUMBERS = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=64), SPECIAL, st.integers(-(10**6), 10**6))
+
+
+@st.composite
+def estimator_inputs(draw):
+    """Mostly well-formed batches (so that real results get checked), each with at most one kind of corruption."""
+    corruption = draw(st.sampled_from([None, None, None, "values", "rewards_shape", "mask_shape", "mask_values", "dtype", "empty", "groups"]))
+    group_size = draw(st.integers(1, 4) if corruption == "groups" else st.integers(2, 4))
+    rows = draw(st.integers(1, 9)) if corruption == "groups" else group_size * draw(st.integers(1, 3))
+    dims, width = draw(st.integers(1, 3)), draw(st.integers(1, 6))
+    rewards_shape, mask_shape = (rows, dims), (rows, width)
+    if corruption == "rewards_shape":
+        rewards_shape = draw(st.sampled_from([(rows,), (rows, dims, 1), (rows + 1, dims)]))
+    if corruption == "mask_shape":
+        mask_shape = draw(st.sampled_from([(rows,), (rows - 1, width), (rows, width, 1)]))
+    if corruption == "empty":
+        rewards_shape, mask_shape = draw(st.sampled_from([((0, dims), (0, width)), ((rows, 0), (rows, width)), ((rows, dims), (rows, 0))]))
+    values = NUMBERS if corruption == "values" else st.floats(-1e6, 1e6) | st.integers(-3, 3)
+    reward_values = draw(st.lists(values, min_size=math.prod(rewards_shape), max_size=math.prod(rewards_shape)))
+    rewards = torch.tensor(reward_values, dtype=torch.float64).reshape(rewards_shape)
+    rewards = rewards.to(draw(st.sampled_from(DTYPES if corruption == "dtype" else [torch.float32, torch.float64])))
+    mask_choices = [0, 1, 1, 2, -1] if corruption == "mask_values" else [0, 1, 1, 1]
+    mask_values = draw(st.lists(st.sampled_from(mask_choices), min_size=math.prod(mask_shape), max_size=math.prod(mask_shape)))
+    mask = torch.tensor(mask_values, dtype=torch.float64).reshape(mask_shape)
+    mask = mask.to(draw(st.sampled_from(DTYPES if corruption == "dtype" else [torch.float32, torch.int64, torch.bool])))
+    groups = torch.arange(rewards_shape[0]) // group_size
+    if draw(st.booleans()):
+        groups = groups[torch.randperm(len(groups), generator=torch.Generator().manual_seed(draw(st.integers(0, 99))))]
+    if corruption == "dtype":
+        groups = groups.to(draw(st.sampled_from([torch.int32, torch.float32, torch.bool])))
+    weights = draw(st.none() | st.lists(st.floats(-1e6, 1e6), min_size=dims, max_size=dims).map(tuple))
+    if corruption == "rewards_shape" and weights is not None:
+        weights = weights + (1.0,)
+    config = GD2POConfig(
+        filter=draw(st.sampled_from(["none", "hard", "snr"])),
+        snr_threshold=draw(st.floats(0, 1)),
+        norm_by_std=draw(st.booleans()),
+        whiten=draw(st.booleans()),
+        weights=weights,
+    )
+    return rewards, groups, mask, config
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(estimator_inputs())
+def test_estimator_gives_a_finite_result_or_a_value_error(inputs):
+    rewards, groups, mask, config = inputs
+    try:
+        result = compute_advantages(rewards, groups, mask, config)
+    except ValueError:
+        return
+    rows = rewards.shape[0]
+    assert result.advantages.shape == mask.shape and result.advantages.dtype == torch.float32
+    assert result.keep.shape == (rows,) and result.group_keep_ratio.shape == (rows,)
+    assert torch.isfinite(result.advantages).all() and torch.isfinite(result.group_keep_ratio).all()
+    assert all(math.isfinite(value) for value in result.metrics.values())
+
+
+PAYLOAD_VALUES = st.recursive(
+    st.one_of(st.none(), st.booleans(), NUMBERS, st.text(max_size=5)),
+    lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(st.text(max_size=8), children, max_size=3)),
+    max_leaves=12,
+)
+
+
+@st.composite
+def payloads(draw):
+    """Mostly protocol-shaped payloads with one column per key; values well-formed or arbitrary."""
+    keys = draw(st.lists(st.sampled_from(["correctness", "format", "length", "reward/x", ""]), min_size=1, max_size=3, unique=True))
+    length = draw(st.integers(0, 4))
+    finite = st.floats(-1e6, 1e6) | st.integers(-3, 3)
+
+    def column():
+        good = st.lists(finite, min_size=length, max_size=length)
+        return draw(
+            st.one_of(
+                good,
+                good,
+                good.map(tuple),
+                good.map(lambda v: torch.tensor(v, dtype=draw(st.sampled_from([torch.float32, torch.float64, torch.float16, torch.int64])))),
+                good.map(np.array),
+                finite,
+                st.lists(NUMBERS, max_size=4),
+                PAYLOAD_VALUES,
+            )
+        )
+
+    columns = {key: column() for key in keys}
+    form = draw(st.sampled_from(["rewards", "rewards", "extra_logs", "extra_logs", "junk"]))
+    if form == "rewards":
+        return {"rewards": columns, "extra_logs": draw(st.none() | st.dictionaries(st.text(max_size=8), PAYLOAD_VALUES, max_size=2))}
+    if form == "extra_logs":
+        return {"rewards": draw(PAYLOAD_VALUES), "extra_logs": {f"reward/{k}": v for k, v in columns.items()}}
+    return draw(PAYLOAD_VALUES)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(payloads(), st.integers(1, 4), st.none() | st.none() | st.lists(st.sampled_from(["correctness", "format", "length"]), min_size=1, max_size=3, unique=True))
+def test_payload_parsing_gives_finite_columns_or_a_value_error(payload, num_rollouts, reward_keys):
+    try:
+        dims = dimensions_from_payload(payload, num_rollouts, reward_keys, "fuzzed source")
+    except ValueError as error:
+        assert "fuzzed source" in str(error)  # every refusal names the source
+        return
+    assert dims and (reward_keys is None or list(dims) == reward_keys)
+    for values in dims.values():
+        assert len(values) == num_rollouts and all(type(v) is float and math.isfinite(v) for v in values)

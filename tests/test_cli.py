@@ -194,3 +194,45 @@ def test_parse_launcher_args_gives_openrlhfs_nested_args(reward_file):
     with pytest.raises(SystemExit):
         parse_launcher_args(["--advantage_estimator", "gd2po", "--reward.remote_url", reward_file, "--rollout.n_samples_per_prompt", "4"])
     assert parse_launcher_args(["--advantage_estimator", "group_norm", "--rollout.n_samples_per_prompt", "2"]).algo.advantage.estimator == "group_norm"
+
+
+@pytest.mark.parametrize("version, supported", [("0.11.2", True), ("0.11.9.post1", True), ("0.11.2rc1", True), ("0.10.4", False), ("0.12.0", False), ("1.0", False), ("dev", False)])
+def test_version_guard_accepts_only_the_supported_range(version, supported):
+    from gd2po_openrlhf.integration.hook import check_openrlhf_version
+
+    if supported:
+        check_openrlhf_version(version)
+    else:
+        with pytest.raises(RuntimeError, match=rf"supports openrlhf>=0.11.2,<0.12, but openrlhf {version} is installed"):
+            check_openrlhf_version(version)
+
+
+@pytest.fixture
+def old_openrlhf_metadata(tmp_path):
+    """A PYTHONPATH entry whose dist-info claims openrlhf 0.10.4 (found before site-packages by importlib.metadata)."""
+    dist = tmp_path / "openrlhf-0.10.4.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: openrlhf\nVersion: 0.10.4\n")
+    return {"PYTHONPATH": str(tmp_path)}
+
+
+def test_an_unsupported_openrlhf_stops_the_launcher_before_training(old_openrlhf_metadata):
+    result = run(["--advantage_estimator", "gd2po", "--rollout.n_samples_per_prompt", "4"], env=old_openrlhf_metadata)
+    assert result.returncode == 1
+    assert "supports openrlhf>=0.11.2,<0.12, but openrlhf 0.10.4 is installed" in result.stderr and "GD2PO_DISABLE=1" in result.stderr
+    assert "Traceback" not in result.stderr  # one message, not a stack trace from inside OpenRLHF
+    # GD2PO_DISABLE=1 leaves that OpenRLHF alone: its own parser runs and answers --help
+    stock = run(["--help"], env={**old_openrlhf_metadata, "GD2PO_DISABLE": "1"})
+    assert stock.returncode == 0 and "gd2po" not in stock.stdout
+
+
+def test_disabled_plugin_patches_nothing_in_the_process():
+    code = (
+        "import argparse; before = argparse.ArgumentParser.add_argument\n"
+        "import openrlhf.trainer.ppo_trainer as m\n"
+        "from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator as S\n"
+        "print(m.RemoteExperienceMaker.__module__, S._process_response_into_experience.__qualname__,\n"
+        "      argparse.ArgumentParser.add_argument is before, getattr(m, 'gd2po_patched', False))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "GD2PO_DISABLE": "1"}, timeout=300)
+    assert result.stdout.splitlines()[-1].split() == ["openrlhf.trainer.ppo_utils.experience_maker", "SamplesGenerator._process_response_into_experience", "True", "False"]

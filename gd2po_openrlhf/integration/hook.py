@@ -24,6 +24,37 @@ import sys
 
 CLI_MODULE = "openrlhf.cli.train_ppo_ray"
 TRAINER_MODULE = "openrlhf.trainer.ppo_trainer"
+# The OpenRLHF releases whose internals the integration was checked against (DESIGN.md §3).
+SUPPORTED_OPENRLHF = ((0, 11, 2), (0, 12, 0))
+
+
+def check_openrlhf_version(version: str = None) -> None:
+    """Refuse an installed openrlhf outside [0.11.2, 0.12) with one message naming both versions.
+
+    Called when OpenRLHF's launcher or trainer module is looked up, before anything of the plugin patches it:
+    a drifted OpenRLHF would otherwise fail deep inside a Ray actor, or silently train on misrouted rewards.
+    """
+    import importlib.metadata
+    import re
+
+    if version is None:
+        try:
+            version = importlib.metadata.version("openrlhf")
+        except importlib.metadata.PackageNotFoundError:
+            return  # a source checkout on sys.path without metadata: nothing to compare
+    match = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", version)
+    parsed = tuple(int(part or 0) for part in match.groups()) if match else None
+    low, high = SUPPORTED_OPENRLHF
+    if parsed is None or not low <= parsed < high:
+        try:
+            plugin = importlib.metadata.version("gd2po-openrlhf")
+        except importlib.metadata.PackageNotFoundError:
+            plugin = "(source checkout)"
+        raise RuntimeError(
+            f"gd2po-openrlhf {plugin} supports openrlhf>={'.'.join(map(str, low))},<{'.'.join(map(str, high[:2]))}, but "
+            f"openrlhf {version} is installed. Install a supported version (pip install 'openrlhf>=0.11.2,<0.12') or set "
+            "GD2PO_DISABLE=1 to run OpenRLHF without the plugin"
+        )
 
 
 def disabled() -> bool:
@@ -56,6 +87,12 @@ class GD2POFinder(importlib.abc.MetaPathFinder):
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is None or spec.loader is None:
             return None
+        try:
+            check_openrlhf_version()
+        except RuntimeError as error:
+            if fullname == CLI_MODULE:  # the launcher: one line on stderr, exit 1, no traceback through runpy
+                raise SystemExit(f"error: {error}") from None
+            raise
         if fullname == CLI_MODULE:
             from .cli import install_argparse_extension
 
@@ -80,6 +117,7 @@ def register() -> None:
     ``ray job submit`` set-ups so that every worker gets it too. An explicit call applies even with
     GD2PO_DISABLE=1, which only turns off the automatic activation by the .pth file.
     """
+    check_openrlhf_version()
     if not any(isinstance(finder, GD2POFinder) for finder in sys.meta_path):
         sys.meta_path.insert(0, GD2POFinder())
     from .cli import install_argparse_extension

@@ -67,3 +67,16 @@ def rollout_experiences(rewards, lengths, n_samples_per_prompt, micro_batch_size
             )
         )
     return samples
+
+
+class ScriptedEngine:
+    """Stands in for vLLM's engine only (tests): answers every prompt with the same continuation tokens."""
+
+    def __init__(self, token_ids):
+        self.token_ids = list(token_ids)
+
+    async def generate(self, prompt_token_ids, sampling_params, multi_modal_data=None):
+        from types import SimpleNamespace
+
+        output = SimpleNamespace(token_ids=self.token_ids, finish_reason="stop", logprobs=None)
+        return SimpleNamespace(outputs=[output])

@@ -15,7 +15,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 import openrlhf.trainer.ppo_trainer  # noqa: F401  (the import hook patches SamplesGenerator through it)
-from gd2po_testing import openrlhf_strategy
+from gd2po_testing import ScriptedEngine, openrlhf_strategy
 
 VOCAB = ["[UNK]", "[PAD]", "what", "is", "two", "plus", "three", "four", "five", "answer", "<format>"]
 RULES = '''
@@ -33,20 +33,9 @@ def tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="[UNK]", pad_token="[PAD]")
 
 
-class ScriptedEngine:
-    """Stands in for vLLM's engine only: answers each prompt with a fixed continuation."""
-
-    def __init__(self, tokenizer, continuation):
-        self.token_ids = tokenizer(continuation, add_special_tokens=False)["input_ids"]
-
-    async def generate(self, prompt_token_ids, sampling_params, multi_modal_data=None):
-        output = SimpleNamespace(token_ids=self.token_ids, finish_reason="stop", logprobs=None)
-        return SimpleNamespace(outputs=[output])
-
-
 def rollout(executor, tokenizer, continuation, label="four"):
     params = SimpleNamespace(max_tokens=8, logprobs=None)
-    return asyncio.run(executor.execute("what is two plus two", label, params, 64, tokenizer, ScriptedEngine(tokenizer, continuation)))
+    return asyncio.run(executor.execute("what is two plus two", label, params, 64, tokenizer, ScriptedEngine(tokenizer(continuation, add_special_tokens=False)["input_ids"])))
 
 
 def trainer_side(strategy, response):

@@ -24,7 +24,7 @@ from transformers import PreTrainedTokenizerFast
 
 import openrlhf.trainer.ppo_trainer  # noqa: F401  (the import hook patches SamplesGenerator through it)
 from gd2po_openrlhf.serve_rewards import RewardServer, load_reward_func
-from gd2po_testing import openrlhf_strategy
+from gd2po_testing import ScriptedEngine, openrlhf_strategy
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL_CALLING = ROOT / "examples" / "rewards" / "tool_calling.py"
@@ -172,16 +172,6 @@ def byte_level_tokenizer():
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer)
-
-
-class ScriptedEngine:
-    """Stands in for vLLM's engine only: answers with a fixed continuation."""
-
-    def __init__(self, token_ids):
-        self.token_ids = token_ids
-
-    async def generate(self, prompt_token_ids, sampling_params, multi_modal_data=None):
-        return SimpleNamespace(outputs=[SimpleNamespace(token_ids=self.token_ids, finish_reason="stop", logprobs=None)])
 
 
 def test_openrlhfs_http_client_and_the_plugin_read_every_dimension(serve):

@@ -193,10 +193,11 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
         )
         indices = torch.tensor(list(itertools.chain.from_iterable(exp.index for exp in experiences)))
         lengths = torch.cat([exp.action_mask.sum(dim=-1) for exp in experiences])
-        weighted_total = (rewards * torch.tensor(cfg.weights, dtype=rewards.dtype)).sum(dim=1).float()
+        weighted_sum = (rewards * torch.tensor(cfg.weights, dtype=rewards.dtype)).sum(dim=1)
+        weighted_total = weighted_sum.float()
         if _arg(args, "gd2po.sum_rewards", False):
-            # GRPO baseline: the weighted sum is the one dimension that gets normalised.
-            rewards, cfg = weighted_total.double().unsqueeze(1), dataclasses.replace(cfg, weights=(1.0,), reward_keys=("weighted_sum",))
+            # GRPO baseline: the weighted sum (in double, as the columns) is the one dimension that gets normalised.
+            rewards, cfg = weighted_sum.unsqueeze(1), dataclasses.replace(cfg, weights=(1.0,), reward_keys=("weighted_sum",))
         result = compute_rollout_advantages(rewards, indices // args.rollout.n_samples_per_prompt, lengths, cfg)
 
         kl_in_reward = self.initial_model_group is not None and not args.algo.kl.use_loss and self.kl_ctl.value > 0

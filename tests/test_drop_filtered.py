@@ -1,5 +1,7 @@
-"""--gd2po.drop_filtered: filtered rollouts never reach the actors' replay buffer, everything else is as
-without the flag (advantages of the kept rollouts, κ, whitening, metrics, OpenRLHF's rollout stats)."""
+"""Rollouts left out of the step. --gd2po.drop_filtered: filtered rollouts never reach the actors' replay
+buffer, everything else is as without the flag (advantages of the kept rollouts, κ, whitening, metrics,
+OpenRLHF's rollout stats). --gd2po.on_bad_reward: a non-finite reward stops the step (error) or removes its
+prompt's group before the estimator sees it (drop_group)."""
 
 import copy
 import math
@@ -28,8 +30,8 @@ def reward_file(tmp_path_factory):
     return str(path)
 
 
-def strategy(reward_file, drop_filtered, filter_name="hard"):
-    flags = ["--gd2po.drop_filtered"] if drop_filtered else []
+def strategy(reward_file, drop_filtered, filter_name="hard", on_bad_reward="error"):
+    flags = (["--gd2po.drop_filtered"] if drop_filtered else []) + ["--gd2po.on_bad_reward", on_bad_reward]
     return openrlhf_strategy(
         ["--advantage_estimator", "gd2po", "--gd2po.filter", filter_name, "--reward.remote_url", reward_file,
          "--gd2po.reward_keys", "a", "b", "--rollout.n_samples_per_prompt", str(N), "--algo.kl.init_coef", "0",
@@ -136,3 +138,78 @@ def test_nothing_dropped_keeps_every_rollout(reward_file):
     maker, trained = run_maker(snr_strategy, batches)
     assert sorted(i for e in trained for i in e.index) == list(range(PROMPTS * N))
     assert maker.gd2po_metrics["gd2po/trained_ratio"] == 1.0
+
+
+def bad_reward_case(seed=11):
+    """Rewards with a NaN, a +inf and a -inf in three of the twelve groups, and the expected dropped groups."""
+    generator = torch.Generator().manual_seed(seed)
+    rewards = torch.randint(0, 3, (PROMPTS * N, 2), generator=generator).float()
+    lengths = torch.randint(1, 12, (PROMPTS * N,), generator=generator)
+    rewards[1 * N + 2, 0] = math.nan
+    rewards[5 * N + 0, 1] = math.inf
+    rewards[9 * N + 3, 0] = -math.inf
+    return rewards, lengths, {1, 5, 9}
+
+
+def test_a_bad_reward_stops_the_step_naming_key_source_and_rollout(reward_file):
+    rewards, lengths, _ = bad_reward_case()
+    with pytest.raises(ValueError) as error:
+        run_maker(strategy(reward_file, False), micro_batches(rewards, lengths))
+    message = str(error.value)
+    assert f"reward key 'a' is nan (source: reward function {reward_file}) for rollout {N + 2} (sample 2 of prompt 'prompt 1')" in message
+    assert "reward key 'b' is inf" in message and f"rollout {5 * N}" in message and "reward key 'a' is -inf" in message
+    assert "--gd2po.on_bad_reward drop_group" in message
+
+
+@pytest.mark.parametrize("drop_filtered", [False, True])
+def test_drop_group_trains_the_other_groups_exactly_as_if_the_bad_ones_never_existed(reward_file, drop_filtered, caplog):
+    rewards, lengths, bad_groups = bad_reward_case()
+    maker, trained = run_maker(strategy(reward_file, drop_filtered, on_bad_reward="drop_group"), micro_batches(rewards, lengths))
+    good = torch.tensor([i // N not in bad_groups for i in range(PROMPTS * N)])
+    # the reference: the estimator on the good groups alone, computed independently of the integration
+    reference = compute_rollout_advantages(rewards[good], (torch.arange(PROMPTS * N) // N)[good], lengths[good], GD2POConfig(filter="hard"))
+    expected = dict(zip(good.nonzero().squeeze(1).tolist(), reference.rollout_advantages.tolist()))
+    kept = {i for i, k in zip(expected, reference.keep.tolist()) if k}
+    trained_rollouts = {i: (e, row) for e in trained for row, i in enumerate(e.index)}
+    # every rollout that trains has a finite advantage; those of good groups are the reference's
+    for i, (e, row) in trained_rollouts.items():
+        advantages = e.advantages[row][e.action_mask[row]]
+        assert torch.isfinite(advantages).all() and torch.isfinite(e.returns[row]).all()
+        assert all(torch.isfinite(value).all() for value in e.info.values())
+        if i in expected:
+            torch.testing.assert_close(advantages, torch.full_like(advantages, expected[i]), rtol=1e-6, atol=1e-6)
+        else:  # a filler from a dropped group: no gradient from its reward
+            assert float(advantages.abs().sum()) == 0
+    must_train = kept if drop_filtered else set(expected)
+    assert must_train <= set(trained_rollouts)
+    assert len(trained_rollouts) == math.ceil(len(must_train) / TRAIN_BATCH) * TRAIN_BATCH
+    assert maker.gd2po_metrics["gd2po/dropped_bad_groups"] == 3
+    assert maker.gd2po_metrics["gd2po/num_groups"] == PROMPTS - 3
+    assert maker.gd2po_metrics["gd2po/keep_ratio"] == pytest.approx(float(reference.keep.float().mean()))
+    # the warning names each dropped group's first bad value
+    warning = " ".join(r.getMessage() for r in caplog.records if "drop_group" in r.getMessage())
+    assert "dropping 3 of 12 prompt groups" in warning and "sample 2 of prompt 'prompt 1'" in warning
+    # OpenRLHF's rollout statistics describe the rollouts with valid rewards, not the dropped groups
+    stats = ppo_trainer.BasePPOTrainer._compute_rollout_stats(SimpleNamespace(experience_maker=maker), trained)
+    assert stats["rollout/num_samples"] == int(good.sum())
+    weighted = rewards[good].sum(1)
+    assert stats["rollout/reward_mean"] == pytest.approx(float(weighted.mean()))
+
+
+def test_drop_group_refuses_a_step_in_which_every_group_is_bad(reward_file):
+    rewards, lengths, _ = bad_reward_case()
+    rewards[torch.arange(PROMPTS) * N, 1] = math.nan
+    with pytest.raises(ValueError, match="every prompt group of the step has a bad reward"):
+        run_maker(strategy(reward_file, False, on_bad_reward="drop_group"), micro_batches(rewards, lengths))
+
+
+def test_drop_group_without_bad_rewards_changes_nothing(reward_file):
+    rewards, lengths, _ = bad_reward_case()
+    rewards = torch.nan_to_num(rewards, nan=1.0, posinf=2.0, neginf=0.0)
+    batches = micro_batches(rewards, lengths)
+    _, plain = run_maker(strategy(reward_file, False), copy.deepcopy(batches))
+    maker, dropping = run_maker(strategy(reward_file, False, on_bad_reward="drop_group"), copy.deepcopy(batches))
+    assert [e.index for e in dropping] == [e.index for e in plain]
+    for a, b in zip(dropping, plain):
+        torch.testing.assert_close(a.advantages, b.advantages, rtol=0, atol=0)
+    assert maker.gd2po_metrics["gd2po/dropped_bad_groups"] == 0

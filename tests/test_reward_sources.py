@@ -5,10 +5,14 @@ into an Experience by the trainer-side SamplesGenerator."""
 import asyncio
 import http.server
 import json
+import math
 import threading
 from types import SimpleNamespace
 
 import pytest
+import torch
+from openrlhf.trainer.ppo_utils.experience import Experience
+from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
 from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
 from openrlhf.utils.agent import SingleTurnAgentExecutor
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -43,10 +47,10 @@ def trainer_side(strategy, response):
     return SamplesGenerator._process_response_into_experience(generator, response)
 
 
-def strategy_for(remote_url):
+def strategy_for(remote_url, *flags):
     return openrlhf_strategy(
         ["--advantage_estimator", "gd2po", "--reward.remote_url", remote_url, "--gd2po.reward_keys", "correctness", "format",
-         "--rollout.n_samples_per_prompt", "2"]
+         "--rollout.n_samples_per_prompt", "2", *flags]
     )
 
 
@@ -65,9 +69,46 @@ def test_reward_file_that_raises_fails_the_step_with_a_clear_error(tmp_path, tok
     rules = tmp_path / "broken.py"
     rules.write_text("def reward_func(queries, prompts, labels):\n    raise KeyError('label')\n")
     response = rollout(SingleTurnAgentExecutor(str(rules)), tokenizer, "four")
-    assert response["reward"] is None  # OpenRLHF swallowed the exception
-    with pytest.raises(ValueError, match=r"missing from reward function .*broken.py for prompt 'what is two plus two': it returned no reward"):
+    assert response["reward"] is None  # OpenRLHF's executor still swallows the exception...
+    # ... but the plugin's reward client sends the cause along with the rollout
+    with pytest.raises(ValueError, match=r"missing for prompt 'what is two plus two': reward function .*broken.py raised KeyError: 'label'"):
         trainer_side(strategy_for(str(rules)), response)
+    # a rollout that arrives without any reward and without a cause (OpenRLHF's own client) is refused too
+    bare = {**response, "extra_logs": {}}
+    with pytest.raises(ValueError, match=r"missing from reward function .*broken.py for prompt 'what is two plus two': it returned no reward"):
+        trainer_side(strategy_for(str(rules)), bare)
+
+
+def test_drop_group_drops_the_groups_of_failed_rollouts_from_reward_file_to_advantages(tmp_path, tokenizer, caplog):
+    rules = tmp_path / "flaky.py"
+    rules.write_text(
+        "def reward_func(queries, prompts, labels):\n"
+        "    response = queries[0][len(prompts[0]):]\n"
+        "    if 'five' in response:\n"
+        "        raise ValueError('cannot score five')\n"
+        "    return {'rewards': {'correctness': float('nan') if 'three' in response else float(labels[0] in response),\n"
+        "                        'format': float('<format>' in response)}}\n"
+    )
+    strategy = strategy_for(str(rules), "--gd2po.on_bad_reward", "drop_group", "--train.batch_size", "2", "--rollout.micro_batch_size", "2")
+    executor = SingleTurnAgentExecutor(str(rules))
+    groups = [["four <format>", "five"], ["four", "three"], ["four <format>", "<format>"]]
+    experiences = []
+    for index, continuation in enumerate(c for group in groups for c in group):
+        experience = trainer_side(strategy, rollout(executor, tokenizer, continuation))
+        experience.index = [index]
+        experiences.append(experience)
+    # the failed rollouts arrive marked, with a finite placeholder for OpenRLHF's own reward field
+    assert math.isnan(experiences[1].info["reward/correctness"].item()) and experiences[1].rewards.item() == 0.0
+    assert math.isnan(experiences[3].info["reward/format"].item())
+    rollout_warnings = " ".join(r.getMessage() for r in caplog.records)
+    assert "raised ValueError: cannot score five" in rollout_warnings and "returned nan for reward key 'correctness'" in rollout_warnings
+    maker = openrlhf.trainer.ppo_trainer.RemoteExperienceMaker(None, None, None, None, FixedKLController(0.0), strategy, tokenizer)
+    batches = [Experience.concat_experiences(experiences[i : i + 2], tokenizer.pad_token_id) for i in range(0, 6, 2)]
+    trained = maker.compute_advantages_and_returns(batches)
+    assert [e.index for e in trained] == [[4, 5]]
+    assert trained[0].info["reward/correctness"].tolist() == [1.0, 0.0] and trained[0].info["reward/format"].tolist() == [1.0, 1.0]
+    assert torch.isfinite(trained[0].advantages).all() and float(trained[0].advantages.abs().sum()) > 0
+    assert maker.gd2po_metrics["gd2po/dropped_bad_groups"] == 2
 
 
 @pytest.fixture

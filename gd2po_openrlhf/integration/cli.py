@@ -85,6 +85,14 @@ def add_gd2po_arguments(parser: argparse.ArgumentParser) -> None:
         "tokens only, unlike the authors' runs",
     )
     group.add_argument(
+        "--gd2po.on_bad_reward",
+        choices=("error", "drop_group"),
+        default="error",
+        help="a rollout whose reward is missing, None (the reward function raised), NaN/inf or malformed: 'error' stops "
+        "the step naming the key, source and rollout; 'drop_group' removes its prompt's whole group from the step "
+        "(logged as a warning, counted in gd2po/dropped_bad_groups)",
+    )
+    group.add_argument(
         "--gd2po.config",
         default=None,
         metavar="PATH",
@@ -274,6 +282,7 @@ def describe(args, config: GD2POConfig, dimensions: List[RewardDimension]) -> st
         "  drop filtered     "
         + ("True (filtered rollouts are not sent to the actors)" if _arg(args, "gd2po.drop_filtered", False) else "False (filtered rollouts train with advantage 0)"),
         f"  KL                {kl}",
+        f"  on bad reward     {_arg(args, 'gd2po.on_bad_reward', 'error')}",
         (
             "  reward models see "
             + ("their own chat template's rendering of each conversation" if _arg(args, "gd2po.reward_chat_template") == "own" else "the policy's tokens")

@@ -10,7 +10,9 @@ The finder watches two module names:
   and adds the ``--gd2po.*`` and ``--cost.*`` flags to the parser that defines
   ``--algo.advantage.estimator``;
 - ``openrlhf.trainer.ppo_trainer``: after the module executes, its ``RemoteExperienceMaker`` is replaced
-  by the GD²PO experience maker (reaching the PPOTrainer actor and the async TrainingActor alike).
+  by the GD²PO experience maker (reaching the PPOTrainer actor and the async TrainingActor alike);
+- ``openrlhf.utils.agent``: after the module executes, the reward client of its ``SingleTurnAgentExecutor``
+  (which runs in the vLLM rollout actors) retries transient faults and reports failures to the trainer.
 
 ``GD2PO_DISABLE=1`` turns the automatic activation off and leaves OpenRLHF untouched.
 """
@@ -24,6 +26,7 @@ import sys
 
 CLI_MODULE = "openrlhf.cli.train_ppo_ray"
 TRAINER_MODULE = "openrlhf.trainer.ppo_trainer"
+AGENT_MODULE = "openrlhf.utils.agent"
 # The OpenRLHF releases whose internals the integration was checked against (DESIGN.md §3).
 SUPPORTED_OPENRLHF = ((0, 11, 2), (0, 12, 0))
 
@@ -61,8 +64,8 @@ def disabled() -> bool:
     return os.environ.get("GD2PO_DISABLE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
-class _TrainerPatchingLoader(importlib.abc.Loader):
-    """Runs the real loader, then swaps in the GD²PO experience maker."""
+class _PatchingLoader(importlib.abc.Loader):
+    """Runs the real loader, then applies the plugin's patch for that module."""
 
     def __init__(self, loader):
         self._loader = loader
@@ -72,17 +75,26 @@ class _TrainerPatchingLoader(importlib.abc.Loader):
 
     def exec_module(self, module):
         self._loader.exec_module(module)
-        from .trainer import patch_trainer_module
-
-        patch_trainer_module(module)
+        _patch(module)
 
     def __getattr__(self, name):  # get_code, get_source, is_package, ... of the real loader
         return getattr(self._loader, name)
 
 
+def _patch(module) -> None:
+    if module.__name__ == TRAINER_MODULE:
+        from .trainer import patch_trainer_module
+
+        patch_trainer_module(module)
+    else:
+        from .agent import patch_agent_module
+
+        patch_agent_module(module)
+
+
 class GD2POFinder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path, target=None):
-        if fullname not in (CLI_MODULE, TRAINER_MODULE):
+        if fullname not in (CLI_MODULE, TRAINER_MODULE, AGENT_MODULE):
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)
         if spec is None or spec.loader is None:
@@ -98,7 +110,7 @@ class GD2POFinder(importlib.abc.MetaPathFinder):
 
             install_argparse_extension()
         else:
-            spec.loader = _TrainerPatchingLoader(spec.loader)
+            spec.loader = _PatchingLoader(spec.loader)
         return spec
 
 
@@ -112,8 +124,8 @@ def install() -> None:
 def register() -> None:
     """Explicit activation, for environments where the .pth file is not processed.
 
-    Installs the finder, and patches ``openrlhf.trainer.ppo_trainer`` right away if it is already
-    imported. Use it as Ray's ``worker_process_setup_hook`` ("gd2po_openrlhf.register") for
+    Installs the finder, and patches ``openrlhf.trainer.ppo_trainer`` and ``openrlhf.utils.agent`` right
+    away if they are already imported. Use it as Ray's ``worker_process_setup_hook`` ("gd2po_openrlhf.register") for
     ``ray job submit`` set-ups so that every worker gets it too. An explicit call applies even with
     GD2PO_DISABLE=1, which only turns off the automatic activation by the .pth file.
     """
@@ -123,8 +135,6 @@ def register() -> None:
     from .cli import install_argparse_extension
 
     install_argparse_extension()
-    trainer = sys.modules.get(TRAINER_MODULE)
-    if trainer is not None:
-        from .trainer import patch_trainer_module
-
-        patch_trainer_module(trainer)
+    for name in (TRAINER_MODULE, AGENT_MODULE):
+        if name in sys.modules:
+            _patch(sys.modules[name])

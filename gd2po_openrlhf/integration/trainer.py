@@ -26,11 +26,15 @@ from openrlhf.trainer.ppo_utils.experience import Experience
 from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
 from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
 from openrlhf.trainer.ray.launcher import RayActorGroup, RewardModelActor
+from openrlhf.utils.logging_utils import init_logger
 from openrlhf.utils.utils import zero_pad_sequences
 
 from ..estimator import compute_rollout_advantages
 from ..rewards import dimensions_from_payload
+from .agent import REWARD_ERROR_KEY
 from .cli import GD2PO_ESTIMATORS, RewardDimension, _arg, resolve
+
+logger = init_logger(__name__)
 
 REMOTE_SOURCES = ("reward_function", "reward_server", "agent")
 MODEL_SOURCES = ("reward_model", "cost_model")
@@ -192,18 +196,32 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
             dim=1,
         )
         indices = torch.tensor(list(itertools.chain.from_iterable(exp.index for exp in experiences)))
+        groups = indices // args.rollout.n_samples_per_prompt
         lengths = torch.cat([exp.action_mask.sum(dim=-1) for exp in experiences])
+        # Rollouts of groups with a non-finite reward (a model group's NaN, or a remote reward that
+        # _process_response_into_experience marked NaN under drop_group) never reach the estimator.
+        dropped = torch.isin(groups, groups[~torch.isfinite(rewards).all(dim=1)])
+        if dropped.any():
+            self._refuse_or_report_bad_rewards(experiences, rewards, groups, dropped)
+            rewards = torch.nan_to_num(rewards, nan=0.0, posinf=0.0, neginf=0.0)
+            for experience, row_rewards in zip(experiences, rewards.split([len(e.index) for e in experiences])):
+                experience.info.update({f"reward/{key}": row_rewards[:, k].float() for k, key in enumerate(cfg.reward_keys)})
+        good = ~dropped
         weighted_sum = (rewards * torch.tensor(cfg.weights, dtype=rewards.dtype)).sum(dim=1)
         weighted_total = weighted_sum.float()
         if _arg(args, "gd2po.sum_rewards", False):
             # GRPO baseline: the weighted sum (in double, as the columns) is the one dimension that gets normalised.
             rewards, cfg = weighted_sum.unsqueeze(1), dataclasses.replace(cfg, weights=(1.0,), reward_keys=("weighted_sum",))
-        result = compute_rollout_advantages(rewards, indices // args.rollout.n_samples_per_prompt, lengths, cfg)
+        result = compute_rollout_advantages(rewards[good], groups[good], lengths[good], cfg)
+        rollout_advantages = torch.zeros(len(indices), dtype=result.rollout_advantages.dtype)
+        rollout_advantages[good] = result.rollout_advantages
+        keep = torch.zeros(len(indices), dtype=torch.bool)
+        keep[good] = result.keep
 
         kl_in_reward = self.initial_model_group is not None and not args.algo.kl.use_loss and self.kl_ctl.value > 0
         exp_len = [len(exp.index) for exp in experiences]
-        for experience, rollout_advantage, keep, total in zip(
-            experiences, result.rollout_advantages.split(exp_len), result.keep.split(exp_len), weighted_total.split(exp_len)
+        for experience, rollout_advantage, rollout_keep, total in zip(
+            experiences, rollout_advantages.split(exp_len), keep.split(exp_len), weighted_total.split(exp_len)
         ):
             action_mask = experience.action_mask.float()
             advantages = rollout_advantage.unsqueeze(1) * action_mask
@@ -211,8 +229,8 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
             if kl_in_reward:
                 # γ = 1 returns of the per-token KL rewards: a reverse cumulative sum, no loop over tokens.
                 kl_reward = -self.kl_ctl.value * experience.kl.float() * action_mask
-                advantages = advantages + kl_reward.flip(-1).cumsum(-1).flip(-1) * action_mask * keep.unsqueeze(1)
-                first_token_return = first_token_return + kl_reward.sum(-1) * keep
+                advantages = advantages + kl_reward.flip(-1).cumsum(-1).flip(-1) * action_mask * rollout_keep.unsqueeze(1)
+                first_token_return = first_token_return + kl_reward.sum(-1) * rollout_keep
             experience.advantages = advantages
             experience.returns = advantages.clone()
             experience.rewards = total
@@ -220,15 +238,66 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
             experience.info["return"] = first_token_return  # the return at the first response token
             experience.kl = None
         self.gd2po_metrics = {f"gd2po/{name}": value for name, value in result.metrics.items()}
-        if not _arg(args, "gd2po.drop_filtered", False):
+        drop_filtered = _arg(args, "gd2po.drop_filtered", False)
+        if _arg(args, "gd2po.on_bad_reward", "error") == "drop_group":
+            self.gd2po_metrics["gd2po/dropped_bad_groups"] = float(groups[dropped].unique().numel())
+        if not drop_filtered and not dropped.any():
             return experiences
-        # OpenRLHF's rollout statistics (reward mean, lengths) still describe every rollout generated.
-        self.gd2po_unfiltered = experiences
-        trained = drop_filtered_rollouts(
-            experiences, result.keep, lengths, args.train.batch_size, args.rollout.micro_batch_size, self.tokenizer.pad_token_id
-        )
-        self.gd2po_metrics["gd2po/trained_ratio"] = sum(len(e.index) for e in trained) / len(indices)
+        micro_batch_size, pad_token_id = args.rollout.micro_batch_size, self.tokenizer.pad_token_id
+        # OpenRLHF's rollout statistics (reward mean, lengths) describe every rollout generated with a valid reward.
+        self.gd2po_unfiltered = select_rollouts(experiences, good, micro_batch_size, pad_token_id) if dropped.any() else experiences
+        # The rollouts to train on, topped up to a multiple of OpenRLHF's global --train.batch_size and at least
+        # one such batch: every optimiser step then sees a full mini-batch and data-parallel ranks get equal
+        # shares (a batch in which every rollout was filtered still trains one zero-advantage mini-batch instead
+        # of leaving the actors an empty replay buffer). Fillers have advantage 0: the shortest filtered rollouts
+        # first, then the shortest of the dropped groups (their advantages were never computed).
+        train = good & keep if drop_filtered else good
+        num_train, batch_multiple = int(train.sum()), args.train.batch_size
+        target = min(len(indices), max(1, math.ceil(num_train / batch_multiple)) * batch_multiple)
+        fill_rank = lengths.double() + dropped.double() * (float(lengths.max()) + 1)
+        fill_order = torch.argsort(torch.where(train, math.inf, fill_rank), stable=True)
+        selected = train.clone()
+        selected[fill_order[: target - num_train]] = True
+        trained = select_rollouts(experiences, selected, micro_batch_size, pad_token_id)
+        self.gd2po_metrics["gd2po/trained_ratio"] = target / len(indices)
         return trained
+
+    def _refuse_or_report_bad_rewards(
+        self, experiences: List[Experience], rewards: torch.Tensor, groups: torch.Tensor, dropped: torch.Tensor
+    ) -> None:
+        """Raise (--gd2po.on_bad_reward error) or log the groups about to be dropped, naming key, source and rollout.
+
+        Raises as well when every group of the step is bad: a reward source that is down as a whole should stop
+        the run, not burn GPU hours on empty steps.
+        """
+        cfg = self.gd2po_config
+        sources = {dim.key: dim for dim in self.reward_dimensions}
+        prompts = list(itertools.chain.from_iterable(exp.prompts for exp in experiences))
+        indices = list(itertools.chain.from_iterable(exp.index for exp in experiences))
+        bad_rows, bad_columns = (~torch.isfinite(rewards)).nonzero(as_tuple=True)
+        first_of_group = {}  # the first bad value of each bad group: the message names it
+        for row, column in zip(bad_rows.tolist(), bad_columns.tolist()):
+            first_of_group.setdefault(int(groups[row]), (row, column))
+        reasons = []
+        for row, column in first_of_group.values():
+            dim = sources.get(cfg.reward_keys[column])
+            source = f"{dim.source.replace('_', ' ')} {dim.location}" if dim else "its source"
+            reasons.append(
+                f"reward key {cfg.reward_keys[column]!r} is {float(rewards[row, column])} (source: {source}) for rollout "
+                f"{indices[row]} (sample {indices[row] % self.args.rollout.n_samples_per_prompt} of prompt {prompts[row]!r:.200})"
+            )
+        policy = _arg(self.args, "gd2po.on_bad_reward", "error")
+        if policy == "error" or bool(dropped.all()):
+            raise ValueError(
+                ("every prompt group of the step has a bad reward, nothing to train on: " if policy != "error" else "")
+                + "; ".join(reasons[:3])
+                + (f" (and {len(reasons) - 3} more groups)" if len(reasons) > 3 else "")
+                + (". --gd2po.on_bad_reward drop_group drops such groups from the step instead" if policy == "error" else "")
+            )
+        logger.warning(
+            f"--gd2po.on_bad_reward drop_group: dropping {len(reasons)} of {int(groups.unique().numel())} prompt groups "
+            f"from this step: " + "; ".join(reasons)
+        )
 
 
 def _label_conversation(label, prompt) -> List[dict]:
@@ -248,28 +317,10 @@ def _label_conversation(label, prompt) -> List[dict]:
     )
 
 
-def drop_filtered_rollouts(
-    experiences: List[Experience],
-    keep: torch.Tensor,
-    response_lengths: torch.Tensor,
-    batch_multiple: int,
-    micro_batch_size: int,
-    pad_token_id: int,
-) -> List[Experience]:
-    """The experiences re-cut to hold only the rollouts to train on, in micro-batches of ``micro_batch_size``.
-
-    Those are the kept rollouts, topped up with the shortest filtered ones (advantage 0, so no gradient) to
-    a multiple of ``batch_multiple`` (OpenRLHF's global ``--train.batch_size``) and at least one such batch:
-    every optimiser step then sees a full mini-batch, data-parallel ranks get equal shares, and a batch in
-    which every rollout was filtered still trains on one zero-advantage mini-batch instead of leaving the
-    actors an empty replay buffer. ``keep`` and ``response_lengths`` follow the rollouts' order across
-    ``experiences``; advantages, κ and whitening were computed on the whole batch before this.
-    """
-    num_kept = int(keep.sum())
-    target = min(keep.numel(), max(1, math.ceil(num_kept / batch_multiple)) * batch_multiple)
-    fill_order = torch.argsort(torch.where(keep, math.inf, response_lengths.double()), stable=True)
-    selected = keep.clone()
-    selected[fill_order[: target - num_kept]] = True
+def select_rollouts(experiences: List[Experience], selected: torch.Tensor, micro_batch_size: int, pad_token_id: int) -> List[Experience]:
+    """The ``selected`` rollouts of ``experiences`` (a mask in the rollouts' order across them), re-cut into
+    micro-batches of ``micro_batch_size``; every per-rollout field and info entry travels with its rollout."""
+    target = int(selected.sum())
     per_experience = selected.split([len(e.index) for e in experiences])
     rows = [mask.nonzero().squeeze(1) for mask in per_experience]
     fields = {}
@@ -303,13 +354,16 @@ def drop_filtered_rollouts(
 def _dimension_values(response: dict, remote_keys: List[str], source: RewardDimension) -> Dict[str, float]:
     """The remote-sourced reward dimensions of one rollout, validated; errors name the key and the prompt."""
     where = f"{source.source.replace('_', ' ')} {source.location} for prompt {response.get('prompt')!r:.200}"
-    if response.get("reward") is None and not response.get("extra_logs"):
+    extra_logs = response.get("extra_logs") or {}
+    if isinstance(extra_logs, dict) and REWARD_ERROR_KEY in extra_logs:  # the rollout actor's reward client failed
+        raise ValueError(f"reward keys {remote_keys} missing for prompt {response.get('prompt')!r:.200}: {extra_logs[REWARD_ERROR_KEY]}")
+    if response.get("reward") is None and not extra_logs:
         raise ValueError(
             f"reward keys {remote_keys} missing from {where}: it returned no reward at all: the reward function raised "
             "or the server failed (OpenRLHF swallows the exception and logs '[SingleTurnExecutor] Failed to fetch "
             "reward' at INFO level)"
         )
-    payload = {"rewards": response.get("reward"), "extra_logs": response.get("extra_logs")}
+    payload = {"rewards": response.get("reward"), "extra_logs": extra_logs}
     return {key: values[0] for key, values in dimensions_from_payload(payload, 1, remote_keys, where).items()}
 
 
@@ -322,7 +376,7 @@ def patch_trainer_module(module) -> None:
     original_stats = module.BasePPOTrainer._compute_rollout_stats
 
     def _compute_rollout_stats(self, experiences):
-        # With --gd2po.drop_filtered, the statistics of every generated rollout, not only the trained ones.
+        # With --gd2po.drop_filtered or dropped groups: every generated rollout with a valid reward, not only the trained ones.
         experiences = self.experience_maker.__dict__.pop("gd2po_unfiltered", None) or experiences
         stats = original_stats(self, experiences)
         stats.update(getattr(self.experience_maker, "gd2po_metrics", {}))
@@ -334,6 +388,10 @@ def patch_trainer_module(module) -> None:
 
     def _process_response_into_experience(self, response, **generate_kwargs):
         if self.args.algo.advantage.estimator not in GD2PO_ESTIMATORS:
+            extra_logs = response.get("extra_logs") or {}
+            if REWARD_ERROR_KEY in extra_logs:  # stock estimators get OpenRLHF's reward=None, and the cause in the log
+                logger.warning(f"no reward for prompt {response.get('prompt')!r:.200}: {extra_logs[REWARD_ERROR_KEY]}")
+                response = {**response, "extra_logs": {k: v for k, v in extra_logs.items() if k != REWARD_ERROR_KEY}}
             return original_process(self, response, **generate_kwargs)
         if not hasattr(self, "gd2po_remote_dimensions"):
             _, dimensions = resolve(self.args)
@@ -341,7 +399,16 @@ def patch_trainer_module(module) -> None:
         remote = self.gd2po_remote_dimensions
         if not remote:
             return original_process(self, response, **generate_kwargs)
-        values = _dimension_values(response, [dim.key for dim in remote], remote[0])
+        remote_keys = [dim.key for dim in remote]
+        try:
+            values = _dimension_values(response, remote_keys, remote[0])
+        except ValueError as error:
+            if _arg(self.args, "gd2po.on_bad_reward", "error") != "drop_group":
+                raise
+            # NaN marks the rollout: compute_advantages_and_returns drops its whole group from the step.
+            logger.warning(f"bad reward, its prompt group will be dropped (--gd2po.on_bad_reward drop_group): {error}")
+            values = {key: math.nan for key in remote_keys}
+            response = {**response, "reward": 0.0, "scores": 0.0, "extra_logs": {}}
         # Until the model-group dimensions arrive, reward/score are the weighted sum of these dimensions.
         partial_total = sum(dim.weight * values[dim.key] for dim in remote)
         response = dict(response)

@@ -1,0 +1,168 @@
+"""Rollout-side integration: OpenRLHF's reward client in the vLLM rollout actors (``openrlhf.utils.agent``).
+
+OpenRLHF's ``SingleTurnAgentExecutor`` posts each rollout to the reward server, retrying 5 times one second
+apart on any error (a 400 included), and swallows the final exception: the rollout arrives in the trainer
+with ``reward=None`` and the cause is only logged at INFO level in the rollout actor. ``patch_agent_module``
+(applied by the import hook when that module executes) replaces the two fetch methods so that
+- transient failures (connection refused or reset, HTTP 408/429/5xx, timeouts) are retried with bounded,
+  jittered exponential backoff, and permanent ones (other 4xx, malformed JSON, a wrong number of items)
+  are not;
+- a failure travels with the rollout to the trainer as ``extra_logs[REWARD_ERROR_KEY]`` (a message naming
+  the server or reward file and the cause), where ``--gd2po.on_bad_reward`` decides, instead of a bare None.
+
+The rollout actors do not see the launcher's flags, so the retry policy is read from environment variables
+(set them where Ray starts, or in a job's ``runtime_env``): ``GD2PO_REWARD_ATTEMPTS`` (default 6),
+``GD2PO_REWARD_TIMEOUT_S`` per request (default 180, as OpenRLHF) and ``GD2PO_REWARD_BACKOFF_S``, the first
+wait, doubled after each failure up to 30 s (default 1). It applies to every estimator while the plugin is
+enabled; ``GD2PO_DISABLE=1`` restores OpenRLHF's client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import time
+from typing import List, Optional
+
+import aiohttp
+from openrlhf.utils.logging_utils import init_logger
+
+logger = init_logger(__name__)
+
+REWARD_ERROR_KEY = "gd2po_reward_error"
+TRANSIENT_STATUS = (408, 429, 500, 502, 503, 504)
+MAX_BACKOFF_S = 30.0
+# One retry warning per server every few seconds: a server outage with a thousand rollouts in flight
+# would otherwise write a thousand lines per retry round.
+WARNING_INTERVAL_S = 10.0
+_last_warning = {}
+
+
+def _env_number(name: str, default: float, cast=float):
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = cast(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+    if value <= 0:
+        raise ValueError(f"{name}={raw!r} must be positive")
+    return value
+
+
+def count_mismatch(answer, num_rollouts: int) -> Optional[str]:
+    """Why a reward answer does not hold one item per rollout, or None when it does.
+
+    Checks every list in ``rewards``, ``scores`` (lists or ``{key: list}`` dicts) and ``extra_logs``; a bare
+    number stands for one rollout.
+    """
+    if not isinstance(answer, dict):
+        return f"the answer is a {type(answer).__name__}, expected a JSON object with 'rewards'"
+    if "rewards" not in answer and "scores" not in answer:
+        return f"the answer has no 'rewards' (keys: {sorted(answer)[:10]})"
+    fields = {name: answer.get(name) for name in ("rewards", "scores")}
+    for name in ("rewards", "scores"):
+        if isinstance(fields[name], dict):
+            fields.update({f"{name}.{key}": value for key, value in fields.pop(name).items()})
+    extra_logs = answer.get("extra_logs") or {}
+    if isinstance(extra_logs, dict):
+        fields.update({f"extra_logs.{key}": value for key, value in extra_logs.items()})
+    for name, value in fields.items():
+        count = len(value) if isinstance(value, list) else (None if value is None else 1)
+        if count is not None and count != num_rollouts:
+            return f"{name} has {count} items for {num_rollouts} rollouts"
+    return None
+
+
+def _warn_retry(url: str, message: str) -> None:
+    now = time.monotonic()
+    if now - _last_warning.get(url, -WARNING_INTERVAL_S) >= WARNING_INTERVAL_S:
+        _last_warning[url] = now
+        logger.warning(message)
+
+
+async def post_with_retries(url: str, payload: dict, num_rollouts: int) -> dict:
+    """POST one reward request; retry transient failures, raise RuntimeError with the cause otherwise.
+
+    Waits ``backoff · 2^(attempt−1)`` seconds (capped at 30 s, times a random factor in [0.5, 1] so that
+    many rollouts in flight do not retry in lockstep) between attempts.
+    """
+    attempts = _env_number("GD2PO_REWARD_ATTEMPTS", 6, int)
+    timeout_s = _env_number("GD2PO_REWARD_TIMEOUT_S", 180.0)
+    backoff_s = _env_number("GD2PO_REWARD_BACKOFF_S", 1.0)
+    started = time.monotonic()
+    failure = None
+    for attempt in range(1, attempts + 1):
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
+                async with session.post(url, json=payload) as response:
+                    body = await response.text()
+                    status = response.status
+        except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as error:
+            failure = f"{type(error).__name__}: {error}"
+        except asyncio.TimeoutError:
+            failure = f"no answer within {timeout_s:g} s (GD2PO_REWARD_TIMEOUT_S)"
+        else:
+            if status in TRANSIENT_STATUS:
+                failure = f"HTTP {status}: {body.strip()[:300]}"
+            elif status >= 400:
+                raise RuntimeError(f"reward server {url} refused the request with HTTP {status}: {body.strip()[:500]}")
+            else:
+                try:
+                    answer = json.loads(body)
+                except json.JSONDecodeError as error:
+                    raise RuntimeError(f"reward server {url} answered malformed JSON ({error}): {body[:200]!r}") from None
+                mismatch = count_mismatch(answer, num_rollouts)
+                if mismatch:
+                    raise RuntimeError(f"reward server {url} answered the wrong number of items: {mismatch}")
+                return answer
+        if attempt < attempts:
+            delay = min(backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S) * random.uniform(0.5, 1.0)
+            _warn_retry(url, f"reward server {url}: {failure}; retry {attempt}/{attempts - 1} in {delay:.1f} s")
+            await asyncio.sleep(delay)
+    raise RuntimeError(
+        f"reward server {url} failed {attempts} times in {time.monotonic() - started:.0f} s (last: {failure}). Check that "
+        "it is up (gd2po_openrlhf.serve_rewards answers GET /health), or raise GD2PO_REWARD_ATTEMPTS / GD2PO_REWARD_TIMEOUT_S"
+    )
+
+
+def _failed(message: str, count: int) -> List[dict]:
+    """What the executor receives for a failed fetch: no reward, and the cause for the trainer."""
+    logger.warning(message)
+    return [{"rewards": None, "scores": None, "extra_logs": {REWARD_ERROR_KEY: message}} for _ in range(count)]
+
+
+async def _fetch_rewards_via_http(self, queries_list, prompts_list, labels_list):
+    """OpenRLHF's sharding over the reward servers, each shard posted by :func:`post_with_retries`."""
+    shard_size = -(-len(queries_list) // len(self.reward_endpoints))
+
+    async def fetch(start: int) -> dict:
+        url = next(self._reward_endpoint_cycle)  # rollouts usually send one query: rotate across calls too
+        payload = {key: values[start : start + shard_size] for key, values in (("query", queries_list), ("prompts", prompts_list), ("labels", labels_list))}
+        try:
+            return await post_with_retries(url, payload, len(payload["query"]))
+        except RuntimeError as error:
+            return _failed(str(error), 1)[0]
+
+    return await asyncio.gather(*(fetch(start) for start in range(0, len(queries_list), shard_size)))
+
+
+def patch_agent_module(module) -> None:
+    """Apply the rollout-side integration to an executed ``openrlhf.utils.agent`` (idempotent)."""
+    if getattr(module, "gd2po_patched", False):
+        return
+    executor = module.SingleTurnAgentExecutor
+    original_func = executor._fetch_rewards_via_func
+
+    async def _fetch_rewards_via_func(self, queries_list, prompts_list, labels_list):
+        try:
+            return await original_func(self, queries_list, prompts_list, labels_list)
+        except Exception as error:  # the user's reward function: anything it raises is reported, not swallowed
+            return _failed(f"reward function {self.reward_endpoints[0]} raised {type(error).__name__}: {error}", len(queries_list))
+
+    executor._fetch_rewards_via_http = _fetch_rewards_via_http
+    executor._fetch_rewards_via_func = _fetch_rewards_via_func
+    module.gd2po_patched = True

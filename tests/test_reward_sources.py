@@ -6,7 +6,9 @@ import asyncio
 import http.server
 import json
 import math
+import socket
 import threading
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -21,6 +23,7 @@ from transformers import PreTrainedTokenizerFast
 import openrlhf.trainer.ppo_trainer  # noqa: F401  (the import hook patches SamplesGenerator through it)
 from gd2po_testing import ScriptedEngine, openrlhf_strategy
 
+SLOW_S = 0.8
 VOCAB = ["[UNK]", "[PAD]", "what", "is", "two", "plus", "three", "four", "five", "answer", "<format>"]
 RULES = '''
 def reward_func(queries, prompts, labels):
@@ -111,38 +114,180 @@ def test_drop_group_drops_the_groups_of_failed_rollouts_from_reward_file_to_adva
     assert maker.gd2po_metrics["gd2po/dropped_bad_groups"] == 2
 
 
-@pytest.fixture
-def reward_server():
-    """A real HTTP reward server on loopback speaking OpenRLHF's {query, prompts, labels} protocol."""
+def serve(faults, port=0):
+    """A real HTTP reward server on loopback speaking OpenRLHF's {query, prompts, labels} protocol.
+
+    ``faults`` is consumed one entry per request: an HTTP status to answer with, "slow" (answers after
+    SLOW_S), "malformed" (a cut-off JSON body) or "two items" (one item too many); None answers normally.
+    Returns the URL, the list of request bodies received, and the server (to shut down).
+    """
     requests = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             requests.append(body)
+            fault = faults.pop(0) if faults else None
             responses = [q[len(p):] for q, p in zip(body["query"], body["prompts"])]
+            copies = 2 if fault == "two items" else 1
             payload = {
                 "rewards": {
-                    "correctness": [float(label in r) for r, label in zip(responses, body["labels"])],
-                    "format": [float("<format>" in r) for r in responses],
+                    "correctness": [float(label in r) for r, label in zip(responses, body["labels"])] * copies,
+                    "format": [float("<format>" in r) for r in responses] * copies,
                 }
             }
-            data = json.dumps(payload).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+            status, data = 200, json.dumps(payload).encode()
+            if isinstance(fault, int):
+                status, data = fault, b"reward backend overloaded"
+            elif fault == "malformed":
+                data = data[: len(data) // 2]
+            elif fault == "slow":
+                time.sleep(SLOW_S)
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except (BrokenPipeError, ConnectionResetError):  # the client gave up waiting (timeout tests)
+                pass
 
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/get_reward", requests
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}/get_reward", requests, server
+
+
+@pytest.fixture
+def fault_server():
+    """(url, requests, faults): a loopback reward server failing as the test appends to ``faults``."""
+    faults = []
+    url, requests, server = serve(faults)
+    yield url, requests, faults
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def reward_server(fault_server):
+    url, requests, _ = fault_server
+    return url, requests
+
+
+@pytest.fixture
+def fast_retries(monkeypatch):
+    """The rollout actors' retry policy, shortened so that the fault tests take well under a second each."""
+    monkeypatch.setenv("GD2PO_REWARD_ATTEMPTS", "4")
+    monkeypatch.setenv("GD2PO_REWARD_BACKOFF_S", "0.02")
+    monkeypatch.setenv("GD2PO_REWARD_TIMEOUT_S", str(SLOW_S / 4))
+
+
+@pytest.mark.parametrize("fault", [503, 500, 429, "slow"])
+def test_transient_faults_are_retried_until_the_server_answers(tokenizer, fault_server, fast_retries, fault, caplog):
+    url, requests, faults = fault_server
+    faults.extend([fault] * 3)  # three failures, the fourth and last attempt succeeds
+    response = rollout(SingleTurnAgentExecutor(url), tokenizer, "<format> four")
+    experience = trainer_side(strategy_for(url), response)
+    assert experience.info["reward/correctness"].tolist() == [1.0] and experience.info["reward/format"].tolist() == [1.0]
+    assert len(requests) == 4 and all(body["query"] == requests[0]["query"] for body in requests)
+    expected = f"HTTP {fault}: reward backend overloaded" if isinstance(fault, int) else "no answer within"
+    assert any(expected in r.getMessage() and "retry 1/3" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("fault", [503, "slow"])
+def test_a_server_that_stays_down_gives_a_clear_final_error(tokenizer, fault_server, fast_retries, fault):
+    url, requests, faults = fault_server
+    faults.extend([fault] * 10)
+    response = rollout(SingleTurnAgentExecutor(url), tokenizer, "<format> four")
+    assert len(requests) == 4 and response["reward"] is None
+    last = "HTTP 503: reward backend overloaded" if fault == 503 else f"no answer within {SLOW_S / 4:g} s (GD2PO_REWARD_TIMEOUT_S)"
+    with pytest.raises(ValueError) as error:
+        trainer_side(strategy_for(url), response)
+    assert f"reward server {url} failed 4 times" in str(error.value) and f"(last: {last})" in str(error.value)
+    assert "for prompt 'what is two plus two'" in str(error.value) and "GD2PO_REWARD_ATTEMPTS" in str(error.value)
+
+
+def test_connection_refused_until_the_server_starts(tokenizer, fast_retries, monkeypatch):
+    monkeypatch.setenv("GD2PO_REWARD_BACKOFF_S", "0.2")  # waits 0.1-0.2, 0.2-0.4, 0.4-0.8 s
+    with socket.socket() as probe:  # a free port, closed again: connecting to it is refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/get_reward"
+    # nothing listens there: every attempt is refused
+    response = rollout(SingleTurnAgentExecutor(url), tokenizer, "four")
+    with pytest.raises(ValueError, match=r"failed 4 times .*\(last: ClientConnectorError: Cannot connect to host 127.0.0.1:\d+"):
+        trainer_side(strategy_for(url), response)
+    # the server comes up while the client is backing off: the rollout gets its reward
+    started = []
+    timer = threading.Timer(0.15, lambda: started.append(serve([], port)))
+    timer.start()
+    response = rollout(SingleTurnAgentExecutor(url), tokenizer, "four")
+    timer.join()
+    url_served, requests, server = started[0]
+    server.shutdown()
+    server.server_close()
+    assert trainer_side(strategy_for(url), response).info["reward/correctness"].tolist() == [1.0] and len(requests) == 1
+
+
+@pytest.mark.parametrize(
+    "fault, message",
+    [
+        ("malformed", r"answered malformed JSON \(Unterminated string|answered malformed JSON \(Expecting"),
+        ("two items", r"answered the wrong number of items: rewards.correctness has 2 items for 1 rollouts"),
+        (400, r"refused the request with HTTP 400: reward backend overloaded"),
+    ],
+)
+def test_permanent_faults_are_not_retried(tokenizer, fault_server, fast_retries, fault, message):
+    url, requests, faults = fault_server
+    faults.append(fault)
+    response = rollout(SingleTurnAgentExecutor(url), tokenizer, "four")
+    assert len(requests) == 1  # one request: retrying cannot fix it
+    with pytest.raises(ValueError, match=message):
+        trainer_side(strategy_for(url), response)
+    # with drop_group the rollout is marked for dropping instead, and nothing of the bad answer is kept
+    experience = trainer_side(strategy_for(url, "--gd2po.on_bad_reward", "drop_group"), response)
+    assert math.isnan(experience.info["reward/correctness"].item()) and experience.rewards.item() == 0.0
+
+
+def test_backoff_doubles_up_to_its_bound(monkeypatch):
+    from gd2po_openrlhf.integration import agent
+
+    waits = []
+
+    async def record(delay):
+        waits.append(delay)
+
+    monkeypatch.setattr(agent.asyncio, "sleep", record)
+    monkeypatch.setattr(agent.random, "uniform", lambda low, high: high)  # the longest wait the jitter allows
+    monkeypatch.setenv("GD2PO_REWARD_ATTEMPTS", "9")
+    monkeypatch.setenv("GD2PO_REWARD_BACKOFF_S", "1.5")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{probe.getsockname()[1]}/get_reward"
+    with pytest.raises(RuntimeError, match="failed 9 times"):
+        asyncio.run(agent.post_with_retries(url, {"query": ["q"], "prompts": ["p"], "labels": ["l"]}, 1))
+    assert waits == [1.5, 3.0, 6.0, 12.0, 24.0, 30.0, 30.0, 30.0]
+
+
+@pytest.mark.parametrize("value", ["abc", "0", "-2"])
+def test_a_bad_retry_setting_is_named(tokenizer, monkeypatch, value):
+    monkeypatch.setenv("GD2PO_REWARD_ATTEMPTS", value)
+    url = "http://127.0.0.1:9/get_reward"
+    response = rollout(SingleTurnAgentExecutor(url), tokenizer, "four")
+    with pytest.raises(ValueError, match=f"GD2PO_REWARD_ATTEMPTS={value!r}"):
+        trainer_side(strategy_for(url), response)
+
+
+def test_stock_estimators_get_openrlhfs_missing_reward_and_the_cause_in_the_log(tokenizer, fault_server, fast_retries, caplog):
+    url, _, faults = fault_server
+    faults.append("malformed")
+    response = rollout(SingleTurnAgentExecutor(url), tokenizer, "four")
+    strategy = openrlhf_strategy(["--advantage_estimator", "group_norm", "--reward.remote_url", url, "--rollout.n_samples_per_prompt", "2"])
+    experience = trainer_side(strategy, response)
+    assert "reward" not in experience.info and experience.rewards is None  # as OpenRLHF makes it without a reward
+    assert any("no reward for prompt 'what is two plus two'" in r.getMessage() and "malformed JSON" in r.getMessage() for r in caplog.records)
 
 
 def test_http_reward_server_dimensions_reach_the_experience(tokenizer, reward_server):

@@ -144,7 +144,7 @@ async def _fetch_rewards_via_http(self, queries_list, prompts_list, labels_list)
         payload = {key: values[start : start + shard_size] for key, values in (("query", queries_list), ("prompts", prompts_list), ("labels", labels_list))}
         try:
             return await post_with_retries(url, payload, len(payload["query"]))
-        except RuntimeError as error:
+        except (RuntimeError, ValueError) as error:  # ValueError: a bad GD2PO_REWARD_* setting
             return _failed(str(error), 1)[0]
 
     return await asyncio.gather(*(fetch(start) for start in range(0, len(queries_list), shard_size)))

@@ -2,20 +2,30 @@
 cost model groups are real RayActorGroups (of light CPU actors returning known scores) whose outputs flow
 into two reward dimensions through the full make_experience_batch path."""
 
+import asyncio
 import json
+import random
 import subprocess
 import sys
+import threading
+from types import SimpleNamespace
+from unittest import mock
 
 import pytest
 import ray
 import torch
+from openrlhf.trainer.ppo_utils.experience import balance_experiences
 from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
+from openrlhf.trainer.ppo_utils.replay_buffer import NaiveReplayBuffer
+from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
 from openrlhf.trainer.ray.launcher import BaseModelActor, RayActorGroup
 from tokenizers import Tokenizer, models, pre_tokenizers
+from openrlhf.utils.agent import SingleTurnAgentExecutor
 from transformers import PreTrainedTokenizerFast
 
-from gd2po_openrlhf import GD2POConfig, compute_advantages
+from gd2po_openrlhf import GD2POConfig, compute_advantages, compute_rollout_advantages
 from gd2po_openrlhf.integration.trainer import GD2POExperienceMaker
+from gd2po_openrlhf.serve_rewards import RewardServer
 from gd2po_testing import openrlhf_strategy, rollout_experiences
 
 # Classes of this test module travel to the workers by value (the workers cannot import tests/).
@@ -264,3 +274,103 @@ def test_own_chat_template_refuses_a_rollout_without_a_conversation(local_ray, m
                      FixedKLController(0.0), strategy, word_tokenizer(POLICY_WORDS, None))
     with pytest.raises(ValueError, match=r"needs each prompt's conversation in its label .*prompt 'prompt 0' has label ''"):
         maker.make_experience_batch(samples)
+
+
+class VariedEngine:
+    """Stands in for vLLM's engine only (tests): a different continuation for every request, after a random
+    delay, so that rollouts complete out of order. The first two tokens number the request: every sequence is unique."""
+
+    def __init__(self, seed):
+        self.random, self.count = random.Random(seed), 0
+
+    async def generate(self, prompt_token_ids, sampling_params, multi_modal_data=None):
+        number, self.count = self.count, self.count + 1
+        tokens = [2 + number // 60, 2 + number % 60] + [self.random.randrange(2, 62) for _ in range(self.random.randint(0, 5))]
+        await asyncio.sleep(self.random.uniform(0, 0.03))
+        return SimpleNamespace(outputs=[SimpleNamespace(token_ids=tokens, finish_reason="stop", logprobs=None)])
+
+
+def text_rewards(queries, prompts, labels):
+    """Two dimensions read from each query's own text: the prompt's number, and a checksum of the response words."""
+    words = [query.split() for query in queries]
+    return {
+        "rewards": {
+            "prompt_number": [float(w[0][1:]) for w in words],
+            "response_words": [float(sum(int(x[1:]) * (i + 1) for i, x in enumerate(w[1:])) % 13) for w in words],
+        }
+    }
+
+
+def test_every_experience_carries_its_own_rewards_through_concat_split_and_balance(local_ray):
+    prompts, n = 16, N
+    policy = word_tokenizer(POLICY_WORDS, None)
+    server = RewardServer(("127.0.0.1", 0), text_rewards, "text_rewards", max_concurrency=4)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    strategy = openrlhf_strategy(
+        ["--advantage_estimator", "gd2po", "--gd2po.filter", "snr", "--reward.remote_url", server.url,
+         "--reward.model_name_or_path", "helpful-rm", "--reward.num_gpus_per_node", "1", "--cost.model_name_or_path", "beaver-cost",
+         "--gd2po.reward_keys", "prompt_number", "response_words", "reward_model", "cost",
+         "--gd2po.reward_weights", "0.1", "1", "1", "-1", "--rollout.n_samples_per_prompt", str(n),
+         "--train.dynamic_batch_enable", "--rollout.max_tokens_per_gpu", "24", "--actor.num_gpus_per_node", "2", "--vllm.num_engines", "1",
+         "--algo.kl.init_coef", "0"]
+    )
+    executor = SingleTurnAgentExecutor(server.url)
+    engine = VariedEngine(seed=5)
+    params = SimpleNamespace(max_tokens=8, logprobs=None)
+
+    async def group(p):  # one prompt's n rollouts, as one vLLM engine call returns them
+        return await asyncio.gather(*(executor.execute(f"w{p}", str(p), params, 64, policy, engine) for _ in range(n)))
+
+    async def all_in_flight():  # every rollout of the step in flight at once; groups arrive as they complete
+        return [await done for done in asyncio.as_completed([group(p) for p in range(prompts)])]
+
+    try:
+        groups = asyncio.run(all_in_flight())
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [g[0]["prompt"] for g in groups] != [f"w{p}" for p in range(prompts)]  # completion order differs from dispatch
+    generator = SimpleNamespace(args=strategy.args)
+    rollout_samples = [SamplesGenerator._process_response_into_experience(generator, r, max_len=64) for g in groups for r in g]
+
+    # what each rollout must carry, worked out from its own tokens
+    def expected_rewards(sequence, attention_mask):
+        words = policy.decode(sequence[attention_mask.bool()].tolist()).split()
+        return [
+            float(words[0][1:]),
+            float(sum(int(x[1:]) * (i + 1) for i, x in enumerate(words[1:])) % 13),
+            float((sequence * attention_mask).sum() % 7),  # LightModelActor's reward model
+            float(attention_mask.sum() % 3),  # LightModelActor's cost model
+        ]
+
+    expected = {tuple(s.sequences[0].tolist()): expected_rewards(s.sequences[0], s.attention_mask[0]) for s in rollout_samples}
+    assert len(expected) == prompts * n  # unique sequences: a swapped reward cannot go unnoticed
+    table = torch.tensor([expected[tuple(s.sequences[0].tolist())] for s in rollout_samples])
+    assert all(len(set(column.tolist())) >= 3 for column in table.T)  # every dimension varies across rollouts
+    cfg = GD2POConfig(filter="snr", weights=(0.1, 1.0, 1.0, -1.0), reward_keys=("prompt_number", "response_words", "reward_model", "cost"))
+    lengths = torch.tensor([int(s.action_mask.sum()) for s in rollout_samples])
+    reference = compute_rollout_advantages(table, torch.arange(prompts * n) // n, lengths, cfg)
+    expected_advantage = {key: reference.rollout_advantages[i] for i, key in enumerate(tuple(s.sequences[0].tolist()) for s in rollout_samples)}
+
+    maker = LightMaker(light_group("policy", strategy), None, None, None, FixedKLController(0.0), strategy, policy)
+    experiences = maker.make_experience_batch(rollout_samples)  # seqlen-balanced micro-batches (dynamic batch)
+    assert len(experiences) > 4 and any(e.index != sorted(e.index) or e.index[-1] - e.index[0] >= len(e.index) for e in experiences)
+    balanced = balance_experiences(experiences, strategy.args)  # what PPOTrainer.train_step does before the actors
+    with mock.patch.object(torch.cuda, "current_device", lambda: 0):  # the buffer only names its target device
+        buffer = NaiveReplayBuffer(sample_batch_size=3)
+    for experience in balanced:  # each actor's replay buffer splits and strips padding...
+        buffer.append(experience)
+    loader = torch.utils.data.DataLoader(buffer, batch_size=3, shuffle=True, collate_fn=buffer.collate_fn,
+                                         generator=torch.Generator().manual_seed(0))
+    seen = []
+    for batch in loader:  # ...and its shuffled DataLoader re-batches the items the actor trains on
+        for row in range(len(batch.sequences)):
+            mask = batch.attention_mask[row]
+            key = tuple(batch.sequences[row][mask.bool()].tolist())
+            seen.append(key)
+            got = [batch.info[f"reward/{k}"][row].item() for k in cfg.reward_keys]
+            assert got == expected_rewards(batch.sequences[row], mask) == expected[key]
+            assert batch.rewards[row].item() == pytest.approx(sum(w * r for w, r in zip(cfg.weights, expected[key])), abs=1e-5)
+            advantages = batch.advantages[row][batch.action_mask[row].bool()]
+            torch.testing.assert_close(advantages, torch.full_like(advantages, float(expected_advantage[key])), rtol=1e-5, atol=1e-6)
+    assert sorted(seen) == sorted(expected)  # none lost, none duplicated

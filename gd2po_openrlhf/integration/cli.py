@@ -12,7 +12,7 @@ import os
 import runpy
 import sys
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 from ..config import GD2POConfig
 
@@ -91,6 +91,13 @@ def add_gd2po_arguments(parser: argparse.ArgumentParser) -> None:
         help="a rollout whose reward is missing, None (the reward function raised), NaN/inf or malformed: 'error' stops "
         "the step naming the key, source and rollout; 'drop_group' removes its prompt's whole group from the step "
         "(logged as a warning, counted in gd2po/dropped_bad_groups)",
+    )
+    group.add_argument(
+        "--gd2po.resume_with_flags",
+        action="store_true",
+        default=False,
+        help="with --ckpt.load_enable, train on the command line's GD²PO settings even where they differ from the "
+        "checkpoint's (by default a resumed run restores the checkpoint's, with a warning)",
     )
     group.add_argument(
         "--gd2po.config",
@@ -299,6 +306,60 @@ def describe(args, config: GD2POConfig, dimensions: List[RewardDimension]) -> st
             where += f" on {_arg(args, 'reward.num_nodes', 1)}x{_arg(args, 'reward.num_gpus_per_node', 1)} GPUs"
         lines.append(f"    reward/{dim.key:<20} {dim.source:<16} {where}  weight {dim.weight:+g}")
     return "\n".join(line for line in lines if line is not None)
+
+
+# --gd2po.* settings that define the advantages a run trains on: a resumed run restores the checkpoint's.
+RESUMED_FLAGS = ("filter", "snr_threshold", "snr_eps", "reward_weights", "no_reweight", "no_whiten", "drop_filtered", "sum_rewards")
+
+
+def checkpoint_settings(args) -> dict:
+    """The run's GD²PO settings as saved with each OpenRLHF checkpoint (plain Python values).
+
+    ``gd2po.*`` entries are flag values (``reward_weights`` resolved, as the run uses them); ``dimensions``
+    lists each reward dimension as [key, source, location].
+    """
+    _, dimensions = resolve(args)
+    settings = {f"gd2po.{name}": _arg(args, f"gd2po.{name}") for name in RESUMED_FLAGS + ("on_bad_reward", "reward_chat_template")}
+    settings["gd2po.reward_weights"] = [dim.weight for dim in dimensions]
+    settings["estimator"] = _arg(args, "algo.advantage.estimator")
+    settings["dimensions"] = [[dim.key, dim.source, dim.location] for dim in dimensions]
+    return settings
+
+
+def restore_checkpoint_settings(args, saved: dict) -> Optional[str]:
+    """Restore the checkpoint's ``RESUMED_FLAGS`` into ``args``; a warning naming every difference, or None.
+
+    Nothing is restored with --gd2po.resume_with_flags, or when the estimator or the reward keys changed (the
+    checkpoint's weights would then belong to other dimensions). Other differences (reward sources, the bad-reward
+    policy, the reward chat template) are reported: they act outside the experience maker, in processes and
+    actor groups set up before a checkpoint is read.
+    """
+    current = checkpoint_settings(args)
+    differences = {name: (saved.get(name), value) for name, value in current.items() if saved.get(name) != value}
+    if not differences:
+        return None
+    same_keys = [d[0] for d in saved.get("dimensions", [])] == [d[0] for d in current["dimensions"]]
+    restore = same_keys and saved.get("estimator") == current["estimator"] and not _arg(args, "gd2po.resume_with_flags", False)
+    restored = [name for name in differences if restore and name.startswith("gd2po.") and name[len("gd2po."):] in RESUMED_FLAGS]
+    for name in restored:
+        if name in vars(args):
+            vars(args)[name] = differences[name][0]
+        else:
+            setattr(args.gd2po, name[len("gd2po."):], differences[name][0])
+
+    def listed(names):
+        return "; ".join(f"--{name} checkpoint {differences[name][0]!r}, command line {differences[name][1]!r}" if name.startswith("gd2po.")
+                         else f"{name}: checkpoint {differences[name][0]!r}, command line {differences[name][1]!r}" for name in names)
+
+    kept = [name for name in differences if name not in restored]
+    lines = ["the GD²PO settings of the checkpoint differ from the command line's."]
+    if restored:
+        lines.append(f"Restored from the checkpoint: {listed(restored)}. Pass --gd2po.resume_with_flags to train on the command line's instead.")
+    if kept:
+        reason = ("--gd2po.resume_with_flags" if _arg(args, "gd2po.resume_with_flags", False)
+                  else "the estimator or the reward keys changed" if not restore else "not restorable on resume")
+        lines.append(f"Kept from the command line ({reason}): {listed(kept)}.")
+    return " ".join(lines)
 
 
 CONFIG_REWARD_KEYS = ("reward.remote_url", "reward.model_name_or_path")

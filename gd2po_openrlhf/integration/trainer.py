@@ -32,7 +32,7 @@ from openrlhf.utils.utils import zero_pad_sequences
 from ..estimator import compute_rollout_advantages
 from ..rewards import dimensions_from_payload
 from .agent import REWARD_ERROR_KEY
-from .cli import GD2PO_ESTIMATORS, RewardDimension, _arg, resolve
+from .cli import GD2PO_ESTIMATORS, RewardDimension, _arg, checkpoint_settings, resolve, restore_checkpoint_settings
 
 logger = init_logger(__name__)
 
@@ -383,6 +383,36 @@ def patch_trainer_module(module) -> None:
         return stats
 
     module.BasePPOTrainer._compute_rollout_stats = _compute_rollout_stats
+
+    original_save = module.BasePPOTrainer.save_logs_and_checkpoints
+
+    def save_logs_and_checkpoints(self, global_step, logs_dict=None, client_states=None):
+        # The settings travel in the actors' DeepSpeed client state, saved and loaded with every checkpoint.
+        if self.args.algo.advantage.estimator in GD2PO_ESTIMATORS:
+            client_states = {**(client_states or {}), "gd2po": checkpoint_settings(self.args)}
+        return original_save(self, global_step, logs_dict, client_states)
+
+    module.BasePPOTrainer.save_logs_and_checkpoints = save_logs_and_checkpoints
+
+    original_init_states = module.BasePPOTrainer.init_checkpoint_states
+
+    def init_checkpoint_states(self):
+        states = original_init_states(self)
+        maker = self.experience_maker
+        if getattr(maker, "gd2po_config", None) is None or not states.get("global_step"):
+            return states  # not a GD²PO run, or not resuming
+        if "gd2po" not in states:
+            logger.warning("the checkpoint holds no GD²PO settings (saved without the plugin, or by another estimator): "
+                           "resuming with the command line's")
+            return states
+        warning = restore_checkpoint_settings(self.args, states["gd2po"])
+        if warning:
+            logger.warning(warning)
+            maker.gd2po_config, maker.reward_dimensions = resolve(self.args)
+        logger.info(f"GD²PO settings after resuming: {checkpoint_settings(self.args)}")
+        return states
+
+    module.BasePPOTrainer.init_checkpoint_states = init_checkpoint_states
 
     original_process = SamplesGenerator._process_response_into_experience
 

@@ -39,12 +39,23 @@ def test_help_lists_estimators_and_flags():
         "--gd2po.no_reweight",
         "--gd2po.no_whiten",
         "--gd2po.dry_run",
+        "--gd2po.on_bad_reward {error,drop_group}",
+        "--gd2po.resume_with_flags",
         "--cost.model_name_or_path PATH",
         "--cost.num_nodes N",
         "--cost.num_gpus_per_node N",
         "--cost.offload",
     ):
         assert flag in result.stdout, flag
+
+
+def test_on_bad_reward_choices(reward_file):
+    flags = ["--advantage_estimator", "gd2po", "--reward.remote_url", reward_file, "--gd2po.reward_keys", "a",
+             "--rollout.n_samples_per_prompt", "4"]
+    dropping = run(flags + ["--gd2po.on_bad_reward", "drop_group"], env={"GD2PO_DRY_RUN": "1"})
+    assert dropping.returncode == 0 and "on bad reward     drop_group" in dropping.stdout
+    refused = run(flags + ["--gd2po.on_bad_reward", "skip"], env={"GD2PO_DRY_RUN": "1"})
+    assert refused.returncode == 2 and "argument --gd2po.on_bad_reward: invalid choice: 'skip'" in refused.stderr
 
 
 def test_dry_run_reward_file(reward_file):
@@ -55,6 +66,7 @@ def test_dry_run_reward_file(reward_file):
     )
     assert result.returncode == 0, result.stderr
     assert "filter            snr (τ = 0.8, ε = 1e-08)" in result.stdout
+    assert "on bad reward     error" in result.stdout
     for key in ("correctness", "format", "length"):
         assert f"reward/{key}" in result.stdout
     assert result.stdout.count(f"reward_function  {reward_file}  weight +1") == 3
@@ -231,8 +243,11 @@ def test_disabled_plugin_patches_nothing_in_the_process():
         "import argparse; before = argparse.ArgumentParser.add_argument\n"
         "import openrlhf.trainer.ppo_trainer as m\n"
         "from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator as S\n"
+        "from openrlhf.utils.agent import SingleTurnAgentExecutor as E\n"
         "print(m.RemoteExperienceMaker.__module__, S._process_response_into_experience.__qualname__,\n"
-        "      argparse.ArgumentParser.add_argument is before, getattr(m, 'gd2po_patched', False))"
+        "      argparse.ArgumentParser.add_argument is before, getattr(m, 'gd2po_patched', False), E._fetch_rewards_via_http.__module__)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "GD2PO_DISABLE": "1"}, timeout=300)
-    assert result.stdout.splitlines()[-1].split() == ["openrlhf.trainer.ppo_utils.experience_maker", "SamplesGenerator._process_response_into_experience", "True", "False"]
+    assert result.stdout.splitlines()[-1].split() == [
+        "openrlhf.trainer.ppo_utils.experience_maker", "SamplesGenerator._process_response_into_experience", "True", "False", "openrlhf.utils.agent"
+    ]

@@ -52,10 +52,17 @@ class TrainerProbe:
         async_maker = async_trainer.BasePPOTrainer.__init__.__globals__["RemoteExperienceMaker"]  # TrainingActor base
         return [f"{cls.__module__}.{cls.__qualname__}" for cls in (sync_maker, async_maker)]
 
+    def reward_client(self):
+        """The module of the reward client a vLLM rollout actor (LLMRayActor) would use."""
+        from openrlhf.trainer.ray.vllm_engine import SingleTurnAgentExecutor
+
+        return SingleTurnAgentExecutor._fetch_rewards_via_http.__module__
+
 
 def test_patch_reaches_ray_worker_processes(local_ray):
-    names = ray.get(TrainerProbe.remote().maker_classes.remote())
-    assert names == ["gd2po_openrlhf.integration.trainer.GD2POExperienceMaker"] * 2
+    probe = TrainerProbe.remote()
+    assert ray.get(probe.maker_classes.remote()) == ["gd2po_openrlhf.integration.trainer.GD2POExperienceMaker"] * 2
+    assert ray.get(probe.reward_client.remote()) == "gd2po_openrlhf.integration.agent"
 
 
 SETUP_HOOK_SCRIPT = """
@@ -75,8 +82,9 @@ print(ray.get(maker.remote()))
 def test_worker_process_setup_hook_activates_without_the_pth(local_ray, tmp_path):
     # With GD2PO_DISABLE=1 a worker's .pth does nothing (shown on the shared cluster)...
     disabled = {"env_vars": {"GD2PO_DISABLE": "1"}}
-    names = ray.get(TrainerProbe.options(runtime_env=disabled).remote().maker_classes.remote())
-    assert names == ["openrlhf.trainer.ppo_utils.experience_maker.RemoteExperienceMaker"] * 2
+    probe = TrainerProbe.options(runtime_env=disabled).remote()
+    assert ray.get(probe.maker_classes.remote()) == ["openrlhf.trainer.ppo_utils.experience_maker.RemoteExperienceMaker"] * 2
+    assert ray.get(probe.reward_client.remote()) == "openrlhf.utils.agent"
     # ...and Ray's job-level setup hook does the work, as for `ray job submit --runtime-env-json
     # '{"worker_process_setup_hook": "gd2po_openrlhf.register"}'` (a job of its own: the hook is job-level).
     script = tmp_path / "job.py"

@@ -111,7 +111,12 @@ class LightModelActor(BaseModelActor):
             return torch.zeros(action_mask.shape)  # log-probs
         if self.kind.endswith("helpful-rm"):
             return ((sequences * attention_mask).sum(-1) % 7).float()
-        return (attention_mask.sum(-1) % 3).float()  # cost: total length mod 3
+        cost = (attention_mask.sum(-1) % 3).float()  # cost: total length mod 3
+        if self.kind == "short-cost":  # a broken model: one score too few
+            return cost[:-1]
+        if self.kind == "nan-cost":  # a model that overflows on sequences of total length 6
+            return torch.where(attention_mask.sum(-1) == 6, torch.nan, cost)
+        return cost
 
 
 class LightMaker(GD2POExperienceMaker):
@@ -166,6 +171,37 @@ def test_reward_and_cost_model_groups_flow_into_two_dimensions(local_ray):
         assert experience.rewards.tolist() == (helpful[rows] - cost[rows]).tolist()
         got = experience.advantages.sum(-1) / experience.action_mask.sum(-1)
         torch.testing.assert_close(got, expected.rollout_advantages[rows], atol=1e-6, rtol=1e-6)
+
+
+def cost_model_run(cost_kind, *flags):
+    strategy = openrlhf_strategy(
+        ["--advantage_estimator", "gd2po", "--gd2po.filter", "hard", "--reward.model_name_or_path", "helpful-rm",
+         "--reward.num_gpus_per_node", "1", "--cost.model_name_or_path", cost_kind, "--gd2po.reward_weights", "1", "-1",
+         "--rollout.n_samples_per_prompt", str(N), "--rollout.micro_batch_size", "3", "--algo.kl.init_coef", "0",
+         "--actor.num_gpus_per_node", "1", "--train.batch_size", "4", *flags]
+    )
+    lengths = torch.tensor([2, 5, 3, 4, 6, 1, 2, 3, 4, 4, 5, 2])  # prompt length 3: total 6 in rollouts 2 and 7
+    samples = rollout_experiences(torch.zeros(len(lengths), 1), lengths, N, 3)
+    for sample in samples:
+        sample.rewards, sample.info = None, {}
+    maker = LightMaker(light_group("policy", strategy), None, light_group("helpful-rm", strategy), None,
+                       FixedKLController(0.0), strategy, LightTokenizer())
+    return maker, maker.make_experience_batch(samples)
+
+
+def test_a_model_group_answering_the_wrong_batch_size_is_refused(local_ray):
+    with pytest.raises(ValueError, match=r"cost model short-cost returned 2 scores for a micro-batch of 3 rollouts \(reward key 'cost'\)"):
+        cost_model_run("short-cost")
+
+
+def test_a_model_groups_nan_stops_the_step_or_drops_its_group(local_ray):
+    with pytest.raises(ValueError, match=r"reward key 'cost' is nan \(source: cost model nan-cost\) for rollout 2 \(sample 2 of prompt 'prompt 0'\); .* for rollout 7 \(sample 3 of prompt 'prompt 1'\)"):
+        cost_model_run("nan-cost")
+    maker, experiences = cost_model_run("nan-cost", "--gd2po.on_bad_reward", "drop_group")
+    trained = sorted(i for e in experiences for i in e.index)
+    assert trained == [8, 9, 10, 11]  # prompts 0 and 1 dropped; prompt 2's four rollouts fill one --train.batch_size
+    assert maker.gd2po_metrics["gd2po/dropped_bad_groups"] == 2
+    assert all(torch.isfinite(e.advantages).all() and torch.isfinite(e.info["reward/cost"]).all() for e in experiences)
 
 
 def test_reward_model_mixed_with_a_rule_based_reward_file(local_ray, tmp_path):

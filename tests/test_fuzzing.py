@@ -4,6 +4,7 @@ The contract: a correct result (finite, of the right shape) or a ValueError nami
 exception, never NaN.
 """
 
+import json
 import math
 
 import numpy as np
@@ -12,6 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gd2po_openrlhf import GD2POConfig, compute_advantages
+from gd2po_openrlhf.integration.agent import count_mismatch
 from gd2po_openrlhf.rewards import dimensions_from_payload
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64, torch.int32, torch.bool, torch.uint8]
@@ -123,3 +125,15 @@ def test_payload_parsing_gives_finite_columns_or_a_value_error(payload, num_roll
     assert dims and (reward_keys is None or list(dims) == reward_keys)
     for values in dims.values():
         assert len(values) == num_rollouts and all(type(v) is float and math.isfinite(v) for v in values)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(payloads(), st.integers(1, 4))
+def test_reward_client_item_count_check_never_raises(payload, num_rollouts):
+    # what the rollout actors' reward client checks on a server's JSON answer before anything else reads it
+    answer = json.loads(json.dumps(payload, default=lambda value: value.tolist()))
+    mismatch = count_mismatch(answer, num_rollouts)
+    assert mismatch is None or isinstance(mismatch, str)
+    if mismatch is None and isinstance(answer, dict) and isinstance(answer.get("rewards"), dict):
+        # every dimension the answer carries holds one item per rollout (a bare number standing for one)
+        assert all(len(v) == num_rollouts if isinstance(v, list) else num_rollouts == 1 or v is None for v in answer["rewards"].values())

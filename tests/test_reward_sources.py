@@ -90,7 +90,8 @@ def test_drop_group_drops_the_groups_of_failed_rollouts_from_reward_file_to_adva
         "    if 'five' in response:\n"
         "        raise ValueError('cannot score five')\n"
         "    return {'rewards': {'correctness': float('nan') if 'three' in response else float(labels[0] in response),\n"
-        "                        'format': float('<format>' in response)}}\n"
+        "                        'format': float('<format>' in response)},\n"
+        "            'extra_logs': {'response_words': float(len(response.split()))}}\n"
     )
     strategy = strategy_for(str(rules), "--gd2po.on_bad_reward", "drop_group", "--train.batch_size", "2", "--rollout.micro_batch_size", "2")
     executor = SingleTurnAgentExecutor(str(rules))
@@ -106,9 +107,12 @@ def test_drop_group_drops_the_groups_of_failed_rollouts_from_reward_file_to_adva
     rollout_warnings = " ".join(r.getMessage() for r in caplog.records)
     assert "raised ValueError: cannot score five" in rollout_warnings and "returned nan for reward key 'correctness'" in rollout_warnings
     maker = openrlhf.trainer.ppo_trainer.RemoteExperienceMaker(None, None, None, None, FixedKLController(0.0), strategy, tokenizer)
-    batches = [Experience.concat_experiences(experiences[i : i + 2], tokenizer.pad_token_id) for i in range(0, 6, 2)]
+    assert "response_words" not in experiences[1].info and "response_words" in experiences[0].info
+    # OpenRLHF's micro-batching (as make_experience_batch does it) of rollouts with and without that log
+    batches = maker.split_rollout_samples(experiences)
+    assert all(len(value) == len(batch.index) for batch in batches for value in batch.info.values())
     trained = maker.compute_advantages_and_returns(batches)
-    assert [e.index for e in trained] == [[4, 5]]
+    assert [e.index for e in trained] == [[4, 5]] and trained[0].info["response_words"].tolist() == [2.0, 1.0]
     assert trained[0].info["reward/correctness"].tolist() == [1.0, 0.0] and trained[0].info["reward/format"].tolist() == [1.0, 1.0]
     assert torch.isfinite(trained[0].advantages).all() and float(trained[0].advantages.abs().sum()) > 0
     assert maker.gd2po_metrics["gd2po/dropped_bad_groups"] == 2

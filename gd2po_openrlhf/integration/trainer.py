@@ -136,6 +136,16 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
         ray.get(group.async_init_model_from_pretrained(strategy, model_path))
         return group
 
+    def split_rollout_samples(self, rollout_samples: List[Experience]) -> List[Experience]:
+        if self.gd2po_config is not None:
+            # A rollout whose reward failed (kept for --gd2po.on_bad_reward drop_group) lacks its reward source's
+            # extra_logs. OpenRLHF's concat would then build shorter info columns that misalign every later row:
+            # give it zeros instead (its group is dropped before anything reads them).
+            keys = set().union(*(sample.info for sample in rollout_samples))
+            for sample in rollout_samples:
+                sample.info.update({key: torch.zeros(1) for key in keys - sample.info.keys()})
+        return super().split_rollout_samples(rollout_samples)
+
     @torch.no_grad()
     def make_experience(self, samples_list: List[Experience]) -> List[Experience]:
         if self.gd2po_config is None:

@@ -212,7 +212,33 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
         # _process_response_into_experience marked NaN under drop_group) never reach the estimator.
         dropped = torch.isin(groups, groups[~torch.isfinite(rewards).all(dim=1)])
         if dropped.any():
-            self._refuse_or_report_bad_rewards(experiences, rewards, groups, dropped)
+            # The message names each bad group's first bad value. It raises with --gd2po.on_bad_reward error, and
+            # also when every group is bad: a reward source down as a whole should stop the run, not burn GPU hours.
+            sources = {dim.key: dim for dim in self.reward_dimensions}
+            prompts = list(itertools.chain.from_iterable(exp.prompts for exp in experiences))
+            bad_rows, bad_columns = (~torch.isfinite(rewards)).nonzero(as_tuple=True)
+            first_of_group = {}
+            for row, column in zip(bad_rows.tolist(), bad_columns.tolist()):  # bad values only: not a hot path
+                first_of_group.setdefault(int(groups[row]), (row, column))
+            reasons = []
+            for row, column in first_of_group.values():
+                dim = sources[cfg.reward_keys[column]]
+                reasons.append(
+                    f"reward key {dim.key!r} is {float(rewards[row, column])} (source: {dim.source.replace('_', ' ')} {dim.location}) "
+                    f"for rollout {int(indices[row])} (sample {int(indices[row]) % args.rollout.n_samples_per_prompt} of prompt {prompts[row]!r:.200})"
+                )
+            policy = _arg(args, "gd2po.on_bad_reward", "error")
+            if policy == "error" or bool(dropped.all()):
+                raise ValueError(
+                    ("every prompt group of the step has a bad reward, nothing to train on: " if policy != "error" else "")
+                    + "; ".join(reasons[:3])
+                    + (f" (and {len(reasons) - 3} more groups)" if len(reasons) > 3 else "")
+                    + (". --gd2po.on_bad_reward drop_group drops such groups from the step instead" if policy == "error" else "")
+                )
+            logger.warning(
+                f"--gd2po.on_bad_reward drop_group: dropping {len(reasons)} of {int(groups.unique().numel())} prompt groups "
+                "from this step: " + "; ".join(reasons)
+            )
             rewards = torch.nan_to_num(rewards, nan=0.0, posinf=0.0, neginf=0.0)
             for experience, row_rewards in zip(experiences, rewards.split([len(e.index) for e in experiences])):
                 experience.info.update({f"reward/{key}": row_rewards[:, k].float() for k, key in enumerate(cfg.reward_keys)})
@@ -271,43 +297,6 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
         trained = select_rollouts(experiences, selected, micro_batch_size, pad_token_id)
         self.gd2po_metrics["gd2po/trained_ratio"] = target / len(indices)
         return trained
-
-    def _refuse_or_report_bad_rewards(
-        self, experiences: List[Experience], rewards: torch.Tensor, groups: torch.Tensor, dropped: torch.Tensor
-    ) -> None:
-        """Raise (--gd2po.on_bad_reward error) or log the groups about to be dropped, naming key, source and rollout.
-
-        Raises as well when every group of the step is bad: a reward source that is down as a whole should stop
-        the run, not burn GPU hours on empty steps.
-        """
-        cfg = self.gd2po_config
-        sources = {dim.key: dim for dim in self.reward_dimensions}
-        prompts = list(itertools.chain.from_iterable(exp.prompts for exp in experiences))
-        indices = list(itertools.chain.from_iterable(exp.index for exp in experiences))
-        bad_rows, bad_columns = (~torch.isfinite(rewards)).nonzero(as_tuple=True)
-        first_of_group = {}  # the first bad value of each bad group: the message names it
-        for row, column in zip(bad_rows.tolist(), bad_columns.tolist()):
-            first_of_group.setdefault(int(groups[row]), (row, column))
-        reasons = []
-        for row, column in first_of_group.values():
-            dim = sources.get(cfg.reward_keys[column])
-            source = f"{dim.source.replace('_', ' ')} {dim.location}" if dim else "its source"
-            reasons.append(
-                f"reward key {cfg.reward_keys[column]!r} is {float(rewards[row, column])} (source: {source}) for rollout "
-                f"{indices[row]} (sample {indices[row] % self.args.rollout.n_samples_per_prompt} of prompt {prompts[row]!r:.200})"
-            )
-        policy = _arg(self.args, "gd2po.on_bad_reward", "error")
-        if policy == "error" or bool(dropped.all()):
-            raise ValueError(
-                ("every prompt group of the step has a bad reward, nothing to train on: " if policy != "error" else "")
-                + "; ".join(reasons[:3])
-                + (f" (and {len(reasons) - 3} more groups)" if len(reasons) > 3 else "")
-                + (". --gd2po.on_bad_reward drop_group drops such groups from the step instead" if policy == "error" else "")
-            )
-        logger.warning(
-            f"--gd2po.on_bad_reward drop_group: dropping {len(reasons)} of {int(groups.unique().numel())} prompt groups "
-            f"from this step: " + "; ".join(reasons)
-        )
 
 
 def _label_conversation(label, prompt) -> List[dict]:

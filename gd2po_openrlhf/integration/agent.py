@@ -77,13 +77,6 @@ def count_mismatch(answer, num_rollouts: int) -> Optional[str]:
     return None
 
 
-def _warn_retry(url: str, message: str) -> None:
-    now = time.monotonic()
-    if now - _last_warning.get(url, -WARNING_INTERVAL_S) >= WARNING_INTERVAL_S:
-        _last_warning[url] = now
-        logger.warning(message)
-
-
 async def post_with_retries(url: str, payload: dict, num_rollouts: int) -> dict:
     """POST one reward request; retry transient failures, raise RuntimeError with the cause otherwise.
 
@@ -121,7 +114,9 @@ async def post_with_retries(url: str, payload: dict, num_rollouts: int) -> dict:
                 return answer
         if attempt < attempts:
             delay = min(backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S) * random.uniform(0.5, 1.0)
-            _warn_retry(url, f"reward server {url}: {failure}; retry {attempt}/{attempts - 1} in {delay:.1f} s")
+            if time.monotonic() - _last_warning.get(url, -WARNING_INTERVAL_S) >= WARNING_INTERVAL_S:
+                _last_warning[url] = time.monotonic()
+                logger.warning(f"reward server {url}: {failure}; retry {attempt}/{attempts - 1} in {delay:.1f} s")
             await asyncio.sleep(delay)
     raise RuntimeError(
         f"reward server {url} failed {attempts} times in {time.monotonic() - started:.0f} s (last: {failure}). Check that "

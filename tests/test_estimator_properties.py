@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 import torch
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
@@ -74,20 +75,13 @@ def test_outputs_are_finite_and_shaped(batch, cfg):
     assert ((result.group_keep_ratio >= 0) & (result.group_keep_ratio <= 1)).all()
 
 
+@pytest.mark.parametrize("threshold, equivalent_filter", [(0.0, "none"), (1.0, "hard")])
 @given(batches(), configs(filters=("snr",)))
-def test_threshold_zero_equals_no_filter(batch, cfg):
+def test_threshold_zero_equals_no_filter_and_one_equals_hard(threshold, equivalent_filter, batch, cfg):
     rewards, group_ids, mask = batch
-    soft = compute_advantages(rewards, group_ids, mask, with_changes(cfg, snr_threshold=0.0))
-    none = compute_advantages(rewards, group_ids, mask, with_changes(cfg, filter="none"))
-    assert_same(soft, none)
-
-
-@given(batches(), configs(filters=("snr",)))
-def test_threshold_one_equals_hard(batch, cfg):
-    rewards, group_ids, mask = batch
-    soft = compute_advantages(rewards, group_ids, mask, with_changes(cfg, snr_threshold=1.0))
-    hard = compute_advantages(rewards, group_ids, mask, with_changes(cfg, filter="hard"))
-    assert_same(soft, hard)
+    soft = compute_advantages(rewards, group_ids, mask, with_changes(cfg, snr_threshold=threshold))
+    equivalent = compute_advantages(rewards, group_ids, mask, with_changes(cfg, filter=equivalent_filter))
+    assert_same(soft, equivalent)
 
 
 @given(batches(), configs(), st.randoms(use_true_random=False))

@@ -22,7 +22,7 @@ from gd2po_openrlhf.demo import task
 from gd2po_openrlhf.demo.training import (
     TASK_FILE, action_log_probs, build_tokenizer, ppo_update, sample_rollouts, warm_started_policy,
 )
-from gd2po_openrlhf.integration.cli import parse_launcher_args
+from gd2po_openrlhf.integration.settings import parse_launcher_args
 
 
 def main() -> None:
@@ -75,8 +75,8 @@ def main() -> None:
             # the same number of optimiser steps per rollout as a cluster run: one per train batch
             ppo_update(trained_policy, optimizer, policy_loss, batch, sum(len(e.index) for e in batch) // settings.train_batch_size)
             times[name].append(time.perf_counter() - started)
-        keep_ratios.append(makers["drop_filtered"].gd2po_metrics["gd2po/keep_ratio"])
-        trained_ratios.append(makers["drop_filtered"].gd2po_metrics["gd2po/trained_ratio"])
+        keep_ratios.append(makers["drop_filtered"].last_step_report.metrics["gd2po/keep_ratio"])
+        trained_ratios.append(makers["drop_filtered"].last_step_report.metrics["gd2po/trained_ratio"])
         print(f"step {step + 1}/{settings.steps}: keep {keep_ratios[-1]:.3f}, trained {trained_ratios[-1]:.3f}, "
               f"update {times['all rollouts'][-1]:.3f} s vs {times['drop_filtered'][-1]:.3f} s")
 

@@ -1,39 +1,29 @@
 """Helpers shared by the integration tests (imported by module name; never as `tests.…`)."""
 
-import runpy
+import os
+import subprocess
 import sys
-from unittest import mock
 
 import torch
 
+from gd2po_openrlhf.integration.settings import parse_launcher_args
 
-class _Parsed(Exception):
-    def __init__(self, strategy):
-        self.strategy = strategy
+
+LAUNCHER = [sys.executable, "-m", "openrlhf.cli.train_ppo_ray"]
+
+
+def launcher_subprocess(argv, env=None, launcher=LAUNCHER) -> subprocess.CompletedProcess:
+    """OpenRLHF's launcher (``python -m openrlhf.cli.train_ppo_ray`` by default) in a subprocess of this venv, where
+    the installed .pth hook activates the plugin; stdout and stderr captured as text."""
+    return subprocess.run(launcher + list(argv), capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
 
 
 def openrlhf_strategy(argv):
-    """OpenRLHF's real argument parsing, validation and DeepspeedStrategy for ``argv``, stopped before Ray.
-
-    Runs ``openrlhf.cli.train_ppo_ray`` as ``__main__`` (as ``python -m`` does, so the GD²PO import hook
-    extends its parser) and captures the strategy that ``train()`` builds right after ``ray.init``.
-    """
-    import ray
+    """OpenRLHF's real argument parsing, validation and DeepspeedStrategy for ``argv``, stopped before Ray
+    (the args come from the plugin's ``parse_launcher_args``, which runs the launcher up to ``train()``)."""
     import openrlhf.utils
 
-    real_get_strategy = openrlhf.utils.get_strategy
-
-    def capture(args):
-        raise _Parsed(real_get_strategy(args))
-
-    with mock.patch.object(sys, "argv", ["train_ppo_ray"] + list(argv)), mock.patch.object(
-        openrlhf.utils, "get_strategy", capture
-    ), mock.patch.object(ray, "is_initialized", lambda: True):
-        try:
-            runpy.run_module("openrlhf.cli.train_ppo_ray", run_name="__main__")
-        except _Parsed as parsed:
-            return parsed.strategy
-    raise AssertionError("train() was not reached")
+    return openrlhf.utils.get_strategy(parse_launcher_args(argv))
 
 
 def rollout_experiences(rewards, lengths, n_samples_per_prompt, micro_batch_size, seed=0, reward_keys=None):

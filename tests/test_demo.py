@@ -28,6 +28,7 @@ def demo_output(tmp_path_factory):
     return out, completed.stdout
 
 
+@pytest.mark.subprocess
 def test_table_lists_the_four_estimators(demo_output):
     out, stdout = demo_output
     with open(out / "summary.csv") as handle:
@@ -43,12 +44,14 @@ def test_table_lists_the_four_estimators(demo_output):
     assert "--advantage_estimator gd2po --gd2po.filter snr" in stdout  # the equivalent cluster command
 
 
+@pytest.mark.subprocess
 def test_figure_is_a_png(demo_output):
     out, _ = demo_output
     data = (out / "curves.png").read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
 
 
+@pytest.mark.subprocess
 def test_results_file_records_versions_seeds_settings_and_curves(demo_output):
     out, _ = demo_output
     results = json.loads((out / "results.json").read_text())
@@ -73,6 +76,7 @@ def test_results_file_records_versions_seeds_settings_and_curves(demo_output):
     assert "--gd2po.filter" in results["command_lines"]["gd2po_snr"]
 
 
+@pytest.mark.subprocess
 def test_tensorboard_logs_carry_the_cluster_tags(demo_output):
     out, _ = demo_output
     results = json.loads((out / "results.json").read_text())

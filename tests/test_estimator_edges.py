@@ -189,6 +189,7 @@ def test_invalid_config_raises_value_error(kwargs, message):
         GD2POConfig(**kwargs)
 
 
+@pytest.mark.subprocess
 def test_estimator_imports_no_framework():
     """The core must stay importable without openrlhf, ray or deepspeed being loaded."""
     code = (

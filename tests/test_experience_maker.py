@@ -12,17 +12,13 @@ from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
 from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
 
 from gd2po_openrlhf import GD2POConfig, compute_advantages
-from gd2po_openrlhf.integration.trainer import GD2POExperienceMaker
+from gd2po_openrlhf.integration.experience_maker import GD2POExperienceMaker
 from gd2po_testing import openrlhf_strategy, rollout_experiences
 
 N = 4  # rollouts per prompt
 
 
-@pytest.fixture(scope="module")
-def reward_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("rewards") / "rules.py"
-    path.write_text("def reward_func(queries, prompts, labels):\n    return {'rewards': {'correctness': 1.0, 'format': 0.0}}\n")
-    return str(path)
+REWARD_FILE_REWARDS = {"correctness": 1.0, "format": 0.0}  # conftest's reward_file
 
 
 def make_maker(strategy, kl_coef=0.0, initial_model_group=None):
@@ -77,8 +73,8 @@ def test_advantages_match_the_estimator(reward_file, filter_name, shuffle_seed):
         torch.testing.assert_close(experience.returns, experience.advantages)
         torch.testing.assert_close(experience.rewards, rewards[rows] @ torch.tensor([1.0, 0.5]))
         assert experience.info["reward"].shape == (len(rows),) and experience.kl is None
-    assert maker.gd2po_metrics["gd2po/conflict_ratio"] == pytest.approx(expected.metrics["conflict_ratio"])
-    assert maker.gd2po_metrics["gd2po/reward_mean/format"] == pytest.approx(expected.metrics["reward_mean/format"])
+    assert maker.last_step_report.metrics["gd2po/conflict_ratio"] == pytest.approx(expected.metrics["conflict_ratio"])
+    assert maker.last_step_report.metrics["gd2po/reward_mean/format"] == pytest.approx(expected.metrics["reward_mean/format"])
 
 
 def test_sum_rewards_is_grpo_on_the_weighted_sum(reward_file):
@@ -102,7 +98,7 @@ def test_sum_rewards_is_grpo_on_the_weighted_sum(reward_file):
         got = experience.advantages.sum(-1) / experience.action_mask.sum(-1)
         torch.testing.assert_close(got, expected.rollout_advantages[rows], atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(experience.rewards, total[rows])
-    assert maker.gd2po_metrics["gd2po/num_reward_dims"] == 1
+    assert maker.last_step_report.metrics["gd2po/num_reward_dims"] == 1
 
 
 def test_kl_in_reward_adds_reverse_cumulative_kl_on_kept_rollouts(reward_file):
@@ -164,7 +160,7 @@ def test_missing_and_unexpected_reward_keys_fail_with_names(reward_file):
          "--rollout.n_samples_per_prompt", str(N)]
     )
     samples = rollout_experiences(torch.ones(N, 2), torch.full((N,), 3), N, 4, reward_keys=["correctness", "style"])
-    with pytest.raises(ValueError, match=r"missing \['format'\] \(source: reward_function .*rules.py\) unexpected \['reward/style'\] for prompt 'prompt 0'"):
+    with pytest.raises(ValueError, match=r"missing \['format'\] \(source: reward_function .*my_rewards.py\) unexpected \['reward/style'\] for prompt 'prompt 0'"):
         make_maker(strategy).compute_advantages_and_returns(micro_batches(samples, 4))
 
 
@@ -209,8 +205,8 @@ def test_extra_logs_form_is_accepted(generator):
 @pytest.mark.parametrize(
     "reward, extra_logs, message",
     [
-        (None, None, r"reward keys \['correctness', 'format'\] missing from reward function .*rules.py for prompt 'What is 2\+2\?': it returned no reward at all"),
-        ({"correctness": 1.0}, None, r"reward function .*rules.py for prompt 'What is 2\+2\?' returned no value for reward keys \['format'\]"),
+        (None, None, r"reward keys \['correctness', 'format'\] missing from reward function .*my_rewards.py for prompt 'What is 2\+2\?': it returned no reward at all"),
+        ({"correctness": 1.0}, None, r"reward function .*my_rewards.py for prompt 'What is 2\+2\?' returned no value for reward keys \['format'\]"),
         ({"correctness": 1.0, "format": 0.0, "style": 1.0}, None, r"returned reward keys \['style'\] that are not among the declared reward keys \['correctness', 'format'\]"),
         ({"correctness": float("nan"), "format": 0.0}, None, r"reward function .* for prompt .* returned nan for reward key 'correctness' of rollout 0: expected a finite number"),
         ({"correctness": "1", "format": 0.0}, None, r"returned '1' for reward key 'correctness' of rollout 0: expected a finite number"),

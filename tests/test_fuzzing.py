@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gd2po_openrlhf import GD2POConfig, compute_advantages
-from gd2po_openrlhf.integration.agent import count_mismatch
+from gd2po_openrlhf.integration.reward_client import count_mismatch
 from gd2po_openrlhf.rewards import dimensions_from_payload
 
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64, torch.int32, torch.bool, torch.uint8]

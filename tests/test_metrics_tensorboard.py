@@ -38,6 +38,7 @@ def test_diagnostics_are_logged_under_gd2po_prefix(tmp_path):
     experiences = [Experience.concat_experiences(samples[i : i + 4], 0) for i in range(0, len(samples), 4)]
     maker = ppo_trainer.RemoteExperienceMaker(None, None, None, None, FixedKLController(0.0), strategy, None)
     experiences = maker.compute_advantages_and_returns(experiences)
+    metrics = dict(maker.last_step_report.metrics)
 
     # What the trainer does each step: rollout stats (patched to carry the diagnostics), then the logger.
     trainer = SimpleNamespace(experience_maker=maker)
@@ -54,7 +55,7 @@ def test_diagnostics_are_logged_under_gd2po_prefix(tmp_path):
     for name in EXPECTED_TAGS:
         assert f"train/gd2po/{name}" in tags, name
         (scalar,) = events.Scalars(f"train/gd2po/{name}")
-        assert scalar.step == 1 and scalar.value == pytest.approx(maker.gd2po_metrics[f"gd2po/{name}"], abs=1e-6)
+        assert scalar.step == 1 and scalar.value == pytest.approx(metrics[f"gd2po/{name}"], abs=1e-6)
     # Rows 0 and 1 of each group have mixed signs and a zero signed sum: the SNR filter (τ = 0.8) drops them.
     assert events.Scalars("train/gd2po/conflict_ratio")[0].value == pytest.approx(0.5)
     assert events.Scalars("train/gd2po/keep_ratio")[0].value == pytest.approx(0.5)

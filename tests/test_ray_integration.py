@@ -24,9 +24,11 @@ from openrlhf.utils.agent import SingleTurnAgentExecutor
 from transformers import PreTrainedTokenizerFast
 
 from gd2po_openrlhf import GD2POConfig, compute_advantages, compute_rollout_advantages
-from gd2po_openrlhf.integration.trainer import GD2POExperienceMaker
+from gd2po_openrlhf.integration.experience_maker import GD2POExperienceMaker
 from gd2po_openrlhf.serve_rewards import RewardServer
 from gd2po_testing import openrlhf_strategy, rollout_experiences
+
+pytestmark = pytest.mark.ray
 
 # Classes of this test module travel to the workers by value (the workers cannot import tests/).
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -49,7 +51,8 @@ class TrainerProbe:
         import openrlhf.trainer.ppo_trainer_async as async_trainer
 
         sync_maker = sync_trainer.RemoteExperienceMaker
-        async_maker = async_trainer.BasePPOTrainer.__init__.__globals__["RemoteExperienceMaker"]  # TrainingActor base
+        # TrainingActor's base class builds the maker named RemoteExperienceMaker in its own module
+        async_maker = sys.modules[async_trainer.BasePPOTrainer.__module__].RemoteExperienceMaker
         return [f"{cls.__module__}.{cls.__qualname__}" for cls in (sync_maker, async_maker)]
 
     def reward_client(self):
@@ -61,8 +64,8 @@ class TrainerProbe:
 
 def test_patch_reaches_ray_worker_processes(local_ray):
     probe = TrainerProbe.remote()
-    assert ray.get(probe.maker_classes.remote()) == ["gd2po_openrlhf.integration.trainer.GD2POExperienceMaker"] * 2
-    assert ray.get(probe.reward_client.remote()) == "gd2po_openrlhf.integration.agent"
+    assert ray.get(probe.maker_classes.remote()) == ["gd2po_openrlhf.integration.experience_maker.GD2POExperienceMaker"] * 2
+    assert ray.get(probe.reward_client.remote()) == "gd2po_openrlhf.integration.openrlhf_patches"
 
 
 SETUP_HOOK_SCRIPT = """
@@ -203,7 +206,7 @@ def test_a_model_groups_nan_stops_the_step_or_drops_its_group(local_ray, kind, s
     maker, experiences = cost_model_run(kind, "--gd2po.on_bad_reward", "drop_group")
     trained = sorted(i for e in experiences for i in e.index)
     assert trained == [8, 9, 10, 11]  # prompts 0 and 1 dropped; prompt 2's four rollouts fill one --train.batch_size
-    assert maker.gd2po_metrics["gd2po/dropped_bad_groups"] == 2
+    assert maker.last_step_report.metrics["gd2po/dropped_bad_groups"] == 2
     assert all(torch.isfinite(e.advantages).all() and torch.isfinite(e.info["reward/cost"]).all() for e in experiences)
 
 

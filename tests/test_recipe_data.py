@@ -41,6 +41,7 @@ def openrlhf_prompts(path, label_key="label"):
     return [(dataset[i][1], dataset[i][2]) for i in range(len(dataset))]  # (datasource, prompt, label, images)
 
 
+@pytest.mark.subprocess
 def test_tool_calling_sample_converts_to_openrlhf_prompts(tmp_path):
     out = tmp_path / "train.jsonl"
     result = run(DATA / "prepare_tool_calling.py", DATA / "samples" / "rlla_sample.json", "--output", out)
@@ -54,6 +55,7 @@ def test_tool_calling_sample_converts_to_openrlhf_prompts(tmp_path):
     assert prompt.endswith("<|assistant|>") and label == source[1]["output"]
 
 
+@pytest.mark.subprocess
 def test_tool_calling_converter_reads_processed_parquet_rows(tmp_path):
     import pyarrow
     import pyarrow.parquet
@@ -65,6 +67,7 @@ def test_tool_calling_converter_reads_processed_parquet_rows(tmp_path):
     assert read_jsonl(tmp_path / "out.jsonl") == [{"input": messages, "label": "<tool_call>\nX\n</tool_call>"}]
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     "row, message",
     [
@@ -81,6 +84,7 @@ def test_tool_calling_converter_names_the_bad_row(tmp_path, row, message):
     assert not (tmp_path / "out.jsonl").exists()  # nothing half-written
 
 
+@pytest.mark.subprocess
 def test_safe_alignment_sample_converts_every_format(tmp_path):
     out = tmp_path / "train.jsonl"
     assert run(DATA / "prepare_safe_alignment.py", DATA / "samples" / "safe_alignment_sample.jsonl", "--output", out).returncode == 0
@@ -102,6 +106,7 @@ def test_safe_alignment_sample_converts_every_format(tmp_path):
     assert prompt == "<|user|>How do I pick a lock?\n<|assistant|>Why do you want to do that?\n<|user|>I locked myself out of my own house.\n<|assistant|>"
 
 
+@pytest.mark.subprocess
 def test_safe_alignment_converter_refuses_unknown_rows(tmp_path):
     source = tmp_path / "rows.json"
     source.write_text(json.dumps([{"question": "hi"}]))
@@ -111,6 +116,7 @@ def test_safe_alignment_converter_refuses_unknown_rows(tmp_path):
     assert missing.returncode == 1 and "does not exist" in missing.stderr
 
 
+@pytest.mark.subprocess
 def test_api_bank_scoring_on_the_shipped_sample(tmp_path):
     # Worked out by hand from the five responses in the sample:
     # level 1: right call (4 think words), wrong value (2 words); level 2: right call, text after the block
@@ -127,6 +133,7 @@ def test_api_bank_scoring_on_the_shipped_sample(tmp_path):
     assert "overall      5     0.600       0.600          1.4" in result.stdout
 
 
+@pytest.mark.subprocess
 def test_api_bank_a_ground_truth_without_calls_expects_none(tmp_path):
     rows = [
         {"input": "thanks", "label": "<think>x</think>\n<response>bye</response>", "response": "<think>ok</think>\n<response>bye</response>"},
@@ -139,6 +146,7 @@ def test_api_bank_a_ground_truth_without_calls_expects_none(tmp_path):
     assert (overall["call_accuracy"], overall["format_accuracy"]) == (0.5, 0.5)
 
 
+@pytest.mark.subprocess
 def test_api_bank_generation_needs_a_model_and_vllm(tmp_path):
     source = tmp_path / "rows.jsonl"
     source.write_text(json.dumps({"input": "hi", "label": "<response>x</response>"}) + "\n")
@@ -148,6 +156,7 @@ def test_api_bank_generation_needs_a_model_and_vllm(tmp_path):
     assert no_vllm.returncode == 1 and "need vLLM to generate them" in no_vllm.stderr
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     "name, content, message",
     [
@@ -166,6 +175,7 @@ def test_api_bank_refuses_bad_input_with_a_message(tmp_path, name, content, mess
     assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.subprocess
 def test_api_bank_reads_a_single_object_json_as_one_row(tmp_path):
     row = {"input": "hi", "label": "<think>x</think>\n<response>bye</response>", "response": "<think>ok</think>\n<response>bye</response>"}
     source = tmp_path / "one.json"
@@ -175,6 +185,7 @@ def test_api_bank_reads_a_single_object_json_as_one_row(tmp_path):
     assert json.loads((tmp_path / "m.json").read_text())["metrics"]["overall"]["n"] == 1
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("script", ["prepare_tool_calling.py", "prepare_safe_alignment.py"])
 @pytest.mark.parametrize(
     "name, content, message",
@@ -193,6 +204,7 @@ def test_converters_name_the_file_and_line_of_bad_input(tmp_path, script, name, 
     assert not (tmp_path / "out.jsonl").exists()
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("script", ["prepare_tool_calling.py", "prepare_safe_alignment.py"])
 def test_converters_refuse_a_directory_output_and_a_negative_row_count(tmp_path, script):
     source = tmp_path / "rows.jsonl"
@@ -203,6 +215,7 @@ def test_converters_refuse_a_directory_output_and_a_negative_row_count(tmp_path,
     assert negative.returncode == 2 and "expected 1 or more rows, got -1" in negative.stderr
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     "script, row",
     [

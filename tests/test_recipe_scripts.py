@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.subprocess
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "examples" / "scripts"
 TOOL_FILE = str(ROOT / "examples" / "rewards" / "tool_calling.py")
@@ -70,7 +72,7 @@ def run_with_python_shim(tmp_path, script, python_code, **env):
 
 def launcher_args(tmp_path, script, expression, **env):
     """``expression`` evaluated on the args OpenRLHF's parser (with the plugin) makes of the script's command line."""
-    code = ("import sys; from gd2po_openrlhf.integration.cli import parse_launcher_args; "
+    code = ("import sys; from gd2po_openrlhf.integration.settings import parse_launcher_args; "
             f"a = parse_launcher_args(sys.argv[3:]); print(\"PARSED\", {expression})")
     result = run_with_python_shim(tmp_path, script, code, **env)
     assert result.returncode == 0, result.stderr[-3000:]

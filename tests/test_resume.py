@@ -1,7 +1,6 @@
 """Resuming with --ckpt.load_enable: the GD²PO settings travel in the actors' checkpoint client state; a resumed
 run restores the checkpoint's estimator settings and warns about every flag that differs."""
 
-import copy
 from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
@@ -35,11 +34,7 @@ class CheckpointingActors:
         return [torch.load(self.folder / tag / "client_states.pt", weights_only=False)]
 
 
-@pytest.fixture
-def reward_file(tmp_path):
-    path = tmp_path / "rules.py"
-    path.write_text("def reward_func(queries, prompts, labels):\n    return {'rewards': {'a': 1.0, 'b': 0.0}}\n")
-    return str(path)
+REWARD_FILE_REWARDS = {"a": 1.0, "b": 0.0}  # conftest's reward_file
 
 
 def trainer(ckpt_path, reward_file, *flags, keys=("a", "b")):
@@ -91,7 +86,7 @@ def test_same_flags_resume_silently(tmp_path, reward_file, caplog):
     resumed = trainer(tmp_path, reward_file, *flags, "--ckpt.load_enable")
     assert resume(resumed)["global_step"] == 3
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
-    assert resumed.experience_maker.gd2po_config.snr_threshold == 0.6
+    assert resumed.experience_maker.settings.gd2po_config.snr_threshold == 0.6
 
 
 def test_changed_flags_restore_the_checkpoints_settings_and_warn(tmp_path, reward_file, caplog):
@@ -107,7 +102,7 @@ def test_changed_flags_restore_the_checkpoints_settings_and_warn(tmp_path, rewar
     assert "Kept from the command line (not restorable on resume): --gd2po.on_bad_reward checkpoint 'error', command line 'drop_group'" in warning
     assert "--gd2po.resume_with_flags" in warning
     # the resumed run trains exactly as the original one would have
-    restored = resumed.experience_maker.gd2po_config
+    restored = resumed.experience_maker.settings.gd2po_config
     assert (restored.filter, restored.snr_threshold, restored.whiten, restored.weights) == ("snr", 0.6, True, (1.0, 0.5))
     torch.testing.assert_close(advantages(resumed), advantages(trainer(tmp_path / "fresh", reward_file, *original)), rtol=0, atol=0)
     assert resumed.args.gd2po.on_bad_reward == "drop_group"
@@ -117,7 +112,7 @@ def test_resume_with_flags_keeps_the_command_lines_settings(tmp_path, reward_fil
     save(trainer(tmp_path, reward_file, "--gd2po.filter", "snr"))
     resumed = trainer(tmp_path, reward_file, "--gd2po.filter", "hard", "--gd2po.resume_with_flags", "--ckpt.load_enable")
     resume(resumed)
-    assert resumed.experience_maker.gd2po_config.filter == "hard"
+    assert resumed.experience_maker.settings.gd2po_config.filter == "hard"
     assert "Kept from the command line (--gd2po.resume_with_flags): --gd2po.filter checkpoint 'snr', command line 'hard'" in caplog.text
 
 
@@ -125,16 +120,18 @@ def test_changed_reward_keys_restore_nothing(tmp_path, reward_file, caplog):
     save(trainer(tmp_path, reward_file, "--gd2po.reward_weights", "2", "1"))
     resumed = trainer(tmp_path, reward_file, "--ckpt.load_enable", keys=("a", "b", "c"))
     resume(resumed)
-    assert resumed.experience_maker.gd2po_config.weights == (1.0, 1.0, 1.0)
+    assert resumed.experience_maker.settings.gd2po_config.weights == (1.0, 1.0, 1.0)
     assert "Kept from the command line (the estimator or the reward keys changed)" in caplog.text
     assert "dimensions: checkpoint [['a'" in caplog.text
 
 
 def test_a_checkpoint_without_settings_is_reported(tmp_path, reward_file, caplog):
-    base = trainer(tmp_path, reward_file)
-    base.args = copy.copy(base.args)
-    base.args.algo = copy.deepcopy(base.args.algo)
-    base.args.algo.advantage.estimator = "group_norm"  # a stock run saves no GD²PO settings
+    stock = openrlhf_strategy(  # a stock run saves no GD²PO settings
+        ["--advantage_estimator", "group_norm", "--reward.remote_url", reward_file, "--rollout.n_samples_per_prompt",
+         str(N), "--algo.kl.init_coef", "0", "--ckpt.path", str(tmp_path), "--ckpt.save_steps", "1"]
+    )
+    base = ppo_trainer.BasePPOTrainer(stock, None, None, None, None, None, SimpleNamespace(pad_token_id=0))
+    base.actor_model_group = CheckpointingActors(tmp_path)
     save(base)
     assert "gd2po" not in torch.load(tmp_path / "_actor" / "global_step3" / "client_states.pt", weights_only=False)
     resume(trainer(tmp_path, reward_file, "--ckpt.load_enable"))

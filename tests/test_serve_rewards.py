@@ -201,6 +201,7 @@ def free_port():
         return sock.getsockname()[1]
 
 
+@pytest.mark.subprocess
 def test_command_line_serves_the_tool_calling_file_and_logs_each_request():
     port = free_port()
     process = subprocess.Popen(
@@ -225,6 +226,7 @@ def test_command_line_serves_the_tool_calling_file_and_logs_each_request():
     assert '"POST /get_reward HTTP/1.1" 200 batch=3' in log and '"GET /health HTTP/1.1" 200' in log
 
 
+@pytest.mark.subprocess
 def test_command_line_refuses_a_file_without_reward_func(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def reward(queries):\n    return 0\n")
@@ -234,6 +236,7 @@ def test_command_line_refuses_a_file_without_reward_func(tmp_path):
         load_reward_func(str(tmp_path / "missing.py"))
 
 
+@pytest.mark.subprocess
 def test_load_test_script_finds_no_lost_or_duplicated_rollouts(tmp_path):
     report_path = tmp_path / "load.json"
     result = subprocess.run(
@@ -308,6 +311,7 @@ def test_a_trailing_slash_and_a_query_string_reach_the_reward_path(serve):
     assert urllib.request.urlopen(server.url.replace("/get_reward", "/health/?verbose=1"), timeout=10).status == 200
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize(
     "args, file_text, message",
     [
@@ -326,6 +330,7 @@ def test_command_line_mistakes_are_usage_errors_not_tracebacks(tmp_path, args, f
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.subprocess
 def test_a_port_in_use_is_a_usage_error(tmp_path):
     reward_file = tmp_path / "rules.py"
     reward_file.write_text("def reward_func(q, p, l):\n    return {'rewards': {'a': [1.0] * len(q)}}\n")

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from gd2po_openrlhf import GD2POConfig, compute_rollout_advantages
-from gd2po_openrlhf.integration.cli import parse_launcher_args
+from gd2po_openrlhf.integration.settings import parse_launcher_args
 
 from . import task
 
@@ -180,7 +180,7 @@ def run_estimator(name: str, settings, warm_policy, tokenizer, seed: int, writer
             conflict = compute_rollout_advantages(rewards, group_ids, lengths, diagnostics).metrics["conflict_ratio"]
             metrics = {"gd2po/conflict_ratio": conflict, "gd2po/keep_ratio": 1.0}
         else:
-            metrics = dict(maker.gd2po_metrics)
+            metrics = dict(maker.take_step_report().metrics)
         advantage_abs = sum(float(e.advantages.abs().sum()) for e in experiences) / float(lengths.sum())
 
         losses = ppo_update(policy, optimizer, policy_loss, experiences, settings.updates_per_step)

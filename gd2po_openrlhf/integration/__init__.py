@@ -1,3 +1,4 @@
-"""Everything that touches openrlhf. Submodules import openrlhf only where they need it:
-``hook`` and ``cli`` use the standard library alone (they run at interpreter start and before parsing);
-``trainer`` imports openrlhf and runs in the trainer process."""
+"""Everything that touches openrlhf, one responsibility per module (README "Layout" traces a flag through them):
+``hook`` (stdlib only, at interpreter start) → ``argparse_patch`` + ``flags`` + ``settings`` (the command line,
+stdlib only) → ``openrlhf_patches`` (every replaced OpenRLHF method) → ``experience_maker``, ``rollout_selection``,
+``resume``, ``reward_client`` (what the patches run)."""

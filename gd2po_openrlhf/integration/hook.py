@@ -6,15 +6,15 @@ itself and imports this module only when the plugin is on (or a dry run must be 
 imports nothing beyond ``sys`` and ``os`` (already loaded by then): the hook costs well under a millisecond per
 interpreter start, and nothing with ``GD2PO_DISABLE=1`` (``benchmarks/startup_overhead.py`` measures both).
 
-The finder watches three module names:
+The finder watches four module names:
 - ``openrlhf.cli.train_ppo_ray``: when it is looked up (``python -m`` does that through
-  ``importlib.util.find_spec``), the argparse extension is installed, which widens the estimator choices
-  and adds the ``--gd2po.*`` and ``--cost.*`` flags to the parser that defines
+  ``importlib.util.find_spec``), the argparse extension (``argparse_patch.py``) is installed, which widens the
+  estimator choices and adds the ``--gd2po.*`` and ``--cost.*`` flags to the parser that defines
   ``--algo.advantage.estimator``;
-- ``openrlhf.trainer.ppo_trainer``: after the module executes, its ``RemoteExperienceMaker`` is replaced
-  by the GD²PO experience maker (reaching the PPOTrainer actor and the async TrainingActor alike);
-- ``openrlhf.utils.agent``: after the module executes, the reward client of its ``SingleTurnAgentExecutor``
-  (which runs in the vLLM rollout actors) retries transient faults and reports failures to the trainer.
+- ``PATCHED_MODULES`` (the PPO trainer, its samples generator, the rollout actors' agent executor): right after
+  one of them executes, ``openrlhf_patches.patch_module`` applies the plugin's replacements to it, in whichever
+  process imports it (the driver, the PPOTrainer actor, the async TrainingActor and GenerateSamplesActor, the
+  vLLM rollout actors).
 
 ``GD2PO_DISABLE=1`` turns the automatic activation off and leaves OpenRLHF untouched; with ``GD2PO_DRY_RUN``
 also set, the launcher refuses to start instead of silently launching a real run.
@@ -26,7 +26,9 @@ import sys
 
 CLI_MODULE = "openrlhf.cli.train_ppo_ray"
 TRAINER_MODULE = "openrlhf.trainer.ppo_trainer"
+SAMPLES_MODULE = "openrlhf.trainer.ppo_utils.samples_generator"
 AGENT_MODULE = "openrlhf.utils.agent"
+PATCHED_MODULES = (TRAINER_MODULE, SAMPLES_MODULE, AGENT_MODULE)
 # The OpenRLHF releases whose internals the integration was checked against (the file:line references in
 # integration/ point into openrlhf 0.11.2).
 SUPPORTED_OPENRLHF = ((0, 11, 2), (0, 12, 0))
@@ -87,14 +89,9 @@ class _PatchingLoader:
 
 
 def _patch(module) -> None:
-    if module.__name__ == TRAINER_MODULE:
-        from .trainer import patch_trainer_module
+    from .openrlhf_patches import patch_module
 
-        patch_trainer_module(module)
-    else:
-        from .agent import patch_agent_module
-
-        patch_agent_module(module)
+    patch_module(module)
 
 
 def _path_finder():
@@ -104,7 +101,7 @@ def _path_finder():
 
 class GD2POFinder:
     def find_spec(self, fullname, path, target=None):
-        if fullname not in (CLI_MODULE, TRAINER_MODULE, AGENT_MODULE):
+        if fullname != CLI_MODULE and fullname not in PATCHED_MODULES:
             return None
         spec = _path_finder().find_spec(fullname, path)
         if spec is None or spec.loader is None:
@@ -120,7 +117,7 @@ class GD2POFinder:
                 print(f"warning: {error}; GD²PO stays inactive for this run", file=sys.stderr)
             return None
         if fullname == CLI_MODULE:
-            from .cli import install_argparse_extension
+            from .argparse_patch import install_argparse_extension
 
             install_argparse_extension()
         else:
@@ -158,7 +155,7 @@ def install() -> None:
             check_openrlhf_version()
         except RuntimeError:
             return
-        from .cli import install_argparse_extension
+        from .argparse_patch import install_argparse_extension
 
         install_argparse_extension()
 
@@ -166,17 +163,16 @@ def install() -> None:
 def register() -> None:
     """Explicit activation, for environments where the .pth file is not processed.
 
-    Installs the finder, and patches ``openrlhf.trainer.ppo_trainer`` and ``openrlhf.utils.agent`` right
-    away if they are already imported. Use it as Ray's ``worker_process_setup_hook`` ("gd2po_openrlhf.register") for
+    Installs the finder, and patches the ``PATCHED_MODULES`` right away if they are already imported. Use it as Ray's ``worker_process_setup_hook`` ("gd2po_openrlhf.register") for
     ``ray job submit`` set-ups so that every worker gets it too. An explicit call applies even with
     GD2PO_DISABLE=1, which only turns off the automatic activation by the .pth file.
     """
     check_openrlhf_version()
     if not any(isinstance(finder, GD2POFinder) for finder in sys.meta_path):
         sys.meta_path.insert(0, GD2POFinder())
-    from .cli import install_argparse_extension
+    from .argparse_patch import install_argparse_extension
 
     install_argparse_extension()
-    for name in (TRAINER_MODULE, AGENT_MODULE):
+    for name in PATCHED_MODULES:
         if name in sys.modules:
             _patch(sys.modules[name])

@@ -4,15 +4,16 @@ import pathlib
 import pytest
 
 from gd2po_openrlhf import GD2POConfig
-from gd2po_openrlhf.integration.cli import parse_launcher_args, resolve
+from gd2po_openrlhf.integration.settings import parse_launcher_args, resolve_settings
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 
 def launch(*flags):
-    """OpenRLHF's real parser on a gd2po command line, then the plugin's resolution of it."""
+    """OpenRLHF's real parser on a gd2po command line, then the plugin's resolution of it: (args, config, dimensions)."""
     args = parse_launcher_args(["--advantage_estimator", "gd2po", "--rollout.n_samples_per_prompt", "4", *flags])
-    return args, *resolve(args)
+    settings = resolve_settings(args)
+    return args, settings.gd2po_config, list(settings.dimensions)
 
 
 def test_tool_calling_preset_resolves_to_the_authors_settings():

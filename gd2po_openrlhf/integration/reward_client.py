@@ -1,9 +1,9 @@
-"""Rollout-side integration: OpenRLHF's reward client in the vLLM rollout actors (``openrlhf.utils.agent``).
+"""The reward client of the vLLM rollout actors: what ``openrlhf_patches`` puts into ``openrlhf.utils.agent``.
 
 OpenRLHF's ``SingleTurnAgentExecutor`` posts each rollout to the reward server, retrying 5 times one second
 apart on any error (a 400 included), and swallows the final exception: the rollout arrives in the trainer
-with ``reward=None`` and the cause is only logged at INFO level in the rollout actor. ``patch_agent_module``
-(applied by the import hook when that module executes) replaces the two fetch methods so that
+with ``reward=None`` and the cause is only logged at INFO level in the rollout actor. The executor's two fetch
+methods are replaced (``openrlhf_patches.patch_agent_module``) so that
 - transient failures (connection refused or reset, HTTP 408/429/5xx, timeouts) are retried with bounded,
   jittered exponential backoff, and permanent ones (other 4xx, malformed JSON, a wrong number of items)
   are not;
@@ -30,7 +30,6 @@ import aiohttp
 from openrlhf.utils.logging_utils import init_logger
 
 from ..rewards import reward_client_settings
-from .patching import replace_method
 
 logger = init_logger(__name__)
 
@@ -115,8 +114,8 @@ async def post_with_retries(url: str, payload: dict, num_rollouts: int) -> dict:
 _last_failure = {}
 
 
-def _failed(message: str, count: int) -> List[dict]:
-    """What the executor receives for a failed fetch: no reward, and the cause for the trainer.
+def failed_rewards(message: str, count: int) -> List[dict]:
+    """What the executor receives for ``count`` rollouts whose fetch failed: no reward, and the cause for the trainer.
 
     The warning is logged once per WARNING_INTERVAL_S for failures that differ only in their numbers (a server that
     is down, a bad setting): with a thousand rollouts in flight it would otherwise repeat a thousand times."""
@@ -128,43 +127,3 @@ def _failed(message: str, count: int) -> List[dict]:
     else:
         _last_failure[key] = (last, suppressed + count)
     return [{"rewards": None, "scores": None, "extra_logs": {REWARD_ERROR_KEY: message}} for _ in range(count)]
-
-
-async def _fetch_rewards_via_http(self, queries_list, prompts_list, labels_list):
-    """OpenRLHF's sharding over the reward servers, each shard posted by :func:`post_with_retries`."""
-    shard_size = -(-len(queries_list) // len(self.reward_endpoints))
-
-    async def fetch(start: int) -> dict:
-        url = next(self._reward_endpoint_cycle)  # rollouts usually send one query: rotate across calls too
-        payload = {key: values[start : start + shard_size] for key, values in (("query", queries_list), ("prompts", prompts_list), ("labels", labels_list))}
-        try:
-            return await post_with_retries(url, payload, len(payload["query"]))
-        except (RuntimeError, ValueError) as error:  # ValueError: a bad GD2PO_REWARD_* setting
-            return _failed(str(error), 1)[0]
-
-    return await asyncio.gather(*(fetch(start) for start in range(0, len(queries_list), shard_size)))
-
-
-def patch_agent_module(module) -> None:
-    """Apply the rollout-side integration to an executed ``openrlhf.utils.agent`` (idempotent)."""
-    if getattr(module, "gd2po_patched", False):
-        return
-    executor = module.SingleTurnAgentExecutor
-    original_func = executor._fetch_rewards_via_func
-
-    async def _fetch_rewards_via_func(self, queries_list, prompts_list, labels_list):
-        try:
-            results = await original_func(self, queries_list, prompts_list, labels_list)
-        except Exception as error:  # the user's reward function: anything it raises is reported, not swallowed
-            return _failed(f"reward function {self.reward_endpoints[0]} raised {type(error).__name__}: {error}", len(queries_list))
-        # OpenRLHF reads each result with .get() inside a swallowed try: a bare number or None would vanish there.
-        return [
-            result if isinstance(result, dict) else _failed(
-                f"reward function {self.reward_endpoints[0]} returned {type(result).__name__} {result!r:.100}: expected "
-                "a dict with 'rewards' (and optionally 'scores' and 'extra_logs')", 1)[0]
-            for result in results
-        ]
-
-    replace_method(executor, "_fetch_rewards_via_http", _fetch_rewards_via_http, module)
-    replace_method(executor, "_fetch_rewards_via_func", _fetch_rewards_via_func, module)
-    module.gd2po_patched = True

@@ -23,11 +23,7 @@ N, PROMPTS, TRAIN_BATCH, MICRO_BATCH = 4, 12, 8, 4
 PAD = 0
 
 
-@pytest.fixture(scope="module")
-def reward_file(tmp_path_factory):
-    path = tmp_path_factory.mktemp("rewards") / "rules.py"
-    path.write_text("def reward_func(queries, prompts, labels):\n    return {'rewards': {'a': 1.0, 'b': 0.0}}\n")
-    return str(path)
+REWARD_FILE_REWARDS = {"a": 1.0, "b": 0.0}  # conftest's reward_file
 
 
 def strategy(reward_file, drop_filtered, filter_name="hard", on_bad_reward="error"):
@@ -90,9 +86,9 @@ def test_kept_rollouts_train_exactly_as_without_the_flag(reward_file):
             assert e.prompts[row] == f"prompt {i // N}" and e.info["reward/a"][row] == rewards[i, 0]
             assert int(e.action_mask[row].sum()) == int(lengths[i])
     # κ, whitening and the batch metrics are those of the whole batch
-    metrics = dict(maker.gd2po_metrics)
+    metrics = dict(maker.last_step_report.metrics)
     assert metrics.pop("gd2po/trained_ratio") == len(trained_advantages) / (PROMPTS * N)
-    assert metrics == full_maker.gd2po_metrics
+    assert metrics == full_maker.last_step_report.metrics
     # what the actors receive: OpenRLHF's replay buffer holds exactly the trained rollouts
     with mock.patch.object(torch.cuda, "current_device", lambda: 0):  # it only names its target device
         buffer = NaiveReplayBuffer(sample_batch_size=2)
@@ -121,7 +117,7 @@ def test_a_fully_filtered_batch_trains_one_zero_advantage_minibatch(reward_file)
     rewards = torch.stack([first, -first], dim=1)
     lengths = torch.randint(1, 12, (PROMPTS * N,), generator=torch.Generator().manual_seed(6))
     maker, trained = run_maker(strategy(reward_file, True), micro_batches(rewards, lengths))
-    assert maker.gd2po_metrics["gd2po/keep_ratio"] == 0
+    assert maker.last_step_report.metrics["gd2po/keep_ratio"] == 0
     assert sum(len(e.index) for e in trained) == TRAIN_BATCH and len(trained) == TRAIN_BATCH // MICRO_BATCH
     assert all(float(e.advantages.abs().sum()) == 0 for e in trained)
     shortest = sorted(lengths.tolist())[:TRAIN_BATCH]
@@ -137,7 +133,7 @@ def test_nothing_dropped_keeps_every_rollout(reward_file):
     snr_strategy.args.gd2po.snr_threshold = 0.0
     maker, trained = run_maker(snr_strategy, batches)
     assert sorted(i for e in trained for i in e.index) == list(range(PROMPTS * N))
-    assert maker.gd2po_metrics["gd2po/trained_ratio"] == 1.0
+    assert maker.last_step_report.metrics["gd2po/trained_ratio"] == 1.0
 
 
 def bad_reward_case(seed=11):
@@ -183,9 +179,9 @@ def test_drop_group_trains_the_other_groups_exactly_as_if_the_bad_ones_never_exi
     must_train = kept if drop_filtered else set(expected)
     assert must_train <= set(trained_rollouts)
     assert len(trained_rollouts) == math.ceil(len(must_train) / TRAIN_BATCH) * TRAIN_BATCH
-    assert maker.gd2po_metrics["gd2po/dropped_bad_groups"] == 3
-    assert maker.gd2po_metrics["gd2po/num_groups"] == PROMPTS - 3
-    assert maker.gd2po_metrics["gd2po/keep_ratio"] == pytest.approx(float(reference.keep.float().mean()))
+    assert maker.last_step_report.metrics["gd2po/dropped_bad_groups"] == 3
+    assert maker.last_step_report.metrics["gd2po/num_groups"] == PROMPTS - 3
+    assert maker.last_step_report.metrics["gd2po/keep_ratio"] == pytest.approx(float(reference.keep.float().mean()))
     # the warning names each dropped group's first bad value
     warning = " ".join(r.getMessage() for r in caplog.records if "drop_group" in r.getMessage())
     assert "dropping 3 of 12 prompt groups" in warning and "sample 2 of prompt 'prompt 1'" in warning
@@ -215,4 +211,4 @@ def test_drop_group_without_bad_rewards_changes_nothing(reward_file):
     assert [e.index for e in dropping] == [e.index for e in plain]
     for a, b in zip(dropping, plain):
         torch.testing.assert_close(a.advantages, b.advantages, rtol=0, atol=0)
-    assert maker.gd2po_metrics["gd2po/dropped_bad_groups"] == 0
+    assert maker.last_step_report.metrics["gd2po/dropped_bad_groups"] == 0

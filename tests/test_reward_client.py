@@ -117,7 +117,7 @@ def test_drop_group_drops_the_groups_of_failed_rollouts_from_reward_file_to_adva
     assert [e.index for e in trained] == [[4, 5]] and trained[0].info["response_words"].tolist() == [2.0, 1.0]
     assert trained[0].info["reward/correctness"].tolist() == [1.0, 0.0] and trained[0].info["reward/format"].tolist() == [1.0, 1.0]
     assert torch.isfinite(trained[0].advantages).all() and float(trained[0].advantages.abs().sum()) > 0
-    assert maker.gd2po_metrics["gd2po/dropped_bad_groups"] == 2
+    assert maker.last_step_report.metrics["gd2po/dropped_bad_groups"] == 2
 
 
 def serve(faults, port=0):
@@ -258,22 +258,22 @@ def test_permanent_faults_are_not_retried(tokenizer, fault_server, fast_retries,
 
 
 def test_backoff_doubles_up_to_its_bound(monkeypatch):
-    from gd2po_openrlhf.integration import agent
+    from gd2po_openrlhf.integration import reward_client
 
     waits = []
 
     async def record(delay):
         waits.append(delay)
 
-    monkeypatch.setattr(agent.asyncio, "sleep", record)
-    monkeypatch.setattr(agent.random, "uniform", lambda low, high: high)  # the longest wait the jitter allows
+    monkeypatch.setattr(reward_client.asyncio, "sleep", record)
+    monkeypatch.setattr(reward_client.random, "uniform", lambda low, high: high)  # the longest wait the jitter allows
     monkeypatch.setenv("GD2PO_REWARD_ATTEMPTS", "9")
     monkeypatch.setenv("GD2PO_REWARD_BACKOFF_S", "1.5")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         url = f"http://127.0.0.1:{probe.getsockname()[1]}/get_reward"
     with pytest.raises(RuntimeError, match="failed 9 times"):
-        asyncio.run(agent.post_with_retries(url, {"query": ["q"], "prompts": ["p"], "labels": ["l"]}, 1))
+        asyncio.run(reward_client.post_with_retries(url, {"query": ["q"], "prompts": ["p"], "labels": ["l"]}, 1))
     assert waits == [1.5, 3.0, 6.0, 12.0, 24.0, 30.0, 30.0, 30.0]
 
 
@@ -371,15 +371,15 @@ def test_a_reward_above_the_magnitude_bound_is_named_at_its_source(tmp_path, tok
 
 def test_failures_that_differ_only_in_numbers_are_logged_once_with_a_count(monkeypatch, caplog):
     """A server that is down, or a bad setting, fails every rollout in flight: one warning, not one per rollout."""
-    import gd2po_openrlhf.integration.agent as agent
+    import gd2po_openrlhf.integration.reward_client as reward_client
 
-    monkeypatch.setattr(agent, "_last_failure", {})
+    monkeypatch.setattr(reward_client, "_last_failure", {})
     for attempt in range(50):
-        agent._failed(f"reward server http://127.0.0.1:5000/get_reward failed 4 times in {attempt} s (last: refused)", 1)
+        reward_client.failed_rewards(f"reward server http://127.0.0.1:5000/get_reward failed 4 times in {attempt} s (last: refused)", 1)
     warnings = [record.getMessage() for record in caplog.records if "failed 4 times" in record.getMessage()]
     assert len(warnings) == 1
-    monkeypatch.setattr(agent, "WARNING_INTERVAL_S", 0.0)
-    agent._failed("reward server http://127.0.0.1:5000/get_reward failed 4 times in 99 s (last: refused)", 1)
+    monkeypatch.setattr(reward_client, "WARNING_INTERVAL_S", 0.0)
+    reward_client.failed_rewards("reward server http://127.0.0.1:5000/get_reward failed 4 times in 99 s (last: refused)", 1)
     assert "(49 more rollouts failed the same way since the last warning)" in caplog.records[-1].getMessage()
 
 

@@ -1,0 +1,365 @@
+"""OpenRLHF's experience maker with multi-reward model groups and the GD²PO estimator.
+
+``openrlhf_patches.patch_trainer_module`` puts :class:`GD2POExperienceMaker` in place of ``RemoteExperienceMaker``
+in ``openrlhf.trainer.ppo_trainer`` (the driver, the PPOTrainer actor and the async TrainingActor). Every estimator
+but gd2po/gdpo goes to OpenRLHF untouched. For gd2po/gdpo, one step of ``make_experience_batch`` is:
+
+1. ``make_experience``: OpenRLHF's forwards, plus one ``info["reward/<key>"]`` column per reward/cost model group
+   (remote dimensions arrived with the rollouts: ``openrlhf_patches._process_response_into_experience``);
+2. ``compute_advantages_and_returns``, a pipeline:
+   stack the rewards [B, K] → drop groups with a bad reward → estimate (``estimator.compute_rollout_advantages``) →
+   write the token advantages (+ KL returns) → select the rollouts to train (``rollout_selection``);
+3. ``take_step_report``: the step's ``gd2po/*`` metrics and the rollouts OpenRLHF's statistics describe, read once
+   by the patched ``BasePPOTrainer._compute_rollout_stats``.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import itertools
+import json
+import math
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Dict, List, Optional, Tuple
+
+import ray
+import torch
+from openrlhf.trainer.ppo_utils.experience import Experience
+from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
+from openrlhf.trainer.ray.launcher import RayActorGroup, RewardModelActor
+from openrlhf.utils.logging_utils import init_logger
+
+from ..estimator import GD2POResult, compute_rollout_advantages
+from ..rewards import MAX_ABS_REWARD
+from .rollout_selection import rollouts_to_train, select_rollouts
+from .settings import GD2PO_ESTIMATORS, MODEL_SOURCES, REMOTE_SOURCES, RunSettings, resolve_settings
+
+logger = init_logger(__name__)
+
+
+@dataclass
+class StepReport:
+    """What one ``compute_advantages_and_returns`` leaves for OpenRLHF's rollout statistics."""
+
+    generated: List[Experience]  # every rollout with a valid reward: rollout/reward_mean, lengths, ... describe these
+    metrics: Dict[str, float]  # logged as train/gd2po/<name>
+
+
+class GD2POExperienceMaker(RemoteExperienceMaker):
+    """``model_actor_class`` is the Ray actor class of the groups this maker creates itself (the cost model, and
+    the reward model when a reward file or server is also used, which OpenRLHF does not combine)."""
+
+    model_actor_class = RewardModelActor
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.settings: Optional[RunSettings] = None
+        self.gd2po_model_groups: Dict[str, RayActorGroup] = {}
+        self._step_report: Optional[StepReport] = None
+        if self.advantage_estimator not in GD2PO_ESTIMATORS:
+            return
+        self.settings = resolve_settings(self.args)
+        remote_used = bool(self.settings.remote_dimensions)
+        # Tokenizers of the model groups that score their own chat template's rendering, by reward key.
+        self.gd2po_model_tokenizers = {}
+        for dim in self.settings.dimensions:
+            if dim.source not in MODEL_SOURCES:
+                continue
+            model_tokenizer = self.load_model_tokenizer(dim.location)
+            if self.settings.reward_chat_template == "own":
+                self.gd2po_model_tokenizers[dim.key] = model_tokenizer
+            elif model_tokenizer.get_vocab() != self.tokenizer.get_vocab():
+                raise ValueError(
+                    f"the {dim.source.replace('_', ' ')} {dim.location} (reward key {dim.key!r}) has another vocabulary "
+                    f"({len(model_tokenizer.get_vocab())} tokens) than the policy ({len(self.tokenizer.get_vocab())}): it "
+                    "would score token ids it does not know. Add --gd2po.reward_chat_template own to re-render each "
+                    "conversation with its own tokenizer and chat template"
+                )
+            # OpenRLHF creates the reward model group itself unless a reward file/server is given.
+            if dim.source == "cost_model" or (dim.source == "reward_model" and remote_used):
+                prefix = "cost" if dim.source == "cost_model" else "reward"
+                self.gd2po_model_groups[dim.key] = self._create_model_group(prefix, dim.location)
+        self.openrlhf_reward_key = next(
+            (d.key for d in self.settings.dimensions if d.source == "reward_model" and d.key not in self.gd2po_model_groups),
+            None,
+        )
+        self.gd2po_rendered = {}
+
+    @property
+    def last_step_report(self) -> Optional[StepReport]:
+        """The last gd2po/gdpo step's report, until ``take_step_report`` takes it (None for other estimators)."""
+        return self._step_report
+
+    def take_step_report(self) -> Optional[StepReport]:
+        """The last gd2po/gdpo step's report, once: the next step's statistics never see this step's."""
+        report, self._step_report = self._step_report, None
+        return report
+
+    def load_model_tokenizer(self, model_path: str):
+        """The tokenizer shipped with a reward or cost model."""
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(model_path, trust_remote_code=True)
+
+    def _render_for_model(self, samples_list: List[Experience], model_tokenizer) -> Dict[str, list]:
+        """Each rollout as ``model_tokenizer``'s chat template renders it: label conversation + decoded response.
+
+        The response is the policy's action tokens decoded without special tokens; the conversation is the label,
+        JSON chat messages or a plain user message. Returns ``sequences`` and ``attention_mask`` lists, one
+        right-padded tensor per micro-batch, as the model groups' ``forward`` takes them.
+        """
+        sequences, attention_masks = [], []
+        for samples in samples_list:
+            responses = self.tokenizer.batch_decode(
+                [seq[1:][mask].tolist() for seq, mask in zip(samples.sequences, samples.action_mask.bool())],
+                skip_special_tokens=True,
+            )
+            conversations = [_label_conversation(label, prompt) for label, prompt in zip(samples.labels, samples.prompts)]
+            texts = model_tokenizer.apply_chat_template(
+                [c + [{"role": "assistant", "content": r}] for c, r in zip(conversations, responses)], tokenize=False
+            )
+            encoded = model_tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+            sequences.append(encoded["input_ids"])
+            attention_masks.append(encoded["attention_mask"])
+        return {"sequences": sequences, "attention_mask": attention_masks}
+
+    def _dispatch_forward(self, group, sync_condition, **kwargs):
+        # OpenRLHF's own reward model group gets its chat template's rendering too (make_experience prepares it).
+        if group is self.reward_model_group and self.openrlhf_reward_key in self.gd2po_rendered:
+            kwargs.update(self.gd2po_rendered[self.openrlhf_reward_key])
+        return super()._dispatch_forward(group, sync_condition, **kwargs)
+
+    def _create_model_group(self, prefix: str, model_path: str) -> RayActorGroup:
+        """A sequence-regression model as its own Ray actor group on its own GPUs (``--{prefix}.*`` flags)."""
+        args = self.args
+        group = RayActorGroup(
+            getattr(args, prefix).num_nodes,
+            getattr(args, prefix).num_gpus_per_node,
+            self.model_actor_class,
+            pg=None,
+            num_gpus_per_actor=1,
+            duplicate_actors=args.ds.ring_attn_size * args.ds.tensor_parallel_size,
+        )
+        strategy = self.strategy
+        if prefix == "cost":
+            # RewardModelActor reads its offload/normalisation settings from args.reward: give it the cost ones.
+            strategy = copy.copy(self.strategy)
+            strategy.args = copy.copy(args)
+            strategy.args.reward = SimpleNamespace(
+                **{**vars(args.reward), "offload": args.cost.offload, "normalize_enable": args.cost.normalize_enable}
+            )
+        ray.get(group.async_init_model_from_pretrained(strategy, model_path))
+        return group
+
+    def split_rollout_samples(self, rollout_samples: List[Experience]) -> List[Experience]:
+        if self.settings is not None:
+            # A rollout whose reward failed (kept for --gd2po.on_bad_reward drop_group) lacks its reward source's
+            # extra_logs. OpenRLHF's concat would then build shorter info columns that misalign every later row:
+            # give it zeros instead (its group is dropped before anything reads them).
+            keys = set().union(*(sample.info for sample in rollout_samples))
+            for sample in rollout_samples:
+                sample.info.update({key: torch.zeros(1) for key in keys - sample.info.keys()})
+        return super().split_rollout_samples(rollout_samples)
+
+    @torch.no_grad()
+    def make_experience(self, samples_list: List[Experience]) -> List[Experience]:
+        if self.settings is None:
+            return super().make_experience(samples_list)
+        duplicate_factor = self.args.ds.ring_attn_size * self.args.ds.tensor_parallel_size
+        self.gd2po_rendered = {
+            key: self._render_for_model(samples_list, tokenizer) for key, tokenizer in self.gd2po_model_tokenizers.items()
+        }
+        policy_tokens = {
+            "sequences": [s.sequences for s in samples_list],
+            "attention_mask": [s.attention_mask for s in samples_list],
+        }
+        # Dispatch our model groups first so that they run alongside the actor/reference forwards.
+        model_refs = {
+            key: self._dispatch_forward(
+                group, False, **self.gd2po_rendered.get(key, policy_tokens), pad_sequence=[True] * len(samples_list)
+            )
+            for key, group in self.gd2po_model_groups.items()
+        }
+        # Without a reward file/server, OpenRLHF's own reward model group scores the rollouts.
+        openrlhf_reward_model = samples_list[0].rewards is None
+        experiences = super().make_experience(samples_list)
+        if openrlhf_reward_model:
+            for experience in experiences:
+                experience.info[f"reward/{self.openrlhf_reward_key}"] = experience.rewards.float().clone()
+        for key, refs in model_refs.items():
+            outputs = self._flatten_results(refs, duplicate_factor)
+            for experience, output in zip(experiences, outputs):
+                output = torch.as_tensor(output).float().reshape(-1)
+                if output.numel() != len(experience.sequences):
+                    dim = self.settings.dimension(key)
+                    raise ValueError(
+                        f"{dim.source.replace('_', ' ')} {dim.location} returned {output.numel()} scores for a "
+                        f"micro-batch of {len(experience.sequences)} rollouts (reward key {key!r})"
+                    )
+                experience.info[f"reward/{key}"] = output
+        return experiences
+
+    @torch.no_grad()
+    def compute_advantages_and_returns(self, experiences: List[Experience]) -> List[Experience]:
+        """GD²PO token advantages for gd2po/gdpo; OpenRLHF's own computation for every other estimator.
+
+        advantages = returns = rollout advantage × action mask (+ the reverse-cumulated −β·KL rewards on kept
+        rollouts when OpenRLHF puts KL in the reward); rewards and info["reward"] become the weighted sum
+        Σ_k w_k r_k so OpenRLHF's logging, sample display and eval keep working. Returns the rollouts to train on.
+        """
+        if self.settings is None:
+            return super().compute_advantages_and_returns(experiences)
+        rewards = self._stack_rewards(experiences)
+        indices = torch.tensor(list(itertools.chain.from_iterable(exp.index for exp in experiences)))
+        groups = indices // self.settings.n_samples_per_prompt
+        lengths = torch.cat([exp.action_mask.sum(dim=-1) for exp in experiences])
+        rewards, dropped = self._drop_bad_groups(experiences, rewards, indices, groups)
+        good = ~dropped
+        weighted_total = (rewards * torch.tensor(self.settings.reward_weights, dtype=rewards.dtype)).sum(dim=1)
+        result = self._estimate(rewards[good], weighted_total[good], groups[good], lengths[good])
+        rollout_advantages = torch.zeros(len(indices), dtype=result.rollout_advantages.dtype)
+        rollout_advantages[good] = result.rollout_advantages
+        keep = torch.zeros(len(indices), dtype=torch.bool)
+        keep[good] = result.keep
+        self._write_advantages(experiences, rollout_advantages, keep, weighted_total.float())
+
+        metrics = {f"gd2po/{name}": value for name, value in result.metrics.items()}
+        if self.settings.on_bad_reward == "drop_group":
+            metrics["gd2po/dropped_bad_groups"] = float(groups[dropped].unique().numel())
+        generated = trained = experiences
+        if self.settings.drop_filtered or dropped.any():
+            micro_batch_size, pad_token_id = self.args.rollout.micro_batch_size, self.tokenizer.pad_token_id
+            if dropped.any():
+                generated = select_rollouts(experiences, good, micro_batch_size, pad_token_id)
+            selected = rollouts_to_train(
+                good & keep if self.settings.drop_filtered else good, lengths, dropped, self.args.train.batch_size
+            )
+            trained = select_rollouts(experiences, selected, micro_batch_size, pad_token_id)
+            metrics["gd2po/trained_ratio"] = int(selected.sum()) / len(indices)
+        self._step_report = StepReport(generated=generated, metrics=metrics)
+        return trained
+
+    def _stack_rewards(self, experiences: List[Experience]) -> torch.Tensor:
+        """The rewards [B, K] (float64, rollouts in the experiences' order, one column per reward key); a batch
+        whose reward keys differ from --gd2po.reward_keys is refused, naming the key, its source and a prompt."""
+        keys = self.settings.reward_keys
+        declared = {f"reward/{key}" for key in keys}
+        for experience in experiences:
+            unexpected = sorted(k for k in experience.info if k.startswith("reward/") and k not in declared)
+            missing = [k for k in keys if f"reward/{k}" not in experience.info]
+            if unexpected or missing:
+                dim = self.settings.dimension(missing[0]) if missing else None
+                raise ValueError(
+                    f"reward keys of the batch do not match --gd2po.reward_keys {list(keys)}: "
+                    + (f"missing {missing} (source: {dim.source} {dim.location}) " if missing else "")
+                    + (f"unexpected {unexpected} " if unexpected else "")
+                    + f"for prompt {experience.prompts[0]!r:.200}"
+                )
+        columns = [torch.cat([exp.info[f"reward/{key}"].reshape(-1) for exp in experiences]).double() for key in keys]
+        return torch.stack(columns, dim=1)
+
+    def _drop_bad_groups(
+        self, experiences: List[Experience], rewards: torch.Tensor, indices: torch.Tensor, groups: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The rewards with every bad value zeroed, and the mask [B] of rollouts whose prompt group has a bad reward
+        (a model group's NaN, inf or |r| > MAX_ABS_REWARD, or a remote reward that arrived as the NaN marker under
+        drop_group).
+
+        With --gd2po.on_bad_reward error, or when every group is bad (a reward source down as a whole should stop
+        the run, not burn GPU hours), raises naming each bad group's first bad value; with drop_group, warns and
+        zeroes the bad values in the experiences' info too (OpenRLHF concatenates and logs them).
+        """
+        invalid = ~(torch.isfinite(rewards) & (rewards.abs() <= MAX_ABS_REWARD))
+        dropped = torch.isin(groups, groups[invalid.any(dim=1)])
+        if not dropped.any():
+            return rewards, dropped
+        policy, n_samples = self.settings.on_bad_reward, self.settings.n_samples_per_prompt
+        prompts = list(itertools.chain.from_iterable(exp.prompts for exp in experiences))
+        bad_rows, bad_columns = invalid.nonzero(as_tuple=True)
+        first_of_group = {}
+        for row, column in zip(bad_rows.tolist(), bad_columns.tolist()):  # bad values only: not a hot path
+            first_of_group.setdefault(int(groups[row]), (row, column))
+        reasons = []
+        for row, column in first_of_group.values():
+            dim = self.settings.dimensions[column]
+            value = float(rewards[row, column])
+            # Under drop_group a remote reward that failed validation arrives as a NaN marker: its real value or
+            # cause is in the warning logged when it arrived.
+            marker = policy == "drop_group" and dim.source in REMOTE_SOURCES and math.isnan(value)
+            shown = "invalid at its source (see the warning above)" if marker else value
+            reasons.append(
+                f"reward key {dim.key!r} is {shown} (source: {dim.source.replace('_', ' ')} {dim.location}) "
+                f"for rollout {int(indices[row])} (sample {int(indices[row]) % n_samples} of prompt {prompts[row]!r:.200})"
+            )
+        if policy == "error" or bool(dropped.all()):
+            raise ValueError(
+                ("every prompt group of the step has a bad reward, nothing to train on: " if policy != "error" else "")
+                + "; ".join(reasons[:3])
+                + (f" (and {len(reasons) - 3} more groups)" if len(reasons) > 3 else "")
+                + (". --gd2po.on_bad_reward drop_group drops such groups from the step instead" if policy == "error" else "")
+            )
+        logger.warning(
+            f"--gd2po.on_bad_reward drop_group: dropping {len(reasons)} of {int(groups.unique().numel())} prompt groups "
+            "from this step: " + "; ".join(reasons)
+        )
+        cleaned = torch.where(invalid, torch.zeros_like(rewards), rewards)
+        for experience, row_rewards in zip(experiences, cleaned.split([len(e.index) for e in experiences])):
+            experience.info.update(
+                {f"reward/{key}": row_rewards[:, k].float() for k, key in enumerate(self.settings.reward_keys)}
+            )
+        return cleaned, dropped
+
+    def _estimate(
+        self, rewards: torch.Tensor, weighted_total: torch.Tensor, groups: torch.Tensor, lengths: torch.Tensor
+    ) -> GD2POResult:
+        """The estimator on the valid rollouts; with --gd2po.sum_rewards (the GRPO baseline) the weighted sum, in
+        float64 as the columns, is the one dimension that gets normalised."""
+        config = self.settings.gd2po_config
+        if self.settings.sum_rewards:
+            rewards = weighted_total.unsqueeze(1)
+            config = dataclasses.replace(config, weights=(1.0,), reward_keys=("weighted_sum",))
+        return compute_rollout_advantages(rewards, groups, lengths, config)
+
+    def _write_advantages(
+        self, experiences: List[Experience], rollout_advantages: torch.Tensor, keep: torch.Tensor, totals: torch.Tensor
+    ) -> None:
+        """Each experience's token advantages and returns, with the weighted reward sum as its rewards."""
+        args = self.args
+        kl_in_reward = self.initial_model_group is not None and not args.algo.kl.use_loss and self.kl_ctl.value > 0
+        exp_len = [len(exp.index) for exp in experiences]
+        for experience, rollout_advantage, rollout_keep, total in zip(
+            experiences, rollout_advantages.split(exp_len), keep.split(exp_len), totals.split(exp_len)
+        ):
+            action_mask = experience.action_mask.float()
+            advantages = rollout_advantage.unsqueeze(1) * action_mask
+            first_token_return = rollout_advantage
+            if kl_in_reward:
+                # γ = 1 returns of the per-token KL rewards: a reverse cumulative sum, no loop over tokens.
+                kl_reward = -self.kl_ctl.value * experience.kl.float() * action_mask
+                advantages = advantages + kl_reward.flip(-1).cumsum(-1).flip(-1) * action_mask * rollout_keep.unsqueeze(1)
+                first_token_return = first_token_return + kl_reward.sum(-1) * rollout_keep
+            experience.advantages = advantages
+            experience.returns = advantages.clone()
+            experience.rewards = total
+            experience.info["reward"] = total
+            experience.info["return"] = first_token_return  # the return at the first response token
+            experience.kl = None
+
+
+def _label_conversation(label, prompt) -> List[dict]:
+    """The chat messages a label carries for --gd2po.reward_chat_template own: a JSON list of messages or a user string."""
+    if isinstance(label, str) and label.lstrip().startswith("["):
+        try:
+            label = json.loads(label)
+        except json.JSONDecodeError:
+            pass
+    if isinstance(label, list) and label and all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in label):
+        return [{"role": m["role"], "content": m["content"]} for m in label]
+    if isinstance(label, str) and label.strip():
+        return [{"role": "user", "content": label}]
+    raise ValueError(
+        f"--gd2po.reward_chat_template own needs each prompt's conversation in its label (--data.label_key), as JSON chat "
+        f"messages or a user string; prompt {prompt!r:.200} has label {label!r:.200}"
+    )

@@ -1,0 +1,246 @@
+"""The ``--gd2po.*`` and ``--cost.*`` flags and the YAML presets (``--gd2po.config``) that set them.
+
+Defaults come from :class:`RunSettings` and ``GD2POConfig``: the flag, the preset and ``resolve_settings`` agree by
+construction. Flags are dotted so that OpenRLHF's ``hierarchize`` nests them (``args.gd2po.snr_threshold``).
+Only the standard library at import time (``yaml`` only when a preset is given).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..config import FILTERS
+from .settings import COST_GROUP_DEFAULTS, ON_BAD_REWARD, REWARD_CHAT_TEMPLATES, RunSettings
+
+DEFAULTS = RunSettings()
+# Preset entries outside the gd2po:/cost: sections; the dry-run and preset flags themselves are not preset keys.
+PRESET_REWARD_KEYS = ("reward.remote_url", "reward.model_name_or_path")
+NOT_PRESET_KEYS = ("gd2po.config", "gd2po.dry_run")
+
+
+def add_gd2po_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``--gd2po.*`` and ``--cost.*`` flags to OpenRLHF's launcher parser."""
+    group = parser.add_argument_group("GD²PO (gd2po-openrlhf; used with --advantage_estimator gd2po|gdpo)")
+    group.add_argument(
+        "--gd2po.filter",
+        choices=FILTERS,
+        default=None,  # None tells gdpo's implied "none" from a filter given by mistake
+        help="conflict filter: none (GDPO), hard (drop mixed-sign rollouts), snr (drop mixed-sign rollouts "
+        f"whose |Σ_k A_k| / Σ_k |A_k| < τ). Default: {DEFAULTS.filter} for gd2po; gdpo is always none",
+    )
+    group.add_argument(
+        "--gd2po.snr_threshold",
+        type=float,
+        default=DEFAULTS.snr_threshold,
+        metavar="TAU",
+        help=f"τ in [0, 1] of the snr filter (authors: 0.8; default {DEFAULTS.snr_threshold})",
+    )
+    group.add_argument(
+        "--gd2po.snr_eps",
+        type=float,
+        default=DEFAULTS.snr_eps,
+        metavar="EPS",
+        help="ε of the SNR ratio (authors: 1e-8 tool calling, 1e-6 safe alignment)",
+    )
+    group.add_argument(
+        "--gd2po.reward_keys",
+        nargs="+",
+        metavar="KEY",
+        default=None,
+        help="names of the reward dimensions, in order. Keys returned by --reward.remote_url (a reward file's "
+        "reward_func returning {'rewards': {key: value}} or extra_logs 'reward/<key>', or an HTTP server) plus "
+        "--gd2po.reward_model_key and --gd2po.cost_model_key for the model groups. Default: the model groups' keys",
+    )
+    group.add_argument(
+        "--gd2po.reward_weights",
+        type=float,
+        metavar="W",
+        nargs="+",
+        default=None,
+        help="one weight per reward key (default 1 each; required with a cost model). A negative weight turns "
+        "a cost into a reward",
+    )
+    group.add_argument(
+        "--gd2po.reward_model_key",
+        default=DEFAULTS.reward_model_key,
+        metavar="KEY",
+        help="dimension name of the --reward.model_name_or_path group",
+    )
+    group.add_argument(
+        "--gd2po.cost_model_key",
+        default=DEFAULTS.cost_model_key,
+        metavar="KEY",
+        help="dimension name of the --cost.model_name_or_path group",
+    )
+    group.add_argument(
+        "--gd2po.reward_chat_template",
+        choices=REWARD_CHAT_TEMPLATES,
+        default=DEFAULTS.reward_chat_template,
+        help="how the reward and cost model groups see a rollout. policy: the policy's tokens as generated (the models "
+        "must share the policy's vocabulary; a mismatch is refused at start). own: each model scores the conversation "
+        "re-rendered with its own tokenizer's chat template; the prompt's label (--data.label_key) must hold the "
+        "conversation as JSON chat messages or a user string (examples/data/prepare_safe_alignment.py writes it)",
+    )
+    group.add_argument(
+        "--gd2po.sum_rewards",
+        action="store_true",
+        default=DEFAULTS.sum_rewards,
+        help="with --advantage_estimator gdpo: GRPO on the weighted sum Σ_k w_k r_k (one group normalisation of the "
+        "sum instead of one per dimension). The GRPO baseline for sources OpenRLHF cannot add up, e.g. a reward "
+        "model and a cost model",
+    )
+    group.add_argument(
+        "--gd2po.no_reweight",
+        action="store_true",
+        default=DEFAULTS.no_reweight,
+        help="do not scale prompts by their kept share κ",
+    )
+    group.add_argument(
+        "--gd2po.no_whiten",
+        action="store_true",
+        default=DEFAULTS.no_whiten,
+        help="do not whiten the token advantages of the batch",
+    )
+    group.add_argument(
+        "--gd2po.drop_filtered",
+        action="store_true",
+        default=DEFAULTS.drop_filtered,
+        help="send only kept rollouts to the actors (topped up with the shortest filtered ones to a multiple of "
+        "--train.batch_size): saves their forward/backward; the loss's token-mean denominator then counts kept "
+        "tokens only, unlike the authors' runs",
+    )
+    group.add_argument(
+        "--gd2po.on_bad_reward",
+        choices=ON_BAD_REWARD,
+        default=DEFAULTS.on_bad_reward,
+        help="a rollout whose reward is missing, None (the reward function raised), NaN/inf or malformed: 'error' stops "
+        "the step naming the key, source and rollout; 'drop_group' removes its prompt's whole group from the step "
+        "(logged as a warning, counted in gd2po/dropped_bad_groups)",
+    )
+    group.add_argument(
+        "--gd2po.resume_with_flags",
+        action="store_true",
+        default=DEFAULTS.resume_with_flags,
+        help="with --ckpt.load_enable, train on the command line's GD²PO settings even where they differ from the "
+        "checkpoint's (by default a resumed run restores the checkpoint's, with a warning)",
+    )
+    group.add_argument(
+        "--gd2po.config",
+        default=None,
+        metavar="PATH",
+        help="YAML preset (e.g. configs/tool_calling.yaml) with a gd2po: section (any --gd2po.* flag), an optional cost: "
+        "section and reward: remote_url / model_name_or_path; flags given on the command line override it",
+    )
+    group.add_argument(
+        "--gd2po.dry_run",
+        action="store_true",
+        default=False,
+        help="print the resolved GD²PO configuration and exit before Ray starts (also GD2PO_DRY_RUN=1)",
+    )
+    cost = parser.add_argument_group("GD²PO cost model group (its own Ray actor group, its own GPUs)")
+    cost.add_argument(
+        "--cost.model_name_or_path",
+        type=str,
+        default=None,
+        metavar="PATH",
+        help="HF path of a sequence-regression cost model",
+    )
+    cost.add_argument(
+        "--cost.num_nodes",
+        type=int,
+        metavar="N",
+        default=COST_GROUP_DEFAULTS["cost.num_nodes"],
+        help="nodes of the cost model group",
+    )
+    cost.add_argument(
+        "--cost.num_gpus_per_node",
+        type=int,
+        metavar="N",
+        default=COST_GROUP_DEFAULTS["cost.num_gpus_per_node"],
+        help="GPUs per node of the cost model group",
+    )
+    cost.add_argument(
+        "--cost.offload",
+        action="store_true",
+        default=COST_GROUP_DEFAULTS["cost.offload"],
+        help="offload the cost model to CPU between calls",
+    )
+    cost.add_argument(
+        "--cost.normalize_enable",
+        action="store_true",
+        default=COST_GROUP_DEFAULTS["cost.normalize_enable"],
+        help="use the cost model's stored mean/std normalisation",
+    )
+
+
+def load_preset(parser: argparse.ArgumentParser, path: str) -> dict:
+    """``{dest: value}`` of a YAML preset, checked and converted as the parser would convert the flags.
+
+    Sections: ``gd2po`` (``--gd2po.*``), ``cost`` (``--cost.*``) and ``reward`` (``remote_url`` and
+    ``model_name_or_path`` only). A relative ``.py`` reward file is resolved against the preset's folder, so a
+    preset works from any working directory. Raises ValueError naming the file and the offending key.
+    """
+    import yaml  # only when a preset is given: keeps the launcher's start-up free of it
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        """YAML keeps the last of two equal keys; a preset refuses them (one of the two values is a mistake)."""
+
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep)
+
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.load(handle, Loader=UniqueKeyLoader)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise ValueError(f"--gd2po.config {path}: cannot read it: {error}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"--gd2po.config {path}: expected sections gd2po/cost/reward, got {type(data).__name__}")
+    actions = {action.dest: action for action in parser._actions}
+    allowed = sorted(d for d in actions if d.split(".")[0] in ("gd2po", "cost") and d not in NOT_PRESET_KEYS)
+    values = {}
+    for section, entries in data.items():
+        if not isinstance(entries, dict):
+            raise ValueError(f"--gd2po.config {path}: section {section!r} must be a mapping of option: value")
+        for key, value in entries.items():
+            dest = f"{section}.{key}"
+            if dest not in allowed and dest not in PRESET_REWARD_KEYS:
+                raise ValueError(
+                    f"--gd2po.config {path}: unknown key {dest!r}; allowed: {', '.join(allowed + list(PRESET_REWARD_KEYS))}"
+                )
+            action = actions[dest]
+            try:
+                # YAML's true/false are not numbers here, although float(True) would accept them as 1.0.
+                numeric = action.type in (int, float)
+                if action.nargs in ("+", "*"):
+                    if not isinstance(value, list) or (action.nargs == "+" and not value):
+                        raise ValueError(f"expected a non-empty list, got {value!r}")
+                    if numeric and any(isinstance(v, bool) for v in value):
+                        raise ValueError(f"expected numbers, got {value!r}")
+                    value = [action.type(v) if action.type else v for v in value]
+                elif numeric and isinstance(value, bool):
+                    raise ValueError(f"expected a number, got {value!r}")
+                elif action.const is True and action.nargs == 0:  # store_true
+                    if not isinstance(value, bool):
+                        raise ValueError(f"expected true or false, got {value!r}")
+                elif value is not None and action.type is not None:
+                    value = action.type(value)
+                if action.choices is not None and value not in action.choices:
+                    raise ValueError(f"expected one of {list(action.choices)}, got {value!r}")
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"--gd2po.config {path}: {dest}: {error}") from None
+            if dest == "reward.remote_url" and isinstance(value, str):
+                here = os.path.dirname(os.path.abspath(path))
+                value = ",".join(
+                    os.path.normpath(os.path.join(here, url)) if url.endswith(".py") and not os.path.isabs(url) else url
+                    for url in value.split(",")
+                )
+            values[dest] = value
+    return values
+

@@ -1,0 +1,87 @@
+"""The run's GD²PO settings in OpenRLHF's checkpoints, and what a resumed run (``--ckpt.load_enable``) restores.
+
+The settings travel in the actors' DeepSpeed client state (``openrlhf_patches.save_logs_and_checkpoints``) and are
+read back by ``openrlhf_patches.init_checkpoint_states``. Only the standard library.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Tuple
+
+from .settings import RunSettings, replace_weights
+
+# The settings that define the advantages a run trains on: a resumed run restores the checkpoint's.
+RESUMED_FLAGS = (
+    "filter",
+    "snr_threshold",
+    "snr_eps",
+    "reward_weights",
+    "no_reweight",
+    "no_whiten",
+    "drop_filtered",
+    "sum_rewards",
+)
+# Saved and compared, but acting outside the experience maker (set up before a checkpoint is read): reported only.
+REPORTED_FLAGS = ("on_bad_reward", "reward_chat_template")
+
+
+def checkpoint_settings(settings: RunSettings) -> dict:
+    """The run's GD²PO settings as saved with each OpenRLHF checkpoint (plain Python values).
+
+    ``gd2po.<flag>`` entries hold the flags' resolved values; ``dimensions`` lists each reward dimension as
+    [key, source, location].
+    """
+    saved = {f"gd2po.{name}": getattr(settings, name) for name in RESUMED_FLAGS + REPORTED_FLAGS}
+    saved["gd2po.reward_weights"] = list(settings.reward_weights)
+    saved["estimator"] = settings.estimator
+    saved["dimensions"] = [[dim.key, dim.source, dim.location] for dim in settings.dimensions]
+    return saved
+
+
+def restore_checkpoint_settings(settings: RunSettings, saved: dict) -> Tuple[RunSettings, Optional[str]]:
+    """The settings to resume with, and a warning naming every difference from the checkpoint's (None if none).
+
+    The checkpoint's ``RESUMED_FLAGS`` replace the command line's, except with --gd2po.resume_with_flags or when the
+    estimator or the reward keys changed (the checkpoint's weights would then belong to other dimensions). Other
+    differences (reward sources, the bad-reward policy, the reward chat template) are reported: they act outside
+    the experience maker, in processes and actor groups set up before a checkpoint is read.
+    """
+    current = checkpoint_settings(settings)
+    differences = {name: (saved.get(name), value) for name, value in current.items() if saved.get(name) != value}
+    if not differences:
+        return settings, None
+    same_keys = [d[0] for d in saved.get("dimensions", [])] == [d[0] for d in current["dimensions"]]
+    restore = same_keys and saved.get("estimator") == current["estimator"] and not settings.resume_with_flags
+    restored = [name for name in differences if restore and name.removeprefix("gd2po.") in RESUMED_FLAGS]
+    values = {name.removeprefix("gd2po."): differences[name][0] for name in restored}
+    weights = values.pop("reward_weights", None)
+    settings = dataclasses.replace(settings, **values)
+    if weights is not None:
+        settings = replace_weights(settings, weights)
+
+    def listed(names):
+        return "; ".join(
+            f"--{name} checkpoint {differences[name][0]!r}, command line {differences[name][1]!r}"
+            if name.startswith("gd2po.")
+            else f"{name}: checkpoint {differences[name][0]!r}, command line {differences[name][1]!r}"
+            for name in names
+        )
+
+    kept = [name for name in differences if name not in restored]
+    lines = ["the GD²PO settings of the checkpoint differ from the command line's."]
+    if restored:
+        lines.append(
+            f"Restored from the checkpoint: {listed(restored)}. "
+            "Pass --gd2po.resume_with_flags to train on the command line's instead."
+        )
+    if kept:
+        reason = (
+            "--gd2po.resume_with_flags"
+            if settings.resume_with_flags
+            else "the estimator or the reward keys changed"
+            if not restore
+            else "not restorable on resume"
+        )
+        lines.append(f"Kept from the command line ({reason}): {listed(kept)}.")
+    return settings, " ".join(lines)

@@ -1,0 +1,69 @@
+"""Which rollouts of a step go to the actors (``--gd2po.drop_filtered``, dropped bad-reward groups), and the
+re-cut of OpenRLHF's experiences to exactly those rollouts."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from typing import List
+
+import torch
+from openrlhf.trainer.ppo_utils.experience import Experience
+from openrlhf.utils.utils import zero_pad_sequences
+
+
+def rollouts_to_train(train: torch.Tensor, lengths: torch.Tensor, dropped: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """The mask [B] of rollouts sent to the actors: every ``train`` rollout, topped up with fillers to a multiple of
+    OpenRLHF's global ``batch_size`` (``--train.batch_size``), and at least one such batch.
+
+    Every optimiser step then sees a full mini-batch and data-parallel ranks get equal shares (a step in which every
+    rollout was filtered still trains one zero-advantage mini-batch instead of leaving the actors an empty replay
+    buffer). Fillers have advantage 0: the shortest non-``train`` rollouts first, then the shortest ``dropped`` ones
+    (a dropped group's advantages were never computed).
+    """
+    num_train = int(train.sum())
+    target = min(len(train), max(1, math.ceil(num_train / batch_size)) * batch_size)
+    fill_rank = lengths.double() + dropped.double() * (float(lengths.max()) + 1)
+    fill_order = torch.argsort(torch.where(train, math.inf, fill_rank), stable=True)
+    selected = train.clone()
+    selected[fill_order[: target - num_train]] = True
+    return selected
+
+
+def select_rollouts(
+    experiences: List[Experience], selected: torch.Tensor, micro_batch_size: int, pad_token_id: int
+) -> List[Experience]:
+    """The ``selected`` rollouts of ``experiences`` (a mask in the rollouts' order across them), re-cut into
+    micro-batches of ``micro_batch_size``; every per-rollout field and info entry travels with its rollout."""
+    target = int(selected.sum())
+    per_experience = selected.split([len(e.index) for e in experiences])
+    rows = [mask.nonzero().squeeze(1) for mask in per_experience]
+    fields = {}
+    for field in dataclasses.fields(Experience):
+        values = [getattr(e, field.name) for e in experiences]
+        if all(v is None for v in values):
+            fields[field.name] = None
+        elif Experience.is_step_tensor_field(field.name):
+            pad = pad_token_id if field.name == "sequences" else 0
+            fields[field.name] = zero_pad_sequences([v[r] for v, r in zip(values, rows)], "right", pad)
+        elif isinstance(values[0], torch.Tensor):
+            fields[field.name] = torch.cat([v[r] for v, r in zip(values, rows)])
+        elif isinstance(values[0], dict):
+            fields[field.name] = {key: torch.cat([v[key][r] for v, r in zip(values, rows)]) for key in values[0]}
+        elif all(len(v) == len(e.index) for v, e in zip(values, experiences)):  # per rollout: index, prompts, ...
+            fields[field.name] = [v[i] for v, r in zip(values, rows) for i in r.tolist()]
+        else:  # not per rollout (e.g. no images at all): kept as OpenRLHF's concat keeps it
+            fields[field.name] = list(itertools.chain.from_iterable(values))
+    kept = []
+    for start in range(0, target, micro_batch_size):
+        chunk = slice(start, start + micro_batch_size)
+        sliced = {
+            name: value[chunk]
+            if isinstance(value, torch.Tensor) or (isinstance(value, list) and len(value) == target)
+            else value
+            for name, value in fields.items()
+        }
+        sliced["info"] = {key: value[chunk] for key, value in fields["info"].items()}
+        kept.append(Experience(**sliced))
+    return kept

@@ -1,0 +1,356 @@
+"""OpenRLHF's arguments → the run's GD²PO settings, resolved once into a typed, frozen object.
+
+``resolve_settings(args)`` is the only place that reads ``--gd2po.*`` / ``--cost.*`` values (and the OpenRLHF flags
+they depend on) out of an argparse namespace: the parse-time check, the experience maker, the rollout-arrival patch
+and the checkpoint code all read the :class:`RunSettings` it returns. ``describe`` is the dry run's text of it.
+
+Only the standard library and ``gd2po_openrlhf.config`` at import time: this runs in the driver before OpenRLHF
+parses its arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass
+from typing import List, Optional, Tuple
+
+from ..config import GD2POConfig
+
+GD2PO_ESTIMATORS = ("gd2po", "gdpo")
+REMOTE_SOURCES = ("reward_function", "reward_server", "agent")
+MODEL_SOURCES = ("reward_model", "cost_model")
+ON_BAD_REWARD = ("error", "drop_group")
+REWARD_CHAT_TEMPLATES = ("policy", "own")
+# The --cost.* flags that describe the cost model group; given without --cost.model_name_or_path they are an error.
+COST_GROUP_DEFAULTS = {"cost.num_nodes": 1, "cost.num_gpus_per_node": 1, "cost.offload": False, "cost.normalize_enable": False}
+
+
+@dataclass(frozen=True)
+class RewardDimension:
+    """One column of the reward matrix: its key (``info["reward/<key>"]``), where it comes from, its weight."""
+
+    key: str
+    source: str  # reward_model | cost_model | reward_function | reward_server | agent
+    location: str
+    weight: float
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """Everything a gd2po/gdpo run does with its flags, resolved and checked (``resolve_settings``).
+
+    The defaults here are the flags' defaults (``flags.py`` reads them). ``filter`` is the effective filter:
+    ``none`` for gdpo, the flag's value or ``GD2POConfig``'s default for gd2po.
+    """
+
+    estimator: str = "gd2po"
+    n_samples_per_prompt: int = 2
+    dimensions: Tuple[RewardDimension, ...] = ()
+    filter: str = GD2POConfig.filter
+    snr_threshold: float = GD2POConfig.snr_threshold
+    snr_eps: float = GD2POConfig.snr_eps
+    norm_by_std: bool = GD2POConfig.norm_by_std  # OpenRLHF's --algo.advantage.no_std_norm, negated
+    no_reweight: bool = False
+    no_whiten: bool = False
+    sum_rewards: bool = False
+    drop_filtered: bool = False
+    on_bad_reward: str = "error"
+    reward_chat_template: str = "policy"
+    reward_model_key: str = "reward_model"
+    cost_model_key: str = "cost"
+    resume_with_flags: bool = False
+    preset: Optional[str] = None
+
+    @property
+    def reward_keys(self) -> Tuple[str, ...]:
+        return tuple(dim.key for dim in self.dimensions)
+
+    @property
+    def reward_weights(self) -> Tuple[float, ...]:
+        return tuple(dim.weight for dim in self.dimensions)
+
+    @property
+    def gd2po_config(self) -> GD2POConfig:
+        """The estimator's configuration (validated by ``GD2POConfig``); κ reweighting is gd2po's only."""
+        return GD2POConfig(
+            filter=self.filter,
+            snr_threshold=self.snr_threshold,
+            snr_eps=self.snr_eps,
+            norm_by_std=self.norm_by_std,
+            whiten=not self.no_whiten,
+            reweight_queries=self.estimator == "gd2po" and not self.no_reweight,
+            weights=self.reward_weights,
+            reward_keys=self.reward_keys,
+        )
+
+    def dimension(self, key: str) -> RewardDimension:
+        return next(dim for dim in self.dimensions if dim.key == key)
+
+    @property
+    def remote_dimensions(self) -> Tuple[RewardDimension, ...]:
+        """The dimensions a reward file, server or agent returns with each rollout (read when it arrives)."""
+        return tuple(dim for dim in self.dimensions if dim.source in REMOTE_SOURCES)
+
+
+def _arg(args, dotted: str, default=None):
+    """A dotted option from either the flat argparse namespace or OpenRLHF's hierarchized one."""
+    if dotted in vars(args):
+        return vars(args)[dotted]
+    node = args
+    for part in dotted.split("."):
+        if not hasattr(node, part):
+            return default
+        node = getattr(node, part)
+    return node
+
+
+def resolve_settings(args) -> RunSettings:
+    """The run's settings and reward dimensions with their sources, from OpenRLHF's arguments (flat or nested).
+
+    Raises ValueError naming the flags that do not fit together.
+    """
+    defaults = RunSettings()
+    estimator = _arg(args, "algo.advantage.estimator")
+    if estimator not in GD2PO_ESTIMATORS:
+        raise ValueError(f"resolve_settings() is for --advantage_estimator gd2po|gdpo, got {estimator!r}")
+    n_samples = _arg(args, "rollout.n_samples_per_prompt", 1)
+    if n_samples is None or n_samples < 2:
+        raise ValueError(
+            f"--advantage_estimator {estimator} normalises rewards within each prompt's rollouts: "
+            f"set --rollout.n_samples_per_prompt >= 2 (got {n_samples})"
+        )
+    given_filter = _arg(args, "gd2po.filter")
+    if estimator == "gdpo" and given_filter not in (None, "none"):
+        raise ValueError(
+            f"--advantage_estimator gdpo is GD²PO without filtering; --gd2po.filter {given_filter} "
+            "(given on the command line or by --gd2po.config) needs --advantage_estimator gd2po: add --gd2po.filter none"
+        )
+    sum_rewards = bool(_arg(args, "gd2po.sum_rewards", defaults.sum_rewards))
+    if sum_rewards and estimator != "gdpo":
+        raise ValueError(
+            "--gd2po.sum_rewards (GRPO on the weighted sum) needs --advantage_estimator gdpo: "
+            "a single summed dimension never conflicts"
+        )
+    for flag in ("reward.overlong_buffer_len", "reward.stop_properly_penalty_coef"):
+        if _arg(args, flag) is not None:
+            raise ValueError(
+                f"--{flag} shapes OpenRLHF's single summed reward and is not supported with --advantage_estimator "
+                f"{estimator}: return a length dimension from your reward function instead"
+            )
+
+    given_remote = _arg(args, "reward.remote_url")
+    remote = given_remote.split(",") if isinstance(given_remote, str) else list(given_remote or [])
+    if given_remote is not None and not all(url.strip() for url in remote):
+        # OpenRLHF would still hand the rollout actors a blank endpoint, whose failure then crashes its info tensors.
+        raise ValueError(
+            f"--reward.remote_url {given_remote!r} has an empty entry: give reward files or server URLs separated by "
+            "commas, or leave the flag out to score with --reward.model_name_or_path alone"
+        )
+    agent = _arg(args, "train.agent_func_path")
+    reward_model = _arg(args, "reward.model_name_or_path")
+    cost_model = _arg(args, "cost.model_name_or_path")
+    reward_model_key = _arg(args, "gd2po.reward_model_key", defaults.reward_model_key)
+    cost_model_key = _arg(args, "gd2po.cost_model_key", defaults.cost_model_key)
+    if not cost_model:
+        given = [f"--{flag}" for flag, default in COST_GROUP_DEFAULTS.items() if _arg(args, flag, default) != default]
+        if given:
+            raise ValueError(f"{', '.join(given)} given without --cost.model_name_or_path")
+
+    if agent:
+        remote_source, remote_location = "agent", agent
+    elif remote and remote != ["agent"]:
+        files = [url for url in remote if url.strip().endswith(".py")]
+        servers = [url for url in remote if url.strip().startswith(("http://", "https://"))]
+        others = [url for url in remote if url not in files and url not in servers]
+        if others:
+            raise ValueError(
+                f"--reward.remote_url {others[0]!r} is neither a reward file (.py) nor a server URL (http:// or https://)"
+            )
+        if len(files) > 1 or (files and servers):
+            raise ValueError(
+                f"--reward.remote_url {','.join(remote)!r}: OpenRLHF's rollout actors load one reward file, or share "
+                "the rollouts across several servers (commas); combine the reward functions into one file"
+            )
+        remote_source, remote_location = ("reward_function" if files else "reward_server"), ",".join(remote)
+    else:
+        remote_source = remote_location = None
+
+    if cost_model and not (reward_model or remote_source):
+        raise ValueError(
+            "a cost model alone is not supported: OpenRLHF needs a reward source for its rollouts; add "
+            "--reward.model_name_or_path or a --reward.remote_url reward file/server"
+        )
+    keys = _arg(args, "gd2po.reward_keys")
+    if not keys:
+        if remote_source:
+            raise ValueError(
+                f"--gd2po.reward_keys is required with a {remote_source.replace('_', ' ')} ({remote_location}): "
+                "name the reward dimensions it returns, e.g. --gd2po.reward_keys correctness format length"
+            )
+        keys = ([reward_model_key] if reward_model else []) + ([cost_model_key] if cost_model else [])
+        if not keys:
+            raise ValueError(
+                f"--advantage_estimator {estimator} needs reward dimensions: --reward.remote_url (a reward file or "
+                "server) with --gd2po.reward_keys, --reward.model_name_or_path, and/or --cost.model_name_or_path"
+            )
+    keys = list(keys)
+    if reward_model and reward_model_key not in keys:
+        raise ValueError(
+            f"--reward.model_name_or_path is set but its dimension {reward_model_key!r} is not in --gd2po.reward_keys "
+            f"{keys}: add it, or name it with --gd2po.reward_model_key"
+        )
+    if cost_model and cost_model_key not in keys:
+        raise ValueError(
+            f"--cost.model_name_or_path is set but its dimension {cost_model_key!r} is not in --gd2po.reward_keys "
+            f"{keys}: add it, or name it with --gd2po.cost_model_key"
+        )
+
+    reward_chat_template = _arg(args, "gd2po.reward_chat_template", defaults.reward_chat_template)
+    if reward_chat_template == "own":
+        if not (reward_model or cost_model):
+            raise ValueError(
+                "--gd2po.reward_chat_template own re-renders rollouts for reward/cost models, but none is given"
+            )
+        if not _arg(args, "data.label_key"):
+            raise ValueError(
+                "--gd2po.reward_chat_template own reads each prompt's conversation from its label: set --data.label_key "
+                "(examples/data/prepare_safe_alignment.py writes it as 'label')"
+            )
+
+    weights = _arg(args, "gd2po.reward_weights")
+    if weights is None and cost_model:
+        raise ValueError(
+            "set --gd2po.reward_weights when a cost model is used: cost models differ in sign. Beaver-style cost "
+            "models score harm (higher = more harmful): weight -1. The GD²PO authors' safety model scores "
+            "safety (higher = safer): weight +1"
+        )
+    weights = list(weights) if weights is not None else [1.0] * len(keys)
+    if len(weights) != len(keys):
+        raise ValueError(
+            f"--gd2po.reward_weights has {len(weights)} values {weights} for {len(keys)} reward keys {keys}"
+        )
+
+    dimensions = []
+    for key, weight in zip(keys, weights):
+        if reward_model and key == reward_model_key:
+            dimensions.append(RewardDimension(key, "reward_model", reward_model, weight))
+        elif cost_model and key == cost_model_key:
+            dimensions.append(RewardDimension(key, "cost_model", cost_model, weight))
+        elif remote_source:
+            dimensions.append(RewardDimension(key, remote_source, remote_location, weight))
+        else:
+            raise ValueError(
+                f"reward key {key!r} has no source: it is not the reward model's ({reward_model_key!r}) or the cost "
+                f"model's ({cost_model_key!r}) dimension, and there is no --reward.remote_url or --train.agent_func_path"
+            )
+
+    settings = RunSettings(
+        estimator=estimator,
+        n_samples_per_prompt=n_samples,
+        dimensions=tuple(dimensions),
+        filter="none" if estimator == "gdpo" else (given_filter or defaults.filter),
+        snr_threshold=_arg(args, "gd2po.snr_threshold", defaults.snr_threshold),
+        snr_eps=_arg(args, "gd2po.snr_eps", defaults.snr_eps),
+        norm_by_std=not _arg(args, "algo.advantage.no_std_norm", False),
+        no_reweight=bool(_arg(args, "gd2po.no_reweight", defaults.no_reweight)),
+        no_whiten=bool(_arg(args, "gd2po.no_whiten", defaults.no_whiten)),
+        sum_rewards=sum_rewards,
+        drop_filtered=bool(_arg(args, "gd2po.drop_filtered", defaults.drop_filtered)),
+        on_bad_reward=_arg(args, "gd2po.on_bad_reward", defaults.on_bad_reward),
+        reward_chat_template=reward_chat_template,
+        reward_model_key=reward_model_key,
+        cost_model_key=cost_model_key,
+        resume_with_flags=bool(_arg(args, "gd2po.resume_with_flags", defaults.resume_with_flags)),
+        preset=_arg(args, "gd2po.config"),
+    )
+    settings.gd2po_config  # GD2POConfig validates τ, ε and the weights: refused here, at parse time
+    return settings
+
+
+def replace_weights(settings: RunSettings, weights) -> RunSettings:
+    """``settings`` with one new weight per dimension (a resumed checkpoint's)."""
+    dimensions = tuple(dataclasses.replace(dim, weight=float(w)) for dim, w in zip(settings.dimensions, weights))
+    return dataclasses.replace(settings, dimensions=dimensions)
+
+
+def describe(args, settings: RunSettings) -> str:
+    """The resolved configuration, as the dry run prints it (OpenRLHF's KL and GPU flags read from ``args``)."""
+    kl_coef = _arg(args, "algo.kl.init_coef", 0.0)
+    if _arg(args, "algo.kl.use_loss", False):
+        kl = f"KL as a loss term (coef {kl_coef})"
+    elif kl_coef:
+        kl = f"KL in the reward (coef {kl_coef}): its per-token returns are added to the kept rollouts' advantages"
+    else:
+        kl = "no KL"
+    config = settings.gd2po_config
+    filtered = (
+        "True (filtered rollouts are not sent to the actors)"
+        if settings.drop_filtered
+        else "False (filtered rollouts train with advantage 0)"
+    )
+    rendering = (
+        "their own chat template's rendering of each conversation"
+        if settings.reward_chat_template == "own"
+        else "the policy's tokens"
+    )
+    lines = [
+        f"GD²PO configuration (--advantage_estimator {settings.estimator})",
+        "  advantage of      the weighted sum Σ_k w_k r_k, normalised within each group (GRPO)"
+        if settings.sum_rewards
+        else None,
+        f"  filter            {config.filter}"
+        + (f" (τ = {config.snr_threshold}, ε = {config.snr_eps})" if config.filter == "snr" else ""),
+        f"  preset            {settings.preset}" if settings.preset else None,
+        f"  group size        {settings.n_samples_per_prompt} rollouts per prompt",
+        f"  normalise by std  {config.norm_by_std}",
+        f"  reweight by κ     {config.reweight_queries}",
+        f"  whiten            {config.whiten}",
+        f"  drop filtered     {filtered}",
+        f"  KL                {kl}",
+        f"  on bad reward     {settings.on_bad_reward}",
+        f"  reward models see {rendering}" if any(dim.source in MODEL_SOURCES for dim in settings.dimensions) else None,
+        "  reward dimensions (info key, source, weight):",
+    ]
+    for dim in settings.dimensions:
+        where = dim.location
+        if dim.source in MODEL_SOURCES:
+            group = "cost" if dim.source == "cost_model" else "reward"
+            where += f" on {_arg(args, f'{group}.num_nodes', 1)}x{_arg(args, f'{group}.num_gpus_per_node', 1)} GPUs"
+        logged_only = "  (logged, not trained)" if dim.weight == 0 else ""
+        lines.append(f"    reward/{dim.key:<20} {dim.source:<16} {where}  weight {dim.weight:+g}{logged_only}")
+    return "\n".join(line for line in lines if line is not None)
+
+
+def parse_launcher_args(argv: List[str]) -> argparse.Namespace:
+    """The ``args`` OpenRLHF's ``train_ppo_ray`` hands to ``train()`` for ``argv``: parsed by its own parser
+    (extended and validated by the plugin), nested by ``hierarchize`` and post-processed by its ``__main__`` block.
+
+    Runs the launcher module as ``__main__`` with Ray reported as started, and stops where ``train()`` asks for its
+    strategy, its first step after ``ray.init``: nothing is launched. Used by the CPU demo, the benchmarks and the
+    tests, so that they read the same ``args`` as a cluster run.
+    """
+    import runpy
+    import sys
+    from unittest import mock
+
+    import openrlhf.utils
+    import ray
+
+    from .argparse_patch import install_argparse_extension
+
+    class ReachedTrain(Exception):
+        pass
+
+    def stop_at_train(args):
+        raise ReachedTrain(args)
+
+    install_argparse_extension()
+    with mock.patch.object(sys, "argv", ["train_ppo_ray"] + list(argv)), mock.patch.object(
+        openrlhf.utils, "get_strategy", stop_at_train
+    ), mock.patch.object(ray, "is_initialized", lambda: True):
+        try:
+            runpy.run_module("openrlhf.cli.train_ppo_ray", run_name="__main__")
+        except ReachedTrain as reached:
+            return reached.args[0]
+    raise RuntimeError("openrlhf.cli.train_ppo_ray did not reach train()")

@@ -1,7 +1,9 @@
 # One entry point for the CPU development environment, the tests and the demo.
 #   make test   create .venv if missing (torch CPU, openrlhf 0.11.2 without GPU deps, this package
-#               editable, import stand-ins for vLLM/flash-attn, DeepSpeed's CPU ops pre-built), then run the
-#               unit tests (pytest, 2 workers) and the e2e scenarios (make e2e)
+#               editable, import stand-ins for vLLM/flash-attn, DeepSpeed's CPU ops pre-built), then make lint,
+#               the unit, ray and subprocess tests (pytest, 2 workers) and the e2e scenarios (make e2e)
+#   make test-fast  only the unit tests (in-process, no Ray, no subprocess; about half a minute)
+#   make lint   ruff: formatting and lint at 119 columns (pyproject.toml); make format rewrites the files
 #   make e2e    OpenRLHF's real launcher (python -m openrlhf.cli.train_ppo_ray) on CPU, scenario by scenario,
 #               with the dev/e2e stand-ins for vLLM and torch.cuda (about 4 min warm)
 #   make demo   the CPU demo in the same venv: GRPO / GDPO / GD²PO-hard / GD²PO-SNR on a tiny policy
@@ -16,7 +18,7 @@ PIP := PIP_CONSTRAINT=$(CONSTRAINTS) PIP_DISABLE_PIP_VERSION_CHECK=1 $(PY) -m pi
 STAMP := $(VENV)/.gd2po-cpu-env
 DS_OPS := $(VENV)/torch_extensions/.built
 
-.PHONY: venv test e2e demo clean-venv
+.PHONY: venv test test-fast lint format e2e demo clean-venv
 
 venv: $(STAMP) $(DS_OPS)
 
@@ -40,8 +42,20 @@ $(DS_OPS): $(STAMP)
 	touch $(DS_OPS)
 
 test: $(STAMP) $(DS_OPS)
+	$(MAKE) lint
 	$(PY) -m pytest -q -n 2 --dist loadfile -m "not e2e" tests
 	$(MAKE) e2e
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -n 2 -m unit tests
+
+lint: $(STAMP)
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
+
+format: $(STAMP)
+	$(PY) -m ruff format .
+	$(PY) -m ruff check --fix .
 
 e2e: $(STAMP) $(DS_OPS)
 	$(PY) -m pytest -q -m e2e tests

@@ -24,7 +24,11 @@ class BuildPyWithPth(build_py):
             recipes = pathlib.Path(self.build_lib) / "gd2po_openrlhf" / "_recipes"
             for part in ("examples", "configs"):
                 shutil.rmtree(recipes / part, ignore_errors=True)
-                shutil.copytree(pathlib.Path(__file__).parent / part, recipes / part, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+                shutil.copytree(
+                    pathlib.Path(__file__).parent / part,
+                    recipes / part,
+                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+                )
                 self.outputs_with_pth += [str(path) for path in (recipes / part).rglob("*") if path.is_file()]
 
     def get_outputs(self, include_bytecode=True):

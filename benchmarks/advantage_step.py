@@ -39,8 +39,12 @@ def make_batch(prompts: int, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     batch = prompts * GROUP
     rewards = torch.stack(
-        [torch.randint(0, 2, (batch,), generator=generator).float(), torch.randint(0, 2, (batch,), generator=generator).float(),
-         torch.rand(batch, generator=generator)], dim=1,
+        [
+            torch.randint(0, 2, (batch,), generator=generator).float(),
+            torch.randint(0, 2, (batch,), generator=generator).float(),
+            torch.rand(batch, generator=generator),
+        ],
+        dim=1,
     )
     lengths = torch.randint(1, MAX_LEN + 1, (batch,), generator=generator)
     experiences = []
@@ -137,14 +141,24 @@ def makers(kl_coef: float):
     import openrlhf.trainer.ppo_trainer as ppo_trainer
     from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
 
-    common = ["--rollout.n_samples_per_prompt", str(GROUP), "--rollout.micro_batch_size", str(MICRO_BATCH),
-              "--algo.kl.init_coef", str(kl_coef), "--reward.remote_url", "http://localhost:5000/get_reward"]
+    common = [
+        "--rollout.n_samples_per_prompt",
+        str(GROUP),
+        "--rollout.micro_batch_size",
+        str(MICRO_BATCH),
+        "--algo.kl.init_coef",
+        str(kl_coef),
+        "--reward.remote_url",
+        "http://localhost:5000/get_reward",
+    ]
     gd2po_args = parse_launcher_args(["--advantage_estimator", "gd2po", "--gd2po.reward_keys", *KEYS] + common)
     stock_args = parse_launcher_args(["--advantage_estimator", "group_norm"] + common)
     # With KL in the reward, OpenRLHF needs a reference model group; only its presence is read here.
     reference = object() if kl_coef > 0 else None
     return [
-        ppo_trainer.RemoteExperienceMaker(None, None, None, reference, FixedKLController(kl_coef), SimpleNamespace(args=args), None)
+        ppo_trainer.RemoteExperienceMaker(
+            None, None, None, reference, FixedKLController(kl_coef), SimpleNamespace(args=args), None
+        )
         for args in (gd2po_args, stock_args)
     ]
 
@@ -158,13 +172,18 @@ def timed(function, *args) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats per measurement (median reported)")
-    parser.add_argument("--scales", type=int, nargs="+", default=[4, 16], help="multiples of the base batch to time (1) and (3) at")
+    parser.add_argument(
+        "--scales", type=int, nargs="+", default=[4, 16], help="multiples of the base batch to time (1) and (3) at"
+    )
     settings = parser.parse_args()
     torch.set_num_threads(2)
     gd2po_openrlhf.register()
     started = time.perf_counter()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; base batch {PROMPTS} prompts × {GROUP} rollouts, "
-          f"K = {DIMS}, lengths U[1, {MAX_LEN}], micro-batches of {MICRO_BATCH}")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; base batch {PROMPTS} prompts × {GROUP} "
+        "rollouts, "
+        f"K = {DIMS}, lengths U[1, {MAX_LEN}], micro-batches of {MICRO_BATCH}"
+    )
 
     rewards, lengths, experiences = make_batch(PROMPTS)
     group_ids = torch.arange(len(rewards)) // GROUP
@@ -197,8 +216,12 @@ def main() -> None:
     base = results[0.0]
     print("\n| measurement (base batch) | median seconds |")
     print("|---|---|")
-    labels = {"(1)": "(1) estimator core, compute_advantages", "(2)": "(2) loop baseline",
-              "(3)": "(3) plugin compute_advantages_and_returns (gd2po)", "(4)": "(4) OpenRLHF compute_advantages_and_returns (group_norm)"}
+    labels = {
+        "(1)": "(1) estimator core, compute_advantages",
+        "(2)": "(2) loop baseline",
+        "(3)": "(3) plugin compute_advantages_and_returns (gd2po)",
+        "(4)": "(4) OpenRLHF compute_advantages_and_returns (group_norm)",
+    }
     for name, seconds in base.items():
         print(f"| {labels[name]} | {seconds:.4f} |")
     print(f"| (3) with KL in the reward | {results[0.01]['(3)']:.4f} |")
@@ -208,7 +231,10 @@ def main() -> None:
     print(f"ratio (4)/(3) with KL in the reward = {results[0.01]['(4)'] / results[0.01]['(3)']:.1f}")
 
     plugin, _ = makers(0.0)
-    print("\n| rollouts | response tokens | (1) s | (3) s | (3) / base (3) | tokens / base tokens | (3) peak RSS growth MB |")
+    print(
+        "\n| rollouts | response tokens | (1) s | (3) s | (3) / base (3) | tokens / base tokens | (3) peak RSS "
+        "growth MB |"
+    )
     print("|---|---|---|---|---|---|---|")
     base_tokens = None
     for scale in [1] + settings.scales:
@@ -225,8 +251,10 @@ def main() -> None:
         tokens = int(scaled_lengths.sum())
         if scale == 1:
             base_whole, base_tokens = whole_s, tokens
-        print(f"| {len(scaled_rewards)} | {tokens} | {core_s:.4f} | {whole_s:.4f} | {whole_s / base_whole:.2f} | "
-              f"{tokens / base_tokens:.2f} | {memory_mb:.0f} |")
+        print(
+            f"| {len(scaled_rewards)} | {tokens} | {core_s:.4f} | {whole_s:.4f} | {whole_s / base_whole:.2f} | "
+            f"{tokens / base_tokens:.2f} | {memory_mb:.0f} |"
+        )
         del scaled_experiences, scaled_mask
     print(f"\ntotal benchmark time {time.perf_counter() - started:.0f} s")
 

@@ -20,7 +20,12 @@ import torch
 import gd2po_openrlhf
 from gd2po_openrlhf.demo import task
 from gd2po_openrlhf.demo.training import (
-    TASK_FILE, action_log_probs, build_tokenizer, ppo_update, sample_rollouts, warm_started_policy,
+    TASK_FILE,
+    action_log_probs,
+    build_tokenizer,
+    ppo_update,
+    sample_rollouts,
+    warm_started_policy,
 )
 from gd2po_openrlhf.integration.settings import parse_launcher_args
 
@@ -30,7 +35,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--group-size", type=int, default=8)
-    parser.add_argument("--train-batch-size", type=int, default=64, help="--train.batch_size: one optimiser step per this many rollouts")
+    parser.add_argument(
+        "--train-batch-size",
+        type=int,
+        default=64,
+        help="--train.batch_size: one optimiser step per this many rollouts",
+    )
     parser.add_argument("--micro-batch-size", type=int, default=16)
     settings = parser.parse_args()
     torch.set_num_threads(2)
@@ -42,17 +52,39 @@ def main() -> None:
 
     tokenizer = build_tokenizer()
     policy = warm_started_policy(tokenizer, seed=0, steps=300)
-    flags = ["--advantage_estimator", "gd2po", "--gd2po.filter", "snr", "--gd2po.reward_keys", *task.REWARD_KEYS,
-             "--reward.remote_url", TASK_FILE, "--rollout.n_samples_per_prompt", str(settings.group_size),
-             "--rollout.micro_batch_size", str(settings.micro_batch_size), "--train.batch_size", str(settings.train_batch_size),
-             "--algo.kl.init_coef", "0"]
+    flags = [
+        "--advantage_estimator",
+        "gd2po",
+        "--gd2po.filter",
+        "snr",
+        "--gd2po.reward_keys",
+        *task.REWARD_KEYS,
+        "--reward.remote_url",
+        TASK_FILE,
+        "--rollout.n_samples_per_prompt",
+        str(settings.group_size),
+        "--rollout.micro_batch_size",
+        str(settings.micro_batch_size),
+        "--train.batch_size",
+        str(settings.train_batch_size),
+        "--algo.kl.init_coef",
+        "0",
+    ]
     makers = {
         name: ppo_trainer.RemoteExperienceMaker(
-            None, None, None, None, FixedKLController(0.0), SimpleNamespace(args=parse_launcher_args(flags + extra)), tokenizer
+            None,
+            None,
+            None,
+            None,
+            FixedKLController(0.0),
+            SimpleNamespace(args=parse_launcher_args(flags + extra)),
+            tokenizer,
         )
         for name, extra in (("all rollouts", []), ("drop_filtered", ["--gd2po.drop_filtered"]))
     }
-    samples_generator = ppo_trainer.SamplesGenerator(SimpleNamespace(args=makers["all rollouts"].args), None, None, tokenizer, [])
+    samples_generator = ppo_trainer.SamplesGenerator(
+        SimpleNamespace(args=makers["all rollouts"].args), None, None, tokenizer, []
+    )
     executor = SingleTurnAgentExecutor(TASK_FILE)
     policy_loss = PolicyLoss()
     torch.manual_seed(0)
@@ -73,22 +105,36 @@ def main() -> None:
             optimizer = torch.optim.AdamW(trained_policy.parameters(), lr=1e-3)
             started = time.perf_counter()
             # the same number of optimiser steps per rollout as a cluster run: one per train batch
-            ppo_update(trained_policy, optimizer, policy_loss, batch, sum(len(e.index) for e in batch) // settings.train_batch_size)
+            ppo_update(
+                trained_policy,
+                optimizer,
+                policy_loss,
+                batch,
+                sum(len(e.index) for e in batch) // settings.train_batch_size,
+            )
             times[name].append(time.perf_counter() - started)
         keep_ratios.append(makers["drop_filtered"].last_step_report.metrics["gd2po/keep_ratio"])
         trained_ratios.append(makers["drop_filtered"].last_step_report.metrics["gd2po/trained_ratio"])
-        print(f"step {step + 1}/{settings.steps}: keep {keep_ratios[-1]:.3f}, trained {trained_ratios[-1]:.3f}, "
-              f"update {times['all rollouts'][-1]:.3f} s vs {times['drop_filtered'][-1]:.3f} s")
+        print(
+            f"step {step + 1}/{settings.steps}: keep {keep_ratios[-1]:.3f}, trained {trained_ratios[-1]:.3f}, "
+            f"update {times['all rollouts'][-1]:.3f} s vs {times['drop_filtered'][-1]:.3f} s"
+        )
 
     full, dropped = statistics.median(times["all rollouts"]), statistics.median(times["drop_filtered"])
-    print(f"\n{settings.prompts} prompts × {settings.group_size} rollouts per step, train batch {settings.train_batch_size}, "
-          f"{settings.steps} steps (median)")
+    print(
+        f"\n{settings.prompts} prompts × {settings.group_size} rollouts per step, train batch "
+        f"{settings.train_batch_size}, "
+        f"{settings.steps} steps (median)"
+    )
     print("| actor update per step | seconds |")
     print("|---|---|")
     print(f"| all rollouts | {full:.3f} |")
     print(f"| --gd2po.drop_filtered | {dropped:.3f} |")
-    print(f"\nmean keep ratio {statistics.fmean(keep_ratios):.3f}, mean share of rollouts trained {statistics.fmean(trained_ratios):.3f}; "
-          f"update time ratio drop_filtered / all = {dropped / full:.3f}")
+    print(
+        f"\nmean keep ratio {statistics.fmean(keep_ratios):.3f}, mean share of rollouts trained "
+        f"{statistics.fmean(trained_ratios):.3f}; "
+        f"update time ratio drop_filtered / all = {dropped / full:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-REWARD_FILE = '''
+REWARD_FILE = """
 import importlib.util
 _spec = importlib.util.spec_from_file_location("tool_calling", {tool_file!r})
 _rules = importlib.util.module_from_spec(_spec)
@@ -34,16 +34,19 @@ def reward_func(queries, prompts, labels):
     ids = [float(p.split()[1]) for p in prompts]
     correctness = [_rules.score(q[len(p):], l)["correctness"] for q, p, l in zip(queries, prompts, labels)]
     return {{"rewards": {{"rollout_id": ids, "tool_correctness": correctness}}}}
-'''
+"""
 GROUND_TRUTH = '<think>x</think>\n<tool_call>\n{"name": "f", "parameters": {"a": 1, "b": 2}}\n</tool_call>'
 
 
 def response_of(rollout_id):
-    return f'<think>t</think>\n<tool_call>\n{{"name": "f", "parameters": {{"a": 1, "b": {rollout_id % 3}}}}}\n</tool_call>'
+    call = {"name": "f", "parameters": {"a": 1, "b": rollout_id % 3}}
+    return f"<think>t</think>\n<tool_call>\n{json.dumps(call)}\n</tool_call>"
 
 
 def post(url, payload):
-    request = urllib.request.Request(url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+    )
     started = time.perf_counter()
     with urllib.request.urlopen(request, timeout=120) as answer:
         body = json.loads(answer.read())
@@ -71,7 +74,11 @@ def main(argv=None):
         batches.append(list(range(next_id, next_id + size)))
         next_id += size
     payloads = [
-        {"query": [f"rollout {i} :" + response_of(i) for i in batch], "prompts": [f"rollout {i} :" for i in batch], "labels": [GROUND_TRUTH] * len(batch)}
+        {
+            "query": [f"rollout {i} :" + response_of(i) for i in batch],
+            "prompts": [f"rollout {i} :" for i in batch],
+            "labels": [GROUND_TRUTH] * len(batch),
+        }
         for batch in batches
     ]
 
@@ -88,9 +95,23 @@ def main(argv=None):
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
         server = subprocess.Popen(
-            [sys.executable, "-m", "gd2po_openrlhf.serve_rewards", "--reward-file", str(reward_file), "--port", str(port),
-             "--max-concurrency", str(args.server_concurrency), "--reward-keys", "rollout_id", "tool_correctness", "--quiet"],
-            stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "gd2po_openrlhf.serve_rewards",
+                "--reward-file",
+                str(reward_file),
+                "--port",
+                str(port),
+                "--max-concurrency",
+                str(args.server_concurrency),
+                "--reward-keys",
+                "rollout_id",
+                "tool_correctness",
+                "--quiet",
+            ],
+            stderr=subprocess.PIPE,
+            text=True,
         )
         url = f"http://127.0.0.1:{port}"
         try:
@@ -100,7 +121,10 @@ def main(argv=None):
                     break
                 except OSError:
                     time.sleep(0.05)
-            print(f"{args.requests} requests ({next_id} rollouts) from {args.clients} clients to {url}/get_reward ...", flush=True)
+            print(
+                f"{args.requests} requests ({next_id} rollouts) from {args.clients} clients to {url}/get_reward ...",
+                flush=True,
+            )
             started = time.perf_counter()
             with ThreadPoolExecutor(args.clients) as pool:
                 results = list(pool.map(lambda p: post(url + "/get_reward", p), payloads))
@@ -125,7 +149,8 @@ def main(argv=None):
         "duplicated_rollouts": len(returned_ids) - len(set(returned_ids)),
         "requests_with_wrong_rewards": mismatched,
         "server_counted_rollouts": health["served_rollouts"],
-        "latency_ms": {f"p{q}": round(percentile(latencies, q), 2) for q in (50, 90, 99)} | {"max": round(max(latencies), 2)},
+        "latency_ms": {f"p{q}": round(percentile(latencies, q), 2) for q in (50, 90, 99)}
+        | {"max": round(max(latencies), 2)},
         "served_rollouts_per_s": round(next_id / served_seconds, 1),
         "direct_rollouts_per_s": round(next_id / direct_seconds, 1),
         "served_over_direct_rate": round(direct_seconds / served_seconds, 4),

@@ -26,12 +26,20 @@ REPO = Path(__file__).resolve().parents[1]
 def make_venv(path: Path, source: Path = None, empty_pth: bool = False) -> Path:
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
     python = path / "bin" / "python"
-    site = Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                               capture_output=True, text=True, check=True).stdout.strip())
+    site = Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
     if empty_pth:  # the floor of any .pth hook: site lists, opens and executes one line
         (site / "gd2po_openrlhf.pth").write_text("import os\n")
     if source is not None:
-        shutil.copytree(source / "gd2po_openrlhf", site / "gd2po_openrlhf", ignore=shutil.ignore_patterns("__pycache__"))
+        shutil.copytree(
+            source / "gd2po_openrlhf", site / "gd2po_openrlhf", ignore=shutil.ignore_patterns("__pycache__")
+        )
         shutil.copy(source / "gd2po_openrlhf.pth", site / "gd2po_openrlhf.pth")
     return python
 
@@ -52,18 +60,27 @@ def main() -> None:
         bare = make_venv(Path(tmp) / "bare")
         floor = make_venv(Path(tmp) / "floor", empty_pth=True)
         plugin = make_venv(Path(tmp) / "plugin", args.source)
-        setups = {"bare venv": (bare, env), "bare + a one-line .pth (floor)": (floor, env), "with the plugin": (plugin, env),
-                  "with the plugin, GD2PO_DISABLE=1": (plugin, {**env, "GD2PO_DISABLE": "1"})}
+        setups = {
+            "bare venv": (bare, env),
+            "bare + a one-line .pth (floor)": (floor, env),
+            "with the plugin": (plugin, env),
+            "with the plugin, GD2PO_DISABLE=1": (plugin, {**env, "GD2PO_DISABLE": "1"}),
+        }
         for python, environment in setups.values():  # warm the page cache and __pycache__ once
             wall_ms(python, environment)
         times = {name: [] for name in setups}
         for _ in range(args.runs):
             for name, (python, environment) in setups.items():
                 times[name].append(wall_ms(python, environment))
-        importtime = subprocess.run([str(plugin), "-X", "importtime", "-c", "pass"], env=env, capture_output=True, text=True).stderr
+        importtime = subprocess.run(
+            [str(plugin), "-X", "importtime", "-c", "pass"], env=env, capture_output=True, text=True
+        ).stderr
     baseline = statistics.median(times["bare venv"])
-    print(f"python -c pass, median of {args.runs} interleaved runs ({sys.version.split()[0]}, {sysconfig.get_platform()}), "
-          f"plugin from {args.source}:")
+    print(
+        f"python -c pass, median of {args.runs} interleaved runs ({sys.version.split()[0]}, "
+        f"{sysconfig.get_platform()}), "
+        f"plugin from {args.source}:"
+    )
     for name, values in times.items():
         median = statistics.median(values)
         print(f"  {name:<34} {median:7.2f} ms   {median - baseline:+6.2f} ms vs bare   ratio {median / baseline:.3f}")

@@ -56,7 +56,9 @@ class GD2POConfig:
             weights = _as_tuple(self.weights, "weights")
             for k, w in enumerate(weights):
                 if isinstance(w, bool) or not isinstance(w, (int, float)) or not abs(w) <= MAX_ABS_WEIGHT:
-                    raise ValueError(f"GD2POConfig.weights[{k}] must be a number with |w| <= {MAX_ABS_WEIGHT:g}, got {w!r}")
+                    raise ValueError(
+                        f"GD2POConfig.weights[{k}] must be a number with |w| <= {MAX_ABS_WEIGHT:g}, got {w!r}"
+                    )
             object.__setattr__(self, "weights", tuple(float(w) for w in weights))
         if self.reward_keys is not None:
             keys = _as_tuple(self.reward_keys, "reward_keys")
@@ -75,7 +77,8 @@ class GD2POConfig:
 
     @classmethod
     def from_json(cls, path: str) -> "GD2POConfig":
-        """Load a preset such as a JSON file of these fields (e.g. ``{"filter": "snr", "snr_threshold": 0.8}``); unknown fields are an error."""
+        """Load a JSON file of these fields (e.g. ``{"filter": "snr", "snr_threshold": 0.8}``); unknown fields are
+        an error."""
         with open(path) as handle:
             values = json.load(handle)
         unknown = sorted(set(values) - {f.name for f in fields(cls)})

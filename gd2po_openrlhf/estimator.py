@@ -96,7 +96,9 @@ def compute_advantages(
     # x·x == x holds for 0 and 1 only (NaN fails it too): half the cost of two comparisons and an OR.
     if not torch.equal(response_mask * response_mask, response_mask):
         rollout, token = ((response_mask != 0) & (response_mask != 1)).nonzero()[0].tolist()
-        raise ValueError(f"response_mask must be 0/1; rollout {rollout} token {token} is {response_mask[rollout, token].item()}")
+        raise ValueError(
+            f"response_mask must be 0/1; rollout {rollout} token {token} is {response_mask[rollout, token].item()}"
+        )
     result = compute_rollout_advantages(rewards, group_ids, response_mask.sum(dim=1), cfg)
     result.advantages = result.rollout_advantages.unsqueeze(1) * response_mask
     return result
@@ -252,7 +254,9 @@ def _validated(rewards, group_ids, response_lengths, cfg: GD2POConfig):
     length = _as_tensor(response_lengths, "response_lengths")
 
     if rewards.dim() != 2 or rewards.shape[1] == 0:
-        raise ValueError(f"rewards must be [num_rollouts, num_reward_dims] with at least one dimension, got {tuple(rewards.shape)}")
+        raise ValueError(
+            f"rewards must be [num_rollouts, num_reward_dims] with at least one dimension, got {tuple(rewards.shape)}"
+        )
     batch_size, num_dims = rewards.shape
     if rewards.dtype == torch.bool or rewards.is_complex():
         raise ValueError(f"rewards must be real numbers, got dtype {rewards.dtype}")
@@ -260,11 +264,15 @@ def _validated(rewards, group_ids, response_lengths, cfg: GD2POConfig):
     rewards = rewards.to(torch.float64)
     device = rewards.device
     if group_ids.shape != (batch_size,):
-        raise ValueError(f"group_ids must be [{batch_size}] (one id per rollout of rewards), got {tuple(group_ids.shape)}")
+        raise ValueError(
+            f"group_ids must be [{batch_size}] (one id per rollout of rewards), got {tuple(group_ids.shape)}"
+        )
     if group_ids.is_floating_point() or group_ids.is_complex() or group_ids.dtype == torch.bool:
         raise ValueError(f"group_ids must be an integer tensor, got dtype {group_ids.dtype}")
     if length.shape != (batch_size,) or length.is_complex():
-        raise ValueError(f"response_lengths must be [{batch_size}] real numbers, got {tuple(length.shape)} {length.dtype}")
+        raise ValueError(
+            f"response_lengths must be [{batch_size}] real numbers, got {tuple(length.shape)} {length.dtype}"
+        )
     group_ids = group_ids.to(device=device, dtype=torch.int64)
     length = length.to(device=device, dtype=torch.float64)
     if batch_size == 0:
@@ -272,13 +280,17 @@ def _validated(rewards, group_ids, response_lengths, cfg: GD2POConfig):
     bad_length = ~(torch.isfinite(length) & (length >= 0))
     if bool(bad_length.any()):
         rollout = int(bad_length.nonzero()[0])
-        raise ValueError(f"response length of rollout {rollout} is {length[rollout].item()}; lengths must be finite and >= 0")
+        raise ValueError(
+            f"response length of rollout {rollout} is {length[rollout].item()}; lengths must be finite and >= 0"
+        )
 
     keys = cfg.reward_keys or tuple(f"dim{k}" for k in range(num_dims))
     if len(keys) != num_dims:
         raise ValueError(f"rewards has {num_dims} dimensions but cfg.reward_keys names {len(keys)}: {list(keys)}")
     if cfg.weights is not None and len(cfg.weights) != num_dims:
-        raise ValueError(f"cfg.weights has {len(cfg.weights)} entries {list(cfg.weights)} for {num_dims} reward dimensions")
+        raise ValueError(
+            f"cfg.weights has {len(cfg.weights)} entries {list(cfg.weights)} for {num_dims} reward dimensions"
+        )
     valid = torch.isfinite(rewards) & (rewards.abs() <= MAX_ABS_REWARD)
     if not bool(valid.all()):
         rollout, dim = (~valid).nonzero()[0].tolist()

@@ -26,12 +26,16 @@ def recipes_root() -> Path:
     for root in (packaged, checkout):
         if all((root / part).is_dir() for part in PARTS):
             return root
-    raise FileNotFoundError(f"no recipes next to {Path(__file__).parent}: reinstall gd2po-openrlhf, or clone its repository")
+    raise FileNotFoundError(
+        f"no recipes next to {Path(__file__).parent}: reinstall gd2po-openrlhf, or clone its repository"
+    )
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m gd2po_openrlhf.recipes", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--copy", required=True, metavar="DIR", type=Path, help="folder to copy examples/ and configs/ into")
+    parser.add_argument(
+        "--copy", required=True, metavar="DIR", type=Path, help="folder to copy examples/ and configs/ into"
+    )
     args = parser.parse_args(argv)
     try:
         root = recipes_root()
@@ -43,7 +47,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     for part in PARTS:
         shutil.copytree(root / part, args.copy / part, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     scripts = sorted(p.name for p in (args.copy / "examples" / "scripts").glob("*.sh"))
-    print(f"copied the recipes into {args.copy}: {len(scripts)} launch scripts in examples/scripts, presets in configs/", file=sys.stdout)
+    print(
+        f"copied the recipes into {args.copy}: {len(scripts)} launch scripts in examples/scripts, presets in configs/",
+        file=sys.stdout,
+    )
     print(f"try: GD2PO_DRY_RUN=1 bash {args.copy / 'examples' / 'scripts' / 'train_gd2po_tool_calling.sh'}")
 
 

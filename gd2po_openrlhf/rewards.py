@@ -29,11 +29,18 @@ def dimensions_from_payload(
     a wrong number of values, or a value that is not a finite real number.
     """
     if not isinstance(payload, Mapping):
-        raise ValueError(f"{source} returned {type(payload).__name__} {payload!r:.200}, expected a dict with 'rewards' and/or 'extra_logs'")
+        raise ValueError(
+            f"{source} returned {type(payload).__name__} {payload!r:.200}, expected a dict with 'rewards' and/or "
+            "'extra_logs'"
+        )
     rewards, extra_logs = payload.get("rewards"), payload.get("extra_logs") or {}
     if not isinstance(extra_logs, Mapping):
         raise ValueError(f"{source} returned extra_logs of type {type(extra_logs).__name__}, expected a dict")
-    logged = {key[len(DIMENSION_PREFIX):]: value for key, value in extra_logs.items() if str(key).startswith(DIMENSION_PREFIX)}
+    logged = {
+        key[len(DIMENSION_PREFIX) :]: value
+        for key, value in extra_logs.items()
+        if str(key).startswith(DIMENSION_PREFIX)
+    }
     if isinstance(rewards, Mapping) and logged:
         # Two sources for the same dimensions, possibly disagreeing: picking one silently would hide a bug.
         raise ValueError(
@@ -44,7 +51,10 @@ def dimensions_from_payload(
     if reward_keys is not None:
         unexpected = sorted(str(k) for k in set(values) - set(reward_keys))
         if unexpected:
-            raise ValueError(f"{source} returned reward keys {unexpected} that are not among the declared reward keys {list(reward_keys)}")
+            raise ValueError(
+                f"{source} returned reward keys {unexpected} that are not among the declared reward keys "
+                f"{list(reward_keys)}"
+            )
         missing = [key for key in reward_keys if key not in values]
         if missing:
             raise ValueError(
@@ -55,7 +65,10 @@ def dimensions_from_payload(
     else:
         keys = list(values)
         if not keys:
-            raise ValueError(f"{source} returned no reward dimensions: return {{'rewards': {{key: values}}}} or extra_logs 'reward/<key>'")
+            raise ValueError(
+                f"{source} returned no reward dimensions: return {{'rewards': {{key: values}}}} or extra_logs "
+                "'reward/<key>'"
+            )
     dimensions = {}
     for key in keys:
         value = values[key]
@@ -63,22 +76,38 @@ def dimensions_from_payload(
             value = value.tolist()
         if not isinstance(value, (list, tuple)):
             if num_rollouts != 1:
-                raise ValueError(f"{source} returned a single value for reward key {key!r}, expected a list of {num_rollouts}")
+                raise ValueError(
+                    f"{source} returned a single value for reward key {key!r}, expected a list of {num_rollouts}"
+                )
             value = [value]
         if len(value) != num_rollouts:
-            raise ValueError(f"{source} returned {len(value)} values for reward key {key!r}, expected one per rollout ({num_rollouts})")
+            raise ValueError(
+                f"{source} returned {len(value)} values for reward key {key!r}, expected one per rollout "
+                f"({num_rollouts})"
+            )
         for index, item in enumerate(value):
-            if isinstance(item, bool) or not isinstance(item, (int, float)) or not math.isfinite(item) or abs(item) > MAX_ABS_REWARD:
+            if (
+                isinstance(item, bool)
+                or not isinstance(item, (int, float))
+                or not math.isfinite(item)
+                or abs(item) > MAX_ABS_REWARD
+            ):
                 raise ValueError(
-                    f"{source} returned {item!r:.100} for reward key {key!r} of rollout {index}: expected a finite number "
+                    f"{source} returned {item!r:.100} for reward key {key!r} of rollout {index}: expected a finite "
+                    "number "
                     f"with |r| <= {MAX_ABS_REWARD:g}"
                 )
         dimensions[str(key)] = [float(item) for item in value]
     return dimensions
 
 
-# The plugin's reward client in the rollout actors (integration/agent.py) reads these; the launcher checks them too.
-REWARD_CLIENT_SETTINGS = (("GD2PO_REWARD_ATTEMPTS", 6, int), ("GD2PO_REWARD_TIMEOUT_S", 180.0, float), ("GD2PO_REWARD_BACKOFF_S", 1.0, float))
+# The plugin's reward client in the rollout actors (integration/reward_client.py) reads these; the launcher checks
+# them too.
+REWARD_CLIENT_SETTINGS = (
+    ("GD2PO_REWARD_ATTEMPTS", 6, int),
+    ("GD2PO_REWARD_TIMEOUT_S", 180.0, float),
+    ("GD2PO_REWARD_BACKOFF_S", 1.0, float),
+)
 
 
 def reward_client_settings(environ: Optional[Mapping[str, str]] = None) -> Tuple[int, float, float]:

@@ -92,7 +92,9 @@ class RewardRequestHandler(BaseHTTPRequestHandler):
         return urlsplit(self.path).path.rstrip("/")
 
     def method_not_allowed(self):
-        self.reply(405, {"error": f"{self.command} is not supported: GET /health or POST /get_reward"}, allow="GET, POST")
+        self.reply(
+            405, {"error": f"{self.command} is not supported: GET /health or POST /get_reward"}, allow="GET, POST"
+        )
 
     do_PUT = do_DELETE = do_PATCH = do_OPTIONS = method_not_allowed
 
@@ -130,11 +132,15 @@ class RewardRequestHandler(BaseHTTPRequestHandler):
         if length < 0:
             return self.reply(400, {"error": f"Content-Length must be >= 0, got {length}"})
         if length > server.max_body_bytes:
-            return self.reply(413, {"error": f"body of {length} bytes exceeds --max-body-bytes {server.max_body_bytes}"})
+            return self.reply(
+                413, {"error": f"body of {length} bytes exceeds --max-body-bytes {server.max_body_bytes}"}
+            )
         try:
             body = json.loads(self.read_body(length))
         except TimeoutError:
-            return self.reply(408, {"error": f"the body did not arrive within --read-timeout {server.read_timeout:g} s"})
+            return self.reply(
+                408, {"error": f"the body did not arrive within --read-timeout {server.read_timeout:g} s"}
+            )
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             return self.reply(400, {"error": f"body is not valid JSON: {error}"})
         except RecursionError:
@@ -144,14 +150,22 @@ class RewardRequestHandler(BaseHTTPRequestHandler):
             return self.reply(400, {"error": problem})
         self.batch_size = len(queries)
         if self.batch_size > server.max_batch:
-            return self.reply(413, {"error": f"batch of {self.batch_size} queries exceeds --max-batch {server.max_batch}"})
+            return self.reply(
+                413, {"error": f"batch of {self.batch_size} queries exceeds --max-batch {server.max_batch}"}
+            )
         if not server.slots.acquire(timeout=server.queue_timeout):
-            return self.reply(503, {"error": f"busy: all {server.max_concurrency} slots taken for {server.queue_timeout}s"}, retry_after=1)
+            return self.reply(
+                503,
+                {"error": f"busy: all {server.max_concurrency} slots taken for {server.queue_timeout}s"},
+                retry_after=1,
+            )
         with server.counter_lock:
             server.in_flight += 1
         try:
             output = server.reward_func(queries, prompts, labels)
-            dimensions = dimensions_from_payload(output, len(queries), server.reward_keys, f"reward file {server.source}")
+            dimensions = dimensions_from_payload(
+                output, len(queries), server.reward_keys, f"reward file {server.source}"
+            )
         except (Exception, SystemExit) as error:  # the trainer must see why, not a dropped connection
             # 422, not 5xx: the reward function fails on this batch deterministically, so a retry cannot help.
             logger.exception("reward_func failed on a batch of %d", len(queries))
@@ -166,7 +180,11 @@ class RewardRequestHandler(BaseHTTPRequestHandler):
             server.served_rollouts += len(queries)
         self.reply(
             200,
-            {"rewards": totals, "scores": totals, "extra_logs": {DIMENSION_PREFIX + key: values for key, values in dimensions.items()}},
+            {
+                "rewards": totals,
+                "scores": totals,
+                "extra_logs": {DIMENSION_PREFIX + key: values for key, values in dimensions.items()},
+            },
         )
 
     def read_body(self, length: int) -> bytes:
@@ -182,7 +200,9 @@ class RewardRequestHandler(BaseHTTPRequestHandler):
             remaining -= len(chunk)
         return b"".join(chunks)
 
-    def reply(self, status: int, payload: dict, retry_after: Optional[int] = None, allow: Optional[str] = None) -> None:
+    def reply(
+        self, status: int, payload: dict, retry_after: Optional[int] = None, allow: Optional[str] = None
+    ) -> None:
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -199,7 +219,14 @@ class RewardRequestHandler(BaseHTTPRequestHandler):
     def log_request(self, code="-", size="-"):
         # One access-log line per request, with the batch size and the time since the request line was read.
         elapsed_ms = (time.perf_counter() - getattr(self, "started", time.perf_counter())) * 1000
-        logger.info('%s "%s" %s batch=%d %.1fms', self.client_address[0], self.requestline, code, getattr(self, "batch_size", 0), elapsed_ms)
+        logger.info(
+            '%s "%s" %s batch=%d %.1fms',
+            self.client_address[0],
+            self.requestline,
+            code,
+            getattr(self, "batch_size", 0),
+            elapsed_ms,
+        )
 
     def parse_request(self):
         self.started = time.perf_counter()
@@ -209,7 +236,12 @@ class RewardRequestHandler(BaseHTTPRequestHandler):
 def parse_reward_request(body):
     """``(queries, prompts, labels, problem)`` of a request body; ``problem`` is the reason for a 400, or None."""
     if not isinstance(body, dict):
-        return None, None, None, f"body must be a JSON object with 'query', 'prompts' and 'labels', got {type(body).__name__}"
+        return (
+            None,
+            None,
+            None,
+            f"body must be a JSON object with 'query', 'prompts' and 'labels', got {type(body).__name__}",
+        )
     queries, prompts, labels = body.get("query"), body.get("prompts"), body.get("labels")
     if not isinstance(queries, list) or not queries or not all(isinstance(q, str) for q in queries):
         return None, None, None, "'query' must be a non-empty list of strings (prompt + response of each rollout)"
@@ -223,16 +255,32 @@ def parse_reward_request(body):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m gd2po_openrlhf.serve_rewards", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reward-file", required=True, help="a .py file defining reward_func(queries, prompts, labels)")
+    parser = argparse.ArgumentParser(
+        prog="python -m gd2po_openrlhf.serve_rewards", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--reward-file", required=True, help="a .py file defining reward_func(queries, prompts, labels)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 to serve other machines)")
     parser.add_argument("--port", type=int, default=5000)
-    parser.add_argument("--reward-keys", nargs="+", default=None, metavar="KEY", help="require exactly these dimensions in every answer")
+    parser.add_argument(
+        "--reward-keys",
+        nargs="+",
+        default=None,
+        metavar="KEY",
+        help="require exactly these dimensions in every answer",
+    )
     parser.add_argument("--max-concurrency", type=int, default=8, help="batches scored at once (default 8)")
     parser.add_argument("--max-batch", type=int, default=4096, help="largest accepted batch of queries (413 above)")
-    parser.add_argument("--max-body-bytes", type=int, default=64 << 20, help="largest accepted request body (413 above)")
-    parser.add_argument("--queue-timeout", type=float, default=60.0, help="seconds a request waits for a slot before a 503")
-    parser.add_argument("--read-timeout", type=float, default=30.0, help="seconds a client may take to send its request")
+    parser.add_argument(
+        "--max-body-bytes", type=int, default=64 << 20, help="largest accepted request body (413 above)"
+    )
+    parser.add_argument(
+        "--queue-timeout", type=float, default=60.0, help="seconds a request waits for a slot before a 503"
+    )
+    parser.add_argument(
+        "--read-timeout", type=float, default=30.0, help="seconds a client may take to send its request"
+    )
     parser.add_argument("--quiet", action="store_true", help="no access log, errors only")
     args = parser.parse_args(argv)
     for flag in ("max_concurrency", "max_batch", "max_body_bytes"):
@@ -241,7 +289,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     for flag in ("queue_timeout", "read_timeout"):
         if not getattr(args, flag) > 0:
             parser.error(f"--{flag.replace('_', '-')} must be > 0 seconds, got {getattr(args, flag)}")
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
+    )
     try:
         reward_func = load_reward_func(args.reward_file)
     except (OSError, ValueError) as error:

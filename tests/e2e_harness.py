@@ -39,7 +39,9 @@ def e2e_environment(report_dir: Path) -> Dict[str, str]:
     """The environment of the Ray head (hence of every Ray worker) and of the launcher."""
     env = dict(os.environ)
     env.update(
-        PYTHONPATH=os.pathsep.join([str(E2E_STANDINS)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]),
+        PYTHONPATH=os.pathsep.join(
+            [str(E2E_STANDINS)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        ),
         GD2PO_E2E_STANDINS="1",
         GD2PO_E2E_REPORT_DIR=str(report_dir),
         DS_ACCELERATOR="cpu",
@@ -48,7 +50,8 @@ def e2e_environment(report_dir: Path) -> Dict[str, str]:
         OMP_NUM_THREADS="1",
         TOKENIZERS_PARALLELISM="false",
         RAY_DEDUP_LOGS="0",
-        # The rollout actors' reward client (read there, so set where Ray starts): quick retries for the fault scenario.
+        # The rollout actors' reward client (read there, so set where Ray starts): quick retries for the fault
+        # scenario.
         GD2PO_REWARD_ATTEMPTS="3",
         GD2PO_REWARD_BACKOFF_S="0.2",
         PYTHONUNBUFFERED="1",
@@ -78,7 +81,9 @@ def _word_tokenizer(words: List[str], chat_template: Optional[str] = None):
 
     word_level = Tokenizer(models.WordLevel({word: i for i, word in enumerate(words)}, unk_token="[UNK]"))
     word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="[UNK]", pad_token=task.PAD, eos_token=task.EOS)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=word_level, unk_token="[UNK]", pad_token=task.PAD, eos_token=task.EOS
+    )
     tokenizer.chat_template = chat_template
     return tokenizer
 
@@ -91,9 +96,17 @@ def _score_model(tokenizer, seed: int, path: Path, head: str = "score") -> Path:
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-        num_key_value_heads=2, max_position_embeddings=64, num_labels=1, pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
     )
     LlamaForSequenceClassification(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -126,7 +139,8 @@ def build_assets(root: Path, num_prompts: int = 32) -> Assets:
         reward_model=_score_model(tokenizer, 1, root / "reward_model", head="score_head"),
         cost_model=_score_model(tokenizer, 2, root / "cost_model", head="score_head"),
         own_template_reward_model=_score_model(
-            _word_tokenizer(own_words, "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} {% endfor %}"), 3,
+            _word_tokenizer(own_words, "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} {% endfor %}"),
+            3,
             root / "own_template_reward_model",
         ),
         prompts=root / "prompts.jsonl",
@@ -156,17 +170,33 @@ class RayHead:
         self.temp_dir.mkdir(parents=True, exist_ok=True)
         ray_cli = Path(sys.executable).with_name("ray")
         command = [
-            str(ray_cli), "start", "--head", "--block", f"--port={self.port}", f"--num-gpus={LOGICAL_GPUS}", "--num-cpus=8",
-            f"--temp-dir={self.temp_dir}", "--include-dashboard=false", "--disable-usage-stats",
-            f"--node-manager-port={_free_port()}", f"--object-manager-port={_free_port()}",
-            f"--dashboard-agent-listen-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+            str(ray_cli),
+            "start",
+            "--head",
+            "--block",
+            f"--port={self.port}",
+            f"--num-gpus={LOGICAL_GPUS}",
+            "--num-cpus=8",
+            f"--temp-dir={self.temp_dir}",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--node-manager-port={_free_port()}",
+            f"--object-manager-port={_free_port()}",
+            f"--dashboard-agent-listen-port={_free_port()}",
+            f"--metrics-export-port={_free_port()}",
         ]
         # Worker ports: a range of this head's own, below Linux's ephemeral range (32768+) where the ports above
         # come from, and above Ray's default client port 10001.
         low = 11000 + self.port % 20000
-        command += [f"--min-worker-port={low}", f"--max-worker-port={low + 999}", f"--ray-client-server-port={_free_port()}"]
+        command += [
+            f"--min-worker-port={low}",
+            f"--max-worker-port={low + 999}",
+            f"--ray-client-server-port={_free_port()}",
+        ]
         self.log = open(self.temp_dir / "ray_head.log", "w")
-        self.process = subprocess.Popen(command, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(
+            command, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -205,21 +235,74 @@ def base_flags(assets: Assets, run_dir: Path, steps: int = 2) -> List[str]:
     rollout advantage 0). With 4 prompts and τ = 0.8 that happened in 2% (3 dimensions) to 35% (5 dimensions)
     of simulated steps, and once in a CI run; with 8 prompts, in none of 2,000 (τ = 0.3 for 5 dimensions)."""
     return [
-        "--actor.model_name_or_path", str(assets.policy),
-        "--actor.num_nodes", "1", "--actor.num_gpus_per_node", "1",
-        "--ref.num_nodes", "1", "--ref.num_gpus_per_node", "1",
-        "--reward.num_nodes", "1", "--reward.num_gpus_per_node", "1",
-        "--vllm.num_engines", "1", "--vllm.tensor_parallel_size", "1", "--vllm.sync_backend", "gloo",
-        "--ds.attn_implementation", "eager", "--ds.zero_stage", "0",
-        "--data.prompt_dataset", str(assets.prompts), "--data.input_key", "input", "--data.label_key", "label",
-        "--data.max_samples", str(8 * steps),
-        "--rollout.batch_size", "8", "--rollout.n_samples_per_prompt", "4", "--rollout.micro_batch_size", "8",
-        "--train.batch_size", "32", "--train.micro_batch_size", "8", "--train.max_epochs", "1", "--train.num_episodes", "1",
-        "--rollout.max_new_tokens", "12", "--data.max_len", "24", "--rollout.temperature", "1.0",
-        "--actor.adam.lr", "1e-3", "--actor.lr_warmup_ratio", "0",
-        "--logger.logging_steps", "1", "--logger.tensorboard_dir", str(run_dir / "tensorboard"),
-        "--ckpt.save_steps", str(steps), "--ckpt.path", str(run_dir / "ckpt"), "--ckpt.output_dir", str(run_dir / "model"),
-        "--train.seed", "0",
+        "--actor.model_name_or_path",
+        str(assets.policy),
+        "--actor.num_nodes",
+        "1",
+        "--actor.num_gpus_per_node",
+        "1",
+        "--ref.num_nodes",
+        "1",
+        "--ref.num_gpus_per_node",
+        "1",
+        "--reward.num_nodes",
+        "1",
+        "--reward.num_gpus_per_node",
+        "1",
+        "--vllm.num_engines",
+        "1",
+        "--vllm.tensor_parallel_size",
+        "1",
+        "--vllm.sync_backend",
+        "gloo",
+        "--ds.attn_implementation",
+        "eager",
+        "--ds.zero_stage",
+        "0",
+        "--data.prompt_dataset",
+        str(assets.prompts),
+        "--data.input_key",
+        "input",
+        "--data.label_key",
+        "label",
+        "--data.max_samples",
+        str(8 * steps),
+        "--rollout.batch_size",
+        "8",
+        "--rollout.n_samples_per_prompt",
+        "4",
+        "--rollout.micro_batch_size",
+        "8",
+        "--train.batch_size",
+        "32",
+        "--train.micro_batch_size",
+        "8",
+        "--train.max_epochs",
+        "1",
+        "--train.num_episodes",
+        "1",
+        "--rollout.max_new_tokens",
+        "12",
+        "--data.max_len",
+        "24",
+        "--rollout.temperature",
+        "1.0",
+        "--actor.adam.lr",
+        "1e-3",
+        "--actor.lr_warmup_ratio",
+        "0",
+        "--logger.logging_steps",
+        "1",
+        "--logger.tensorboard_dir",
+        str(run_dir / "tensorboard"),
+        "--ckpt.save_steps",
+        str(steps),
+        "--ckpt.path",
+        str(run_dir / "ckpt"),
+        "--ckpt.output_dir",
+        str(run_dir / "model"),
+        "--train.seed",
+        "0",
     ]
 
 
@@ -236,7 +319,9 @@ class RunResult:
 
     def check(self) -> "RunResult":
         if self.returncode != 0:
-            raise AssertionError(f"e2e scenario {self.scenario!r}: the launcher exited {self.returncode}; log tail:\n{self.tail()}")
+            raise AssertionError(
+                f"e2e scenario {self.scenario!r}: the launcher exited {self.returncode}; log tail:\n{self.tail()}"
+            )
         return self
 
     def scalars(self) -> Dict[str, List[float]]:
@@ -252,8 +337,14 @@ class RunResult:
         return values
 
 
-def run_launcher(scenario: str, flags: List[str], run_dir: Path, head: RayHead, extra_env: Optional[Dict[str, str]] = None,
-                 timeout_s: float = 600) -> RunResult:
+def run_launcher(
+    scenario: str,
+    flags: List[str],
+    run_dir: Path,
+    head: RayHead,
+    extra_env: Optional[Dict[str, str]] = None,
+    timeout_s: float = 600,
+) -> RunResult:
     """``python -m openrlhf.cli.train_ppo_ray FLAGS`` against ``head``; the whole output in ``run_dir/launcher.log``.
 
     The vLLM stand-in's weight-sync reports of this run are moved into ``run_dir/vllm_reports``.
@@ -274,8 +365,11 @@ def run_launcher(scenario: str, flags: List[str], run_dir: Path, head: RayHead, 
         returncode, log = completed.returncode, completed.stdout + completed.stderr
     except subprocess.TimeoutExpired as expired:
         returncode = -1
-        log = ((expired.stdout or b"").decode(errors="replace") + (expired.stderr or b"").decode(errors="replace")
-               + f"\n[e2e harness] timed out after {timeout_s} s")
+        log = (
+            (expired.stdout or b"").decode(errors="replace")
+            + (expired.stderr or b"").decode(errors="replace")
+            + f"\n[e2e harness] timed out after {timeout_s} s"
+        )
     log += f"\n[e2e harness] scenario {scenario!r} took {time.monotonic() - started:.0f} s"
     (run_dir / "launcher.log").write_text(log)
     reports = run_dir / "vllm_reports"

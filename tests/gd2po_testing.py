@@ -8,14 +8,15 @@ import torch
 
 from gd2po_openrlhf.integration.settings import parse_launcher_args
 
-
 LAUNCHER = [sys.executable, "-m", "openrlhf.cli.train_ppo_ray"]
 
 
 def launcher_subprocess(argv, env=None, launcher=LAUNCHER) -> subprocess.CompletedProcess:
     """OpenRLHF's launcher (``python -m openrlhf.cli.train_ppo_ray`` by default) in a subprocess of this venv, where
     the installed .pth hook activates the plugin; stdout and stderr captured as text."""
-    return subprocess.run(launcher + list(argv), capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
+    return subprocess.run(
+        launcher + list(argv), capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300
+    )
 
 
 def openrlhf_strategy(argv):
@@ -85,5 +86,7 @@ def wait_until_serving(port: int, process, log, timeout_s: float = 60) -> None:
             return
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"the reward server on port {port} did not come up (exit code {process.poll()}): {log()}")
+                raise AssertionError(
+                    f"the reward server on port {port} did not come up (exit code {process.poll()}): {log()}"
+                )
             time.sleep(0.2)

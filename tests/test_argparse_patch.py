@@ -3,10 +3,10 @@ runs and parse-time validation, in subprocesses of the venv (the .pth hook is wh
 
 import os
 import pathlib
+import subprocess
 import sys
 
 import pytest
-
 from gd2po_testing import launcher_subprocess, openrlhf_strategy
 
 
@@ -14,7 +14,10 @@ from gd2po_testing import launcher_subprocess, openrlhf_strategy
 def test_help_lists_estimators_and_flags():
     result = launcher_subprocess(["--help"])
     assert result.returncode == 0, result.stderr
-    assert "--advantage_estimator {gae,reinforce,rloo,reinforce_baseline,group_norm,dr_grpo,flash_reinforce,gd2po,gdpo}" in result.stdout
+    assert (
+        "--advantage_estimator {gae,reinforce,rloo,reinforce_baseline,group_norm,dr_grpo,flash_reinforce,gd2po,gdpo}"
+        in result.stdout
+    )
     for flag in (
         "--gd2po.filter {none,hard,snr}",
         "--gd2po.snr_threshold TAU",
@@ -36,8 +39,16 @@ def test_help_lists_estimators_and_flags():
 
 @pytest.mark.subprocess
 def test_on_bad_reward_choices(reward_file):
-    flags = ["--advantage_estimator", "gd2po", "--reward.remote_url", reward_file, "--gd2po.reward_keys", "a",
-             "--rollout.n_samples_per_prompt", "4"]
+    flags = [
+        "--advantage_estimator",
+        "gd2po",
+        "--reward.remote_url",
+        reward_file,
+        "--gd2po.reward_keys",
+        "a",
+        "--rollout.n_samples_per_prompt",
+        "4",
+    ]
     dropping = launcher_subprocess(flags + ["--gd2po.on_bad_reward", "drop_group"], env={"GD2PO_DRY_RUN": "1"})
     assert dropping.returncode == 0 and "on bad reward     drop_group" in dropping.stdout
     refused = launcher_subprocess(flags + ["--gd2po.on_bad_reward", "skip"], env={"GD2PO_DRY_RUN": "1"})
@@ -47,8 +58,20 @@ def test_on_bad_reward_choices(reward_file):
 @pytest.mark.subprocess
 def test_dry_run_reward_file(reward_file):
     result = launcher_subprocess(
-        ["--advantage_estimator", "gd2po", "--gd2po.filter", "snr", "--reward.remote_url", reward_file,
-         "--gd2po.reward_keys", "correctness", "format", "length", "--rollout.n_samples_per_prompt", "4"],
+        [
+            "--advantage_estimator",
+            "gd2po",
+            "--gd2po.filter",
+            "snr",
+            "--reward.remote_url",
+            reward_file,
+            "--gd2po.reward_keys",
+            "correctness",
+            "format",
+            "length",
+            "--rollout.n_samples_per_prompt",
+            "4",
+        ],
         env={"GD2PO_DRY_RUN": "1"},
     )
     assert result.returncode == 0, result.stderr
@@ -63,9 +86,24 @@ def test_dry_run_reward_file(reward_file):
 @pytest.mark.subprocess
 def test_dry_run_reward_and_cost_model_with_explicit_entry_point():
     result = launcher_subprocess(
-        ["--algo.advantage.estimator", "gd2po", "--gd2po.dry_run", "--reward.model_name_or_path", "org/helpful-rm",
-         "--cost.model_name_or_path", "org/beaver-cost", "--cost.num_gpus_per_node", "2",
-         "--gd2po.reward_weights", "1", "-1", "--rollout.n_samples_per_prompt", "4", "--gd2po.snr_eps", "1e-6"],
+        [
+            "--algo.advantage.estimator",
+            "gd2po",
+            "--gd2po.dry_run",
+            "--reward.model_name_or_path",
+            "org/helpful-rm",
+            "--cost.model_name_or_path",
+            "org/beaver-cost",
+            "--cost.num_gpus_per_node",
+            "2",
+            "--gd2po.reward_weights",
+            "1",
+            "-1",
+            "--rollout.n_samples_per_prompt",
+            "4",
+            "--gd2po.snr_eps",
+            "1e-6",
+        ],
         launcher=[sys.executable, "-m", "gd2po_openrlhf.train_ppo_ray"],
     )
     assert result.returncode == 0, result.stderr
@@ -77,20 +115,44 @@ def test_dry_run_reward_and_cost_model_with_explicit_entry_point():
     "argv, message",
     [
         (["--rollout.n_samples_per_prompt", "1"], "set --rollout.n_samples_per_prompt >= 2 (got 1)"),
-        (["--gd2po.reward_weights", "1", "2"], "--gd2po.reward_weights has 2 values [1.0, 2.0] for 1 reward keys ['correctness']"),
+        (
+            ["--gd2po.reward_weights", "1", "2"],
+            "--gd2po.reward_weights has 2 values [1.0, 2.0] for 1 reward keys ['correctness']",
+        ),
         (["--gd2po.snr_threshold", "1.5"], "must lie in [0, 1], got 1.5"),
         (["--critic.model_name_or_path", "org/critic"], "has no critic: drop --critic.model_name_or_path"),
         (["--cost.offload"], "--cost.offload given without --cost.model_name_or_path"),
-        (["--reward.overlong_buffer_len", "64"], "--reward.overlong_buffer_len shapes OpenRLHF's single summed reward"),
-        (["--reward.remote_url", "", "--reward.model_name_or_path", "org/rm", "--gd2po.reward_keys", "reward_model"],
-         "--reward.remote_url '' has an empty entry"),
+        (
+            ["--reward.overlong_buffer_len", "64"],
+            "--reward.overlong_buffer_len shapes OpenRLHF's single summed reward",
+        ),
+        (
+            [
+                "--reward.remote_url",
+                "",
+                "--reward.model_name_or_path",
+                "org/rm",
+                "--gd2po.reward_keys",
+                "reward_model",
+            ],
+            "--reward.remote_url '' has an empty entry",
+        ),
         (["--reward.remote_url", "http://127.0.0.1:5000/get_reward,"], "has an empty entry"),
     ],
 )
 def test_parse_time_errors(reward_file, argv, message, capsys):
     # In-process run of the real launcher module (as `python -m` runs it): argparse exits with status 2.
-    base = ["--advantage_estimator", "gd2po", "--reward.remote_url", reward_file, "--gd2po.reward_keys", "correctness",
-            "--rollout.n_samples_per_prompt", "4", "--gd2po.dry_run"]
+    base = [
+        "--advantage_estimator",
+        "gd2po",
+        "--reward.remote_url",
+        reward_file,
+        "--gd2po.reward_keys",
+        "correctness",
+        "--rollout.n_samples_per_prompt",
+        "4",
+        "--gd2po.dry_run",
+    ]
     with pytest.raises(SystemExit) as exit_info:
         openrlhf_strategy(base + argv)
     assert exit_info.value.code == 2
@@ -108,45 +170,100 @@ def test_example_launcher_dry_run():
     assert "filter            snr (τ = 0.8, ε = 1e-08)" in result.stdout and "KL                no KL" in result.stdout
 
 
-VALID_GD2PO = ["--advantage_estimator", "gd2po", "--gd2po.reward_keys", "correctness", "--rollout.n_samples_per_prompt", "4"]
+VALID_GD2PO = [
+    "--advantage_estimator",
+    "gd2po",
+    "--gd2po.reward_keys",
+    "correctness",
+    "--rollout.n_samples_per_prompt",
+    "4",
+]
 
 
 @pytest.mark.subprocess
 @pytest.mark.parametrize(
     "extra, returncode, message",
     [
-        (["--gd2po.snr_treshold", "0.5", "--totally_bogus"], 2, "unrecognized arguments: --gd2po.snr_treshold 0.5 --totally_bogus"),
+        (
+            ["--gd2po.snr_treshold", "0.5", "--totally_bogus"],
+            2,
+            "unrecognized arguments: --gd2po.snr_treshold 0.5 --totally_bogus",
+        ),
         (["--train.partial_rollout_enable"], 1, "--train.partial_rollout_enable requires --train.async_enable"),
     ],
 )
 def test_the_dry_run_is_the_real_parse_with_openrlhfs_own_checks(reward_file, extra, returncode, message):
     """A dry run stops where Ray would start, after OpenRLHF's parse_args (unknown arguments) and its assertions."""
-    result = launcher_subprocess(VALID_GD2PO + ["--reward.remote_url", reward_file] + extra, env={"GD2PO_DRY_RUN": "1"})
+    result = launcher_subprocess(
+        VALID_GD2PO + ["--reward.remote_url", reward_file] + extra, env={"GD2PO_DRY_RUN": "1"}
+    )
     assert result.returncode == returncode and message in result.stderr
     assert "exiting before Ray starts" not in result.stdout
 
 
 @pytest.mark.subprocess
 def test_a_stock_estimator_dry_run_runs_openrlhfs_checks_too(reward_file):
-    result = launcher_subprocess(["--algo.advantage.estimator", "group_norm", "--reward.remote_url", reward_file, "--rollout.n_samples_per_prompt", "1"],
-                 env={"GD2PO_DRY_RUN": "1"})
+    result = launcher_subprocess(
+        [
+            "--algo.advantage.estimator",
+            "group_norm",
+            "--reward.remote_url",
+            reward_file,
+            "--rollout.n_samples_per_prompt",
+            "1",
+        ],
+        env={"GD2PO_DRY_RUN": "1"},
+    )
     assert result.returncode == 1 and "group_norm requires n_samples_per_prompt > 1" in result.stderr
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--algo.advantage.estimator", "group_norm", "--gd2po.snr_threshold", "0.5", "--cost.model_name_or_path", "org/cm"],
-         "--gd2po.snr_threshold, --cost.model_name_or_path only act with --advantage_estimator gd2po or gdpo; with OpenRLHF's group_norm"),
-        (["--algo.advantage.estimator", "group_norm", "--gd2po.reward_keys", "correctness"], "--gd2po.reward_keys only acts with"),
-        (["--algo.advantage.estimator", "group_norm", "--gd2po.config=configs/tool_calling.yaml"], "--gd2po.config only acts with"),
-        (VALID_GD2PO + ["--algo.advantage.estimator", "group_norm"],
-         "the estimator is given twice: --advantage_estimator gd2po, --algo.advantage.estimator group_norm"),
-        (VALID_GD2PO + ["--gd2po.filter", "hard", "--gd2po.snr_threshold", "0.5"],
-         "--gd2po.snr_threshold only acts with the snr filter; with --gd2po.filter hard they would be ignored"),
-        (["--advantage_estimator", "gdpo", "--gd2po.reward_keys", "correctness", "--rollout.n_samples_per_prompt", "4",
-          "--gd2po.snr_eps", "1e-6", "--gd2po.snr_thr", "0.5"],
-         "--gd2po.snr_eps, --gd2po.snr_thr only act with the snr filter; with --advantage_estimator gdpo (no filter)"),
+        (
+            [
+                "--algo.advantage.estimator",
+                "group_norm",
+                "--gd2po.snr_threshold",
+                "0.5",
+                "--cost.model_name_or_path",
+                "org/cm",
+            ],
+            "--gd2po.snr_threshold, --cost.model_name_or_path only act with --advantage_estimator gd2po or gdpo; "
+            "with OpenRLHF's group_norm",
+        ),
+        (
+            ["--algo.advantage.estimator", "group_norm", "--gd2po.reward_keys", "correctness"],
+            "--gd2po.reward_keys only acts with",
+        ),
+        (
+            ["--algo.advantage.estimator", "group_norm", "--gd2po.config=configs/tool_calling.yaml"],
+            "--gd2po.config only acts with",
+        ),
+        (
+            VALID_GD2PO + ["--algo.advantage.estimator", "group_norm"],
+            "the estimator is given twice: --advantage_estimator gd2po, --algo.advantage.estimator group_norm",
+        ),
+        (
+            VALID_GD2PO + ["--gd2po.filter", "hard", "--gd2po.snr_threshold", "0.5"],
+            "--gd2po.snr_threshold only acts with the snr filter; with --gd2po.filter hard they would be ignored",
+        ),
+        (
+            [
+                "--advantage_estimator",
+                "gdpo",
+                "--gd2po.reward_keys",
+                "correctness",
+                "--rollout.n_samples_per_prompt",
+                "4",
+                "--gd2po.snr_eps",
+                "1e-6",
+                "--gd2po.snr_thr",
+                "0.5",
+            ],
+            "--gd2po.snr_eps, --gd2po.snr_thr only act with the snr filter; with --advantage_estimator gdpo (no "
+            "filter)",
+        ),
     ],
 )
 def test_flags_that_would_be_ignored_are_refused_by_name(reward_file, argv, message, capsys):
@@ -158,28 +275,56 @@ def test_flags_that_would_be_ignored_are_refused_by_name(reward_file, argv, mess
 
 @pytest.mark.subprocess
 def test_the_dry_run_flag_is_fine_with_a_stock_estimator(reward_file):
-    result = launcher_subprocess(["--algo.advantage.estimator", "group_norm", "--reward.remote_url", reward_file,
-                  "--rollout.n_samples_per_prompt", "2", "--gd2po.dry_run"])
+    result = launcher_subprocess(
+        [
+            "--algo.advantage.estimator",
+            "group_norm",
+            "--reward.remote_url",
+            reward_file,
+            "--rollout.n_samples_per_prompt",
+            "2",
+            "--gd2po.dry_run",
+        ]
+    )
     assert result.returncode == 0 and "(GD²PO inactive)" in result.stdout
 
 
 @pytest.mark.subprocess
-@pytest.mark.parametrize("name, value, message", [("GD2PO_REWARD_ATTEMPTS", "abc", "GD2PO_REWARD_ATTEMPTS='abc' is not a whole number"),
-                                                  ("GD2PO_REWARD_BACKOFF_S", "-1", "GD2PO_REWARD_BACKOFF_S='-1' must be a positive number")])
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("GD2PO_REWARD_ATTEMPTS", "abc", "GD2PO_REWARD_ATTEMPTS='abc' is not a whole number"),
+        ("GD2PO_REWARD_BACKOFF_S", "-1", "GD2PO_REWARD_BACKOFF_S='-1' must be a positive number"),
+    ],
+)
 def test_the_reward_clients_settings_are_checked_by_the_launcher_and_its_dry_run(name, value, message):
     """The rollout actors read them, where a bad value would surface only at the first reward of a real run."""
     argv = VALID_GD2PO + ["--reward.remote_url", "http://127.0.0.1:5000/get_reward"]
     result = launcher_subprocess(argv, env={"GD2PO_DRY_RUN": "1", name: value})
-    assert result.returncode == 2 and message in result.stderr and "reward client in the rollout actors" in result.stderr
-    group_norm = launcher_subprocess(["--algo.advantage.estimator", "group_norm", "--reward.remote_url", "http://127.0.0.1:5000/get_reward",
-                      "--rollout.n_samples_per_prompt", "2"], env={"GD2PO_DRY_RUN": "1", name: value})
+    assert (
+        result.returncode == 2 and message in result.stderr and "reward client in the rollout actors" in result.stderr
+    )
+    group_norm = launcher_subprocess(
+        [
+            "--algo.advantage.estimator",
+            "group_norm",
+            "--reward.remote_url",
+            "http://127.0.0.1:5000/get_reward",
+            "--rollout.n_samples_per_prompt",
+            "2",
+        ],
+        env={"GD2PO_DRY_RUN": "1", name: value},
+    )
     assert group_norm.returncode == 2 and message in group_norm.stderr  # the client serves every estimator
 
 
 @pytest.mark.parametrize(
     "remote_url, message",
     [
-        ("rules.txt", "--reward.remote_url 'rules.txt' is neither a reward file (.py) nor a server URL (http:// or https://)"),
+        (
+            "rules.txt",
+            "--reward.remote_url 'rules.txt' is neither a reward file (.py) nor a server URL (http:// or https://)",
+        ),
         ("a.py,b.py", "OpenRLHF's rollout actors load one reward file"),
         ("a.py,http://127.0.0.1:5000/get_reward", "combine the reward functions into one file"),
     ],

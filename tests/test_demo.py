@@ -18,8 +18,23 @@ STEPS = 3
 def demo_output(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
     command = [
-        sys.executable, "-m", "gd2po_openrlhf.demo", "--seeds", "1", "--steps", str(STEPS), "--warm-start-steps", "5",
-        "--prompts-per-step", "4", "--micro-batch-size", "8", "--updates-per-step", "2", "--output-dir", str(out),
+        sys.executable,
+        "-m",
+        "gd2po_openrlhf.demo",
+        "--seeds",
+        "1",
+        "--steps",
+        str(STEPS),
+        "--warm-start-steps",
+        "5",
+        "--prompts-per-step",
+        "4",
+        "--micro-batch-size",
+        "8",
+        "--updates-per-step",
+        "2",
+        "--output-dir",
+        str(out),
     ]
     # GD2PO_DISABLE turns the .pth hook off: the demo must activate the plugin itself.
     env = {**os.environ, "GD2PO_DISABLE": "1"}
@@ -35,11 +50,19 @@ def test_table_lists_the_four_estimators(demo_output):
         rows = list(csv.DictReader(handle))
     assert [row["estimator"] for row in rows] == ESTIMATORS
     for row in rows:
-        for key in ("final reward/correctness", "final reward/format", "final reward/brevity", "final reward", "mean gd2po/conflict_ratio"):
+        for key in (
+            "final reward/correctness",
+            "final reward/format",
+            "final reward/brevity",
+            "final reward",
+            "mean gd2po/conflict_ratio",
+        ):
             assert 0.0 <= float(row[key]) <= 3.0
     markdown = (out / "summary.md").read_text()
     assert all(f"| {name} |" in markdown for name in ESTIMATORS)
-    assert "| collapsed to `[EOS]` |" in markdown.splitlines()[2] and all(row["collapsed"].endswith("/1") for row in rows)
+    assert "| collapsed to `[EOS]` |" in markdown.splitlines()[2] and all(
+        row["collapsed"].endswith("/1") for row in rows
+    )
     assert "| gd2po_snr |" in stdout  # the table is printed too
     assert "--advantage_estimator gd2po --gd2po.filter snr" in stdout  # the equivalent cluster command
 
@@ -70,7 +93,9 @@ def test_results_file_records_versions_seeds_settings_and_curves(demo_output):
     # which rollouts each estimator trained on: hard drops exactly the conflicting ones, snr at most those
     hard, snr = results["curves"]["gd2po_hard"][0], results["curves"]["gd2po_snr"][0]
     assert hard["gd2po/keep_ratio"] == pytest.approx([1 - c for c in hard["gd2po/conflict_ratio"]])
-    assert all(keep >= 1 - conflict - 1e-9 for keep, conflict in zip(snr["gd2po/keep_ratio"], snr["gd2po/conflict_ratio"]))
+    assert all(
+        keep >= 1 - conflict - 1e-9 for keep, conflict in zip(snr["gd2po/keep_ratio"], snr["gd2po/conflict_ratio"])
+    )
     assert results["curves"]["grpo"][0]["gd2po/keep_ratio"] == [1.0] * STEPS
     assert results["curves"]["gdpo"][0]["gd2po/keep_ratio"] == [1.0] * STEPS
     assert "--gd2po.filter" in results["command_lines"]["gd2po_snr"]
@@ -84,14 +109,25 @@ def test_tensorboard_logs_carry_the_cluster_tags(demo_output):
         events = EventAccumulator(str(out / name / "seed0"))
         events.Reload()
         tags = set(events.Tags()["scalars"])
-        assert {"train/reward", "train/reward/correctness", "train/reward/format", "train/reward/brevity",
-                "train/gd2po/conflict_ratio", "train/gd2po/keep_ratio", "train/advantage_abs_mean"} <= tags
+        assert {
+            "train/reward",
+            "train/reward/correctness",
+            "train/reward/format",
+            "train/reward/brevity",
+            "train/gd2po/conflict_ratio",
+            "train/gd2po/keep_ratio",
+            "train/advantage_abs_mean",
+        } <= tags
         logged = [event.value for event in events.Scalars("train/reward")]
         assert [event.step for event in events.Scalars("train/reward")] == list(range(1, STEPS + 1))
         assert logged == pytest.approx(results["curves"][name][0]["reward"])
         if name.startswith("gd2po"):
             # the plugin's experience maker produced these, as in a cluster run
-            assert {"train/gd2po/dropped_ratio", "train/gd2po/group_keep_ratio_mean", "train/gd2po/snr_threshold"} <= tags
+            assert {
+                "train/gd2po/dropped_ratio",
+                "train/gd2po/group_keep_ratio_mean",
+                "train/gd2po/snr_threshold",
+            } <= tags
 
 
 def test_a_seed_counts_as_collapsed_when_its_last_steps_are_the_empty_answer():
@@ -100,9 +136,15 @@ def test_a_seed_counts_as_collapsed_when_its_last_steps_are_the_empty_answer():
 
     def run(correctness, brevity):
         steps = 8
-        return {"reward/correctness": [correctness] * steps, "reward/format": [0.0] * steps, "reward/brevity": [brevity] * steps,
-                "reward": [correctness + brevity] * steps, "advantage_abs_mean": [0.1] * steps,
-                "gd2po/conflict_ratio": [0.0] * steps, "gd2po/keep_ratio": [1.0] * steps}
+        return {
+            "reward/correctness": [correctness] * steps,
+            "reward/format": [0.0] * steps,
+            "reward/brevity": [brevity] * steps,
+            "reward": [correctness + brevity] * steps,
+            "advantage_abs_mean": [0.1] * steps,
+            "gd2po/conflict_ratio": [0.0] * steps,
+            "gd2po/keep_ratio": [1.0] * steps,
+        }
 
     (row,) = summarize({"gd2po_snr": [run(0.0, 1.0), run(0.9, 0.75), run(0.02, 1.0)]}, target=2.3)
     assert row["collapsed"] == "1/3"  # the third has some correctness left: not counted

@@ -36,7 +36,11 @@ def test_reward_func_speaks_openrlhfs_reward_file_protocol():
     prompt = "max of 3 8 1 :"
     out = task.reward_func([prompt + " hmm <a> 8 </a> [EOS]"], [prompt], ["8"])
     assert set(out) == {"rewards", "scores", "extra_logs"}
-    assert out["extra_logs"] == {"reward/correctness": 1.0, "reward/format": 1.0, "reward/brevity": round(1 - 4 / 12, 4)}
+    assert out["extra_logs"] == {
+        "reward/correctness": 1.0,
+        "reward/format": 1.0,
+        "reward/brevity": round(1 - 4 / 12, 4),
+    }
     assert out["rewards"] == out["scores"] == pytest.approx(2 + round(1 - 4 / 12, 4))
     # The prompt's own digits are not read as the answer.
     assert task.reward_func([prompt + " [EOS]"], [prompt], ["8"])["extra_logs"]["reward/correctness"] == 0.0
@@ -68,7 +72,9 @@ def test_demonstrations_make_thinking_pay_for_correctness_and_format():
     def rate(k, key):
         return sum(s[key] for s in by_thinking[k]) / len(by_thinking[k])
 
-    assert rate(0, "correctness") == pytest.approx(0.3, abs=0.06) and rate(6, "correctness") == pytest.approx(0.9, abs=0.06)
+    assert rate(0, "correctness") == pytest.approx(0.3, abs=0.06) and rate(6, "correctness") == pytest.approx(
+        0.9, abs=0.06
+    )
     # format breaks with probability 0.4 - 0.05 k (the "no </a>" break keeps correctness readable)
     assert rate(0, "format") == pytest.approx(0.6, abs=0.06) and rate(6, "format") == pytest.approx(0.9, abs=0.06)
     assert rate(6, "brevity") < rate(0, "brevity")

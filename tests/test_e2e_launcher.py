@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import glob
 import http.server
-import json
 import math
 import subprocess
 import sys
@@ -19,10 +18,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import e2e_harness as harness
 import pytest
 import torch
-
-import e2e_harness as harness
 from gd2po_testing import wait_until_serving
 
 pytestmark = pytest.mark.e2e
@@ -54,7 +52,9 @@ def assert_trained_and_synced(result: harness.RunResult, assets: harness.Assets,
     moved = sum(float((final[name] - initial[name].bfloat16().float()).abs().sum()) for name in initial)
     assert moved > 0, f"{result.scenario}: the actor's weights did not change"
     reports = sorted(result.report_dir.glob("vllm_engine*_sync*.pt"), key=lambda p: int(p.stem.rsplit("sync", 1)[1]))
-    assert len(reports) == syncs, f"{result.scenario}: {len(reports)} weight syncs reached the vLLM stand-in, expected {syncs}"
+    assert len(reports) == syncs, (
+        f"{result.scenario}: {len(reports)} weight syncs reached the vLLM stand-in, expected {syncs}"
+    )
     received = torch.load(reports[-1])
     assert set(received) <= set(final) and len(received) == len(initial)
     for name, tensor in received.items():
@@ -66,12 +66,24 @@ def assert_trained_and_synced(result: harness.RunResult, assets: harness.Assets,
 def multi_source_flags(assets: harness.Assets) -> list:
     # τ = 0.3: with two randomly initialised model scores nearly every rollout is mixed-sign (see base_flags).
     return [
-        "--advantage_estimator", "gd2po", "--gd2po.snr_threshold", "0.3",
-        "--reward.remote_url", str(assets.reward_file),
-        "--reward.model_name_or_path", str(assets.reward_model),
-        "--cost.model_name_or_path", str(assets.cost_model),
-        "--gd2po.reward_keys", *TASK_KEYS, "reward_model", "cost", "--gd2po.reward_weights", *WEIGHTS,
-        "--ds.value_head_prefix", "score_head",  # as the safe-alignment recipe passes it for its checkpoints
+        "--advantage_estimator",
+        "gd2po",
+        "--gd2po.snr_threshold",
+        "0.3",
+        "--reward.remote_url",
+        str(assets.reward_file),
+        "--reward.model_name_or_path",
+        str(assets.reward_model),
+        "--cost.model_name_or_path",
+        str(assets.cost_model),
+        "--gd2po.reward_keys",
+        *TASK_KEYS,
+        "reward_model",
+        "cost",
+        "--gd2po.reward_weights",
+        *WEIGHTS,
+        "--ds.value_head_prefix",
+        "score_head",  # as the safe-alignment recipe passes it for its checkpoints
     ]
 
 
@@ -102,14 +114,25 @@ def test_a_reward_file_reward_model_and_cost_model_with_kl_checkpoint_and_resume
     assert [key for key, _, _ in client_state["gd2po"]["dimensions"]] == TASK_KEYS + ["reward_model", "cost"]
 
     # Resume from step 2 with a changed τ and one more step of prompts: the checkpoint's τ is restored, with a warning.
-    resume_flags = harness.base_flags(assets, run_dir, steps=3) + multi_source_flags(assets) + [
-        "--algo.kl.init_coef", "0.01", "--ckpt.load_enable", "--gd2po.snr_threshold", "0.5",
-        "--logger.tensorboard_dir", str(run_dir / "tensorboard_resumed"),
-    ]
+    resume_flags = (
+        harness.base_flags(assets, run_dir, steps=3)
+        + multi_source_flags(assets)
+        + [
+            "--algo.kl.init_coef",
+            "0.01",
+            "--ckpt.load_enable",
+            "--gd2po.snr_threshold",
+            "0.5",
+            "--logger.tensorboard_dir",
+            str(run_dir / "tensorboard_resumed"),
+        ]
+    )
     resumed = harness.run_launcher("a (resume with --gd2po.snr_threshold 0.5)", resume_flags, run_dir, head).check()
     assert "--gd2po.snr_threshold checkpoint 0.3, command line 0.5" in resumed.log
     assert "Restored from the checkpoint" in resumed.log
-    resumed_tau = [value for path, value in _scalar_files(run_dir / "tensorboard_resumed", "train/gd2po/snr_threshold")]
+    resumed_tau = [
+        value for path, value in _scalar_files(run_dir / "tensorboard_resumed", "train/gd2po/snr_threshold")
+    ]
     assert resumed_tau == pytest.approx([0.3]), "the resumed step trains with the checkpoint's τ"
 
 
@@ -165,7 +188,9 @@ class FaultProxy(http.server.ThreadingHTTPServer):
                     self.answered_503 += 1
                     status, answer = 503, b'{"error": "injected fault"}'
                 else:
-                    request = urllib.request.Request(self.upstream, data=body, headers={"Content-Type": "application/json"})
+                    request = urllib.request.Request(
+                        self.upstream, data=body, headers={"Content-Type": "application/json"}
+                    )
                     try:
                         with urllib.request.urlopen(request, timeout=60) as response:
                             status, answer = response.status, response.read()
@@ -197,16 +222,26 @@ def test_b_reward_server_with_a_503_and_a_nan_rollout_drop_group_and_drop_filter
     port = harness._free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "gd2po_openrlhf.serve_rewards", "--reward-file", str(reward_file), "--port", str(port)],
-        stdout=open(run_dir / "server.log", "w"), stderr=subprocess.STDOUT,
+        stdout=open(run_dir / "server.log", "w"),
+        stderr=subprocess.STDOUT,
     )
     try:
         wait_until_serving(port, server, lambda: (run_dir / "server.log").read_text())
         proxy = FaultProxy(f"http://127.0.0.1:{port}/get_reward")
         flags = harness.base_flags(assets, run_dir) + [
-            "--advantage_estimator", "gd2po", "--reward.remote_url", proxy.url, "--gd2po.reward_keys", *TASK_KEYS,
-            "--gd2po.on_bad_reward", "drop_group", "--gd2po.drop_filtered",
+            "--advantage_estimator",
+            "gd2po",
+            "--reward.remote_url",
+            proxy.url,
+            "--gd2po.reward_keys",
+            *TASK_KEYS,
+            "--gd2po.on_bad_reward",
+            "drop_group",
+            "--gd2po.drop_filtered",
         ]
-        result = harness.run_launcher("b: reward server with faults, drop_group + drop_filtered", flags, run_dir, head).check()
+        result = harness.run_launcher(
+            "b: reward server with faults, drop_group + drop_filtered", flags, run_dir, head
+        ).check()
         proxy.shutdown()
     finally:
         server.terminate()
@@ -227,7 +262,12 @@ def test_c_async_trainer(e2e):
     assets, head, root = e2e
     run_dir = root / "c"
     flags = harness.base_flags(assets, run_dir) + [
-        "--advantage_estimator", "gd2po", "--reward.remote_url", str(assets.reward_file), "--gd2po.reward_keys", *TASK_KEYS,
+        "--advantage_estimator",
+        "gd2po",
+        "--reward.remote_url",
+        str(assets.reward_file),
+        "--gd2po.reward_keys",
+        *TASK_KEYS,
         "--train.async_enable",
     ]
     result = harness.run_launcher("c: --train.async_enable", flags, run_dir, head).check()
@@ -242,8 +282,18 @@ def test_d_two_data_parallel_actor_ranks_and_a_logged_only_dimension(e2e):
     assets, head, root = e2e
     run_dir = root / "d"
     flags = harness.base_flags(assets, run_dir) + [
-        "--advantage_estimator", "gd2po", "--reward.remote_url", str(assets.reward_file), "--gd2po.reward_keys", *TASK_KEYS,
-        "--gd2po.reward_weights", "1", "1", "0", "--actor.num_gpus_per_node", "2",
+        "--advantage_estimator",
+        "gd2po",
+        "--reward.remote_url",
+        str(assets.reward_file),
+        "--gd2po.reward_keys",
+        *TASK_KEYS,
+        "--gd2po.reward_weights",
+        "1",
+        "1",
+        "0",
+        "--actor.num_gpus_per_node",
+        "2",
     ]
     result = harness.run_launcher("d: 2 data-parallel actor ranks, brevity logged only", flags, run_dir, head).check()
     assert result.log.count("torch.cuda shim active") >= 2
@@ -257,13 +307,25 @@ def test_e_reward_model_with_its_own_tokenizer_and_chat_template(e2e):
     assets, head, root = e2e
     run_dir = root / "e"
     flags = harness.base_flags(assets, run_dir) + [
-        "--advantage_estimator", "gd2po", "--reward.remote_url", str(assets.reward_file),
-        "--reward.model_name_or_path", str(assets.own_template_reward_model), "--gd2po.snr_threshold", "0.3",
-        "--gd2po.reward_keys", *TASK_KEYS, "reward_model", "--gd2po.reward_chat_template", "own",
+        "--advantage_estimator",
+        "gd2po",
+        "--reward.remote_url",
+        str(assets.reward_file),
+        "--reward.model_name_or_path",
+        str(assets.own_template_reward_model),
+        "--gd2po.snr_threshold",
+        "0.3",
+        "--gd2po.reward_keys",
+        *TASK_KEYS,
+        "reward_model",
+        "--gd2po.reward_chat_template",
+        "own",
     ]
     result = harness.run_launcher("e: --gd2po.reward_chat_template own", flags, run_dir, head).check()
     scalars = result.scalars()
-    assert len(scalars["train/reward/reward_model"]) == 2 and all(map(math.isfinite, scalars["train/reward/reward_model"]))
+    assert len(scalars["train/reward/reward_model"]) == 2 and all(
+        map(math.isfinite, scalars["train/reward/reward_model"])
+    )
     assert scalars["train/gd2po/num_reward_dims"] == [4.0, 4.0]
     assert_trained_and_synced(result, assets, syncs=2)
 
@@ -277,7 +339,10 @@ def test_f_plugin_disabled_runs_stock_group_norm(e2e, tmp_path):
     head = harness.RayHead(root / "ray_f", env).start()
     try:
         flags = harness.base_flags(assets, run_dir) + [
-            "--algo.advantage.estimator", "group_norm", "--reward.remote_url", str(assets.reward_file),
+            "--algo.advantage.estimator",
+            "group_norm",
+            "--reward.remote_url",
+            str(assets.reward_file),
         ]
         result = harness.run_launcher("f: GD2PO_DISABLE=1 with group_norm", flags, run_dir, head).check()
     finally:

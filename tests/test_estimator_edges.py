@@ -145,9 +145,21 @@ def test_metrics_names_and_values():
     [
         ([[1.0], [2.0], [3.0]], [0, 0, 1], full_mask(3), SNR, r"group_ids \[1\] have a single rollout"),
         ([[1.0], [2.0]], [0, 0, 0], full_mask(2), SNR, r"group_ids must be \[2\]"),
-        ([[1.0], [2.0]], [0, 0], full_mask(3), SNR, r"response_mask must be \[num_rollouts, num_tokens\] with one row per rollout"),
+        (
+            [[1.0], [2.0]],
+            [0, 0],
+            full_mask(3),
+            SNR,
+            r"response_mask must be \[num_rollouts, num_tokens\] with one row per rollout",
+        ),
         ([1.0, 2.0], [0, 0], full_mask(2), SNR, r"rewards must be \[num_rollouts, num_reward_dims\]"),
-        ([[1.0, 0.0], [float("nan"), 1.0]], [0, 0], full_mask(2), SNR, r"rollout 1 \(group 0\) for dimension 'dim0' is nan"),
+        (
+            [[1.0, 0.0], [float("nan"), 1.0]],
+            [0, 0],
+            full_mask(2),
+            SNR,
+            r"rollout 1 \(group 0\) for dimension 'dim0' is nan",
+        ),
         (
             [[1.0, 0.0], [2.0, float("inf")]],
             [0, 0],
@@ -237,9 +249,14 @@ def test_hard_sign_test_weights_advantages_by_response_length():
     1e-8 sign threshold, but over 1000 tokens A·L ≈ 5.8e-8 is above it: rollout 2 is mixed-sign, as in the
     authors' code. Rollout 0 (A0 < 0 < A1) conflicts too; rollout 1 (both positive) is kept."""
     rewards = torch.tensor([[-1.0, 0.0], [1.0, 0.0], [1e-10, -1.0]])
-    result = compute_rollout_advantages(rewards, torch.tensor([0, 0, 0]), torch.tensor([10.0, 10.0, 1000.0]), GD2POConfig(filter="hard"))
+    result = compute_rollout_advantages(
+        rewards, torch.tensor([0, 0, 0]), torch.tensor([10.0, 10.0, 1000.0]), GD2POConfig(filter="hard")
+    )
     assert result.keep.tolist() == [False, True, False]
-    assert result.dimension_advantages[2, 0] > 0 and result.dimension_advantages[2, 0] * 1000 > 1e-8 > result.dimension_advantages[2, 0]
+    assert (
+        result.dimension_advantages[2, 0] > 0
+        and result.dimension_advantages[2, 0] * 1000 > 1e-8 > result.dimension_advantages[2, 0]
+    )
 
 
 def test_a_reward_equal_to_its_group_mean_in_float32_is_a_tie():
@@ -252,8 +269,9 @@ def test_a_reward_equal_to_its_group_mean_in_float32_is_a_tie():
     # The float64 mean of the float32 values is not exactly the float32 .23: the case the tie rule is for.
     assert length_rewards.double().mean() != length_rewards.double()[0]
     rewards = torch.stack([torch.tensor([-3.0, 3.0, -3.0, 3.0]), length_rewards], dim=1)
-    result = compute_rollout_advantages(rewards, torch.tensor([0, 0, 0, 0]), torch.tensor([361.0, 200.0, 300.0, 250.0]),
-                                        GD2POConfig(filter="hard"))
+    result = compute_rollout_advantages(
+        rewards, torch.tensor([0, 0, 0, 0]), torch.tensor([361.0, 200.0, 300.0, 250.0]), GD2POConfig(filter="hard")
+    )
     assert result.dimension_advantages[0, 1] == 0
     assert result.keep.tolist() == [True, False, False, False]
 
@@ -263,5 +281,7 @@ def test_the_tie_rule_never_zeroes_or_flips_a_difference_above_one_float32_ulp(o
     """Two float32 rewards more than one ulp apart keep their true order: + for the larger, − for the smaller."""
     base = 0.7
     rewards = torch.tensor([[base], [base + offset_ulps * 2.0**-23 * base * 2]], dtype=torch.float32)
-    result = compute_rollout_advantages(rewards, torch.tensor([0, 0]), torch.tensor([5.0, 5.0]), GD2POConfig(filter="none"))
+    result = compute_rollout_advantages(
+        rewards, torch.tensor([0, 0]), torch.tensor([5.0, 5.0]), GD2POConfig(filter="none")
+    )
     assert result.dimension_advantages[0, 0] < 0 < result.dimension_advantages[1, 0]

@@ -136,7 +136,7 @@ def test_negative_weight_equals_negated_reward(batch, cfg, data):
 @given(
     st.integers(2, 4),
     st.lists(
-        st.floats(min_value=-2.0**49, max_value=2.0**49, width=32),
+        st.floats(min_value=-(2.0**49), max_value=2.0**49, width=32),
         min_size=8,
         max_size=8,
     ),
@@ -162,8 +162,12 @@ def test_a_dimension_with_weight_zero_is_logged_but_changes_nothing(filter_name,
     rewards[:, 2] = torch.rand(32, generator=generator).round(decimals=2)  # a length-like dimension
     groups = torch.arange(8).repeat_interleave(4)
     lengths = torch.randint(1, 50, (32,), generator=generator).float()
-    with_zero = compute_rollout_advantages(rewards, groups, lengths, GD2POConfig(filter=filter_name, weights=(1.0, 0.0, 1.0)))
-    without = compute_rollout_advantages(rewards[:, [0, 2]], groups, lengths, GD2POConfig(filter=filter_name, weights=(1.0, 1.0)))
+    with_zero = compute_rollout_advantages(
+        rewards, groups, lengths, GD2POConfig(filter=filter_name, weights=(1.0, 0.0, 1.0))
+    )
+    without = compute_rollout_advantages(
+        rewards[:, [0, 2]], groups, lengths, GD2POConfig(filter=filter_name, weights=(1.0, 1.0))
+    )
     assert torch.equal(with_zero.keep, without.keep)
     assert torch.allclose(with_zero.rollout_advantages, without.rollout_advantages, atol=1e-6)
     assert torch.equal(with_zero.group_keep_ratio, without.group_keep_ratio)

@@ -1,11 +1,10 @@
 """The GD²PO experience maker as OpenRLHF's trainer module sees it after the import hook, on real
 Experience objects, against the estimator core."""
 
-
+import openrlhf.trainer.ppo_trainer as ppo_trainer
 import pytest
 import torch
-
-import openrlhf.trainer.ppo_trainer as ppo_trainer
+from gd2po_testing import openrlhf_strategy, rollout_experiences
 from openrlhf.trainer.ppo_utils.experience import Experience
 from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
 from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
@@ -13,7 +12,6 @@ from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
 
 from gd2po_openrlhf import GD2POConfig, compute_advantages
 from gd2po_openrlhf.integration.experience_maker import GD2POExperienceMaker
-from gd2po_testing import openrlhf_strategy, rollout_experiences
 
 N = 4  # rollouts per prompt
 
@@ -47,9 +45,24 @@ def test_hook_replaced_the_trainer_modules_maker():
 @pytest.mark.parametrize("filter_name, shuffle_seed", [("snr", None), ("hard", 3), ("none", 5)])
 def test_advantages_match_the_estimator(reward_file, filter_name, shuffle_seed):
     strategy = openrlhf_strategy(
-        ["--advantage_estimator", "gd2po", "--gd2po.filter", filter_name, "--reward.remote_url", reward_file,
-         "--gd2po.reward_keys", "correctness", "format", "--gd2po.reward_weights", "1", "0.5",
-         "--rollout.n_samples_per_prompt", str(N), "--algo.kl.init_coef", "0"]
+        [
+            "--advantage_estimator",
+            "gd2po",
+            "--gd2po.filter",
+            filter_name,
+            "--reward.remote_url",
+            reward_file,
+            "--gd2po.reward_keys",
+            "correctness",
+            "format",
+            "--gd2po.reward_weights",
+            "1",
+            "0.5",
+            "--rollout.n_samples_per_prompt",
+            str(N),
+            "--algo.kl.init_coef",
+            "0",
+        ]
     )
     generator = torch.Generator().manual_seed(1)
     rewards = torch.randint(0, 3, (6 * N, 2), generator=generator).float()
@@ -74,24 +87,49 @@ def test_advantages_match_the_estimator(reward_file, filter_name, shuffle_seed):
         torch.testing.assert_close(experience.rewards, rewards[rows] @ torch.tensor([1.0, 0.5]))
         assert experience.info["reward"].shape == (len(rows),) and experience.kl is None
     assert maker.last_step_report.metrics["gd2po/conflict_ratio"] == pytest.approx(expected.metrics["conflict_ratio"])
-    assert maker.last_step_report.metrics["gd2po/reward_mean/format"] == pytest.approx(expected.metrics["reward_mean/format"])
+    assert maker.last_step_report.metrics["gd2po/reward_mean/format"] == pytest.approx(
+        expected.metrics["reward_mean/format"]
+    )
 
 
 def test_sum_rewards_is_grpo_on_the_weighted_sum(reward_file):
     strategy = openrlhf_strategy(
-        ["--advantage_estimator", "gdpo", "--gd2po.sum_rewards", "--reward.remote_url", reward_file,
-         "--gd2po.reward_keys", "correctness", "format", "--gd2po.reward_weights", "1", "-0.5",
-         "--rollout.n_samples_per_prompt", str(N), "--algo.kl.init_coef", "0"]
+        [
+            "--advantage_estimator",
+            "gdpo",
+            "--gd2po.sum_rewards",
+            "--reward.remote_url",
+            reward_file,
+            "--gd2po.reward_keys",
+            "correctness",
+            "format",
+            "--gd2po.reward_weights",
+            "1",
+            "-0.5",
+            "--rollout.n_samples_per_prompt",
+            str(N),
+            "--algo.kl.init_coef",
+            "0",
+        ]
     )
     generator = torch.Generator().manual_seed(2)
     rewards = torch.randint(0, 3, (5 * N, 2), generator=generator).float()
     lengths = torch.randint(1, 9, (5 * N,), generator=generator)
     maker = make_maker(strategy)
-    out = maker.compute_advantages_and_returns(micro_batches(rollout_experiences(rewards, lengths, N, 4, reward_keys=["correctness", "format"]), 4))
+    out = maker.compute_advantages_and_returns(
+        micro_batches(rollout_experiences(rewards, lengths, N, 4, reward_keys=["correctness", "format"]), 4)
+    )
     total = rewards @ torch.tensor([1.0, -0.5])
     mask = (torch.arange(int(lengths.max())) < lengths.unsqueeze(1)).float()
-    expected = compute_advantages(total.unsqueeze(1), torch.arange(5 * N) // N, mask, GD2POConfig(filter="none", reweight_queries=False))
-    per_dimension = compute_advantages(rewards, torch.arange(5 * N) // N, mask, GD2POConfig(filter="none", reweight_queries=False, weights=(1.0, -0.5)))
+    expected = compute_advantages(
+        total.unsqueeze(1), torch.arange(5 * N) // N, mask, GD2POConfig(filter="none", reweight_queries=False)
+    )
+    per_dimension = compute_advantages(
+        rewards,
+        torch.arange(5 * N) // N,
+        mask,
+        GD2POConfig(filter="none", reweight_queries=False, weights=(1.0, -0.5)),
+    )
     assert not torch.allclose(expected.rollout_advantages, per_dimension.rollout_advantages)  # GRPO ≠ GDPO here
     for experience in out:
         rows = torch.tensor(experience.index)
@@ -103,9 +141,21 @@ def test_sum_rewards_is_grpo_on_the_weighted_sum(reward_file):
 
 def test_kl_in_reward_adds_reverse_cumulative_kl_on_kept_rollouts(reward_file):
     strategy = openrlhf_strategy(
-        ["--advantage_estimator", "gd2po", "--gd2po.filter", "hard", "--reward.remote_url", reward_file,
-         "--gd2po.reward_keys", "correctness", "format", "--rollout.n_samples_per_prompt", str(N),
-         "--algo.kl.init_coef", "0.1"]
+        [
+            "--advantage_estimator",
+            "gd2po",
+            "--gd2po.filter",
+            "hard",
+            "--reward.remote_url",
+            reward_file,
+            "--gd2po.reward_keys",
+            "correctness",
+            "format",
+            "--rollout.n_samples_per_prompt",
+            str(N),
+            "--algo.kl.init_coef",
+            "0.1",
+        ]
     )
     rewards = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]] * 2)
     lengths = torch.tensor([3, 4, 2, 5, 1, 3, 4, 2])
@@ -113,12 +163,16 @@ def test_kl_in_reward_adds_reverse_cumulative_kl_on_kept_rollouts(reward_file):
     for experience in experiences:
         experience.kl = torch.rand(experience.action_mask.shape, generator=torch.Generator().manual_seed(7))
     kl = [experience.kl.clone() for experience in experiences]
-    keep = compute_advantages(rewards, torch.arange(8) // N, (torch.arange(5) < lengths.unsqueeze(1)), GD2POConfig(filter="hard")).keep
+    keep = compute_advantages(
+        rewards, torch.arange(8) // N, (torch.arange(5) < lengths.unsqueeze(1)), GD2POConfig(filter="hard")
+    ).keep
     assert 0 < keep.sum() < 8  # some rollouts dropped, some kept: both branches are checked
     without_kl = make_maker(strategy, kl_coef=0.0).compute_advantages_and_returns(
         [Experience(**{**vars(e), "info": dict(e.info)}) for e in experiences]
     )
-    with_kl = make_maker(strategy, kl_coef=0.1, initial_model_group=object()).compute_advantages_and_returns(experiences)
+    with_kl = make_maker(strategy, kl_coef=0.1, initial_model_group=object()).compute_advantages_and_returns(
+        experiences
+    )
     for base, shaped, kl_values in zip(without_kl, with_kl, kl):
         mask = shaped.action_mask.float()
         kept = keep[torch.tensor(base.index)].float().unsqueeze(1)
@@ -135,8 +189,16 @@ def test_kl_in_reward_adds_reverse_cumulative_kl_on_kept_rollouts(reward_file):
 
 def test_other_estimators_are_delegated_untouched():
     strategy = openrlhf_strategy(
-        ["--advantage_estimator", "group_norm", "--reward.remote_url", "http://127.0.0.1:1/unused",
-         "--rollout.n_samples_per_prompt", str(N), "--algo.kl.init_coef", "0"]
+        [
+            "--advantage_estimator",
+            "group_norm",
+            "--reward.remote_url",
+            "http://127.0.0.1:1/unused",
+            "--rollout.n_samples_per_prompt",
+            str(N),
+            "--algo.kl.init_coef",
+            "0",
+        ]
     )
     rewards = torch.tensor([[1.0], [0.0], [2.0], [0.5]] * 2)
     lengths = torch.tensor([3, 4, 2, 5, 1, 3, 4, 2])
@@ -148,7 +210,9 @@ def test_other_estimators_are_delegated_untouched():
         return experiences
 
     ours = make_maker(strategy).compute_advantages_and_returns(batch())
-    stock = RemoteExperienceMaker(None, None, None, None, FixedKLController(0.0), strategy, None).compute_advantages_and_returns(batch())
+    stock = RemoteExperienceMaker(
+        None, None, None, None, FixedKLController(0.0), strategy, None
+    ).compute_advantages_and_returns(batch())
     for a, b in zip(ours, stock):
         assert torch.equal(a.advantages, b.advantages) and torch.equal(a.returns, b.returns)
         assert "gd2po/conflict_ratio" not in a.info
@@ -156,11 +220,26 @@ def test_other_estimators_are_delegated_untouched():
 
 def test_missing_and_unexpected_reward_keys_fail_with_names(reward_file):
     strategy = openrlhf_strategy(
-        ["--advantage_estimator", "gd2po", "--reward.remote_url", reward_file, "--gd2po.reward_keys", "correctness", "format",
-         "--rollout.n_samples_per_prompt", str(N)]
+        [
+            "--advantage_estimator",
+            "gd2po",
+            "--reward.remote_url",
+            reward_file,
+            "--gd2po.reward_keys",
+            "correctness",
+            "format",
+            "--rollout.n_samples_per_prompt",
+            str(N),
+        ]
     )
     samples = rollout_experiences(torch.ones(N, 2), torch.full((N,), 3), N, 4, reward_keys=["correctness", "style"])
-    with pytest.raises(ValueError, match=r"missing \['format'\] \(source: reward_function .*my_rewards.py\) unexpected \['reward/style'\] for prompt 'prompt 0'"):
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"missing \['format'\] \(source: reward_function .*my_rewards.py\) unexpected \['reward/style'\] for "
+            r"prompt 'prompt 0'"
+        ),
+    ):
         make_maker(strategy).compute_advantages_and_returns(micro_batches(samples, 4))
 
 
@@ -173,24 +252,48 @@ class FakeGenerator:
 
 def response(reward=None, extra_logs=None, prompt="What is 2+2?"):
     return {
-        "prompt": prompt, "label": "4", "images": None, "mm_train_inputs": None,
-        "observation_tokens": [1, 2, 3, 4, 5], "action_ranges": [(3, 5)], "rollout_log_probs": None,
-        "truncated": False, "reward": reward, "scores": reward, "extra_logs": extra_logs or {},
+        "prompt": prompt,
+        "label": "4",
+        "images": None,
+        "mm_train_inputs": None,
+        "observation_tokens": [1, 2, 3, 4, 5],
+        "action_ranges": [(3, 5)],
+        "rollout_log_probs": None,
+        "truncated": False,
+        "reward": reward,
+        "scores": reward,
+        "extra_logs": extra_logs or {},
     }
 
 
 @pytest.fixture(scope="module")
 def generator(reward_file):
     strategy = openrlhf_strategy(
-        ["--advantage_estimator", "gd2po", "--reward.remote_url", reward_file, "--gd2po.reward_keys", "correctness", "format",
-         "--gd2po.reward_weights", "2", "1", "--rollout.n_samples_per_prompt", str(N)]
+        [
+            "--advantage_estimator",
+            "gd2po",
+            "--reward.remote_url",
+            reward_file,
+            "--gd2po.reward_keys",
+            "correctness",
+            "format",
+            "--gd2po.reward_weights",
+            "2",
+            "1",
+            "--rollout.n_samples_per_prompt",
+            str(N),
+        ]
     )
     return FakeGenerator(strategy.args)
 
 
 def test_dict_rewards_become_info_keys(generator):
-    experience = SamplesGenerator._process_response_into_experience(generator, response({"correctness": 1, "format": 0.5}))
-    assert experience.info["reward/correctness"].tolist() == [1.0] and experience.info["reward/format"].tolist() == [0.5]
+    experience = SamplesGenerator._process_response_into_experience(
+        generator, response({"correctness": 1, "format": 0.5})
+    )
+    assert experience.info["reward/correctness"].tolist() == [1.0] and experience.info["reward/format"].tolist() == [
+        0.5
+    ]
     assert experience.rewards.tolist() == [2.5] and experience.scores.tolist() == [2.5]
 
 
@@ -205,11 +308,35 @@ def test_extra_logs_form_is_accepted(generator):
 @pytest.mark.parametrize(
     "reward, extra_logs, message",
     [
-        (None, None, r"reward keys \['correctness', 'format'\] missing from reward function .*my_rewards.py for prompt 'What is 2\+2\?': it returned no reward at all"),
-        ({"correctness": 1.0}, None, r"reward function .*my_rewards.py for prompt 'What is 2\+2\?' returned no value for reward keys \['format'\]"),
-        ({"correctness": 1.0, "format": 0.0, "style": 1.0}, None, r"returned reward keys \['style'\] that are not among the declared reward keys \['correctness', 'format'\]"),
-        ({"correctness": float("nan"), "format": 0.0}, None, r"reward function .* for prompt .* returned nan for reward key 'correctness' of rollout 0: expected a finite number"),
-        ({"correctness": "1", "format": 0.0}, None, r"returned '1' for reward key 'correctness' of rollout 0: expected a finite number"),
+        (
+            None,
+            None,
+            r"reward keys \['correctness', 'format'\] missing from reward function .*my_rewards.py for prompt 'What "
+            r"is 2\+2\?': it returned no reward at all",
+        ),
+        (
+            {"correctness": 1.0},
+            None,
+            r"reward function .*my_rewards.py for prompt 'What is 2\+2\?' returned no value for reward keys "
+            r"\['format'\]",
+        ),
+        (
+            {"correctness": 1.0, "format": 0.0, "style": 1.0},
+            None,
+            r"returned reward keys \['style'\] that are not among the declared reward keys \['correctness', "
+            r"'format'\]",
+        ),
+        (
+            {"correctness": float("nan"), "format": 0.0},
+            None,
+            r"reward function .* for prompt .* returned nan for reward key 'correctness' of rollout 0: expected a "
+            r"finite number",
+        ),
+        (
+            {"correctness": "1", "format": 0.0},
+            None,
+            r"returned '1' for reward key 'correctness' of rollout 0: expected a finite number",
+        ),
     ],
 )
 def test_bad_rollout_rewards_name_key_source_and_prompt(generator, reward, extra_logs, message):

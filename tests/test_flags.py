@@ -1,3 +1,6 @@
+"""YAML presets (--gd2po.config, integration/flags.py) through OpenRLHF's real parser: the shipped presets resolve to
+the authors' settings, flags on the command line override them, bad presets are refused naming the file and key."""
+
 import json
 import pathlib
 
@@ -10,7 +13,8 @@ CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 
 
 def launch(*flags):
-    """OpenRLHF's real parser on a gd2po command line, then the plugin's resolution of it: (args, config, dimensions)."""
+    """OpenRLHF's real parser on a gd2po command line, then the plugin's resolution of it:
+    (args, config, dimensions)."""
     args = parse_launcher_args(["--advantage_estimator", "gd2po", "--rollout.n_samples_per_prompt", "4", *flags])
     settings = resolve_settings(args)
     return args, settings.gd2po_config, list(settings.dimensions)
@@ -28,7 +32,12 @@ def test_tool_calling_preset_resolves_to_the_authors_settings():
 
 def test_safe_alignment_preset_with_the_models_on_the_command_line():
     args, config, dims = launch(
-        "--gd2po.config", str(CONFIGS / "safe_alignment.yaml"), "--reward.model_name_or_path", "org/rm", "--cost.model_name_or_path", "org/cm"
+        "--gd2po.config",
+        str(CONFIGS / "safe_alignment.yaml"),
+        "--reward.model_name_or_path",
+        "org/rm",
+        "--cost.model_name_or_path",
+        "org/cm",
     )
     assert (config.filter, config.snr_threshold, config.snr_eps) == ("snr", 0.8, 1e-6)
     assert [(d.key, d.source, d.location, d.weight) for d in dims] == [
@@ -39,7 +48,14 @@ def test_safe_alignment_preset_with_the_models_on_the_command_line():
 
 def test_command_line_flags_override_the_preset():
     _, config, dims = launch(
-        "--gd2po.snr_threshold", "0.5", "--gd2po.config", str(CONFIGS / "tool_calling.yaml"), "--gd2po.reward_weights", "2", "1", "1",
+        "--gd2po.snr_threshold",
+        "0.5",
+        "--gd2po.config",
+        str(CONFIGS / "tool_calling.yaml"),
+        "--gd2po.reward_weights",
+        "2",
+        "1",
+        "1",
     )
     assert (config.filter, config.snr_threshold, config.weights) == ("snr", 0.5, (2.0, 1.0, 1.0))
     assert config.snr_eps == 1e-8  # not given on the command line: the preset's

@@ -16,7 +16,16 @@ from gd2po_openrlhf import GD2POConfig, compute_advantages
 from gd2po_openrlhf.integration.reward_client import count_mismatch
 from gd2po_openrlhf.rewards import dimensions_from_payload
 
-DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.int64, torch.int32, torch.bool, torch.uint8]
+DTYPES = [
+    torch.float16,
+    torch.bfloat16,
+    torch.float32,
+    torch.float64,
+    torch.int64,
+    torch.int32,
+    torch.bool,
+    torch.uint8,
+]
 SPECIAL = st.sampled_from([0.0, -0.0, 1.0, -1.0, 1e-30, 1e30, 3.4e38, -3.4e38, 1e300, math.nan, math.inf, -math.inf])
 NUMBERS = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=64), SPECIAL, st.integers(-(10**6), 10**6))
 
@@ -24,7 +33,11 @@ NUMBERS = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=64), SP
 @st.composite
 def estimator_inputs(draw):
     """Mostly well-formed batches (so that real results get checked), each with at most one kind of corruption."""
-    corruption = draw(st.sampled_from([None, None, None, "values", "rewards_shape", "mask_shape", "mask_values", "dtype", "empty", "groups"]))
+    corruption = draw(
+        st.sampled_from(
+            [None, None, None, "values", "rewards_shape", "mask_shape", "mask_values", "dtype", "empty", "groups"]
+        )
+    )
     group_size = draw(st.integers(1, 4) if corruption == "groups" else st.integers(2, 4))
     rows = draw(st.integers(1, 9)) if corruption == "groups" else group_size * draw(st.integers(1, 3))
     dims, width = draw(st.integers(1, 3)), draw(st.integers(1, 6))
@@ -34,15 +47,21 @@ def estimator_inputs(draw):
     if corruption == "mask_shape":
         mask_shape = draw(st.sampled_from([(rows,), (rows - 1, width), (rows, width, 1)]))
     if corruption == "empty":
-        rewards_shape, mask_shape = draw(st.sampled_from([((0, dims), (0, width)), ((rows, 0), (rows, width)), ((rows, dims), (rows, 0))]))
+        rewards_shape, mask_shape = draw(
+            st.sampled_from([((0, dims), (0, width)), ((rows, 0), (rows, width)), ((rows, dims), (rows, 0))])
+        )
     values = NUMBERS if corruption == "values" else st.floats(-1e6, 1e6) | st.integers(-3, 3)
     reward_values = draw(st.lists(values, min_size=math.prod(rewards_shape), max_size=math.prod(rewards_shape)))
     rewards = torch.tensor(reward_values, dtype=torch.float64).reshape(rewards_shape)
     rewards = rewards.to(draw(st.sampled_from(DTYPES if corruption == "dtype" else [torch.float32, torch.float64])))
     mask_choices = [0, 1, 1, 2, -1] if corruption == "mask_values" else [0, 1, 1, 1]
-    mask_values = draw(st.lists(st.sampled_from(mask_choices), min_size=math.prod(mask_shape), max_size=math.prod(mask_shape)))
+    mask_values = draw(
+        st.lists(st.sampled_from(mask_choices), min_size=math.prod(mask_shape), max_size=math.prod(mask_shape))
+    )
     mask = torch.tensor(mask_values, dtype=torch.float64).reshape(mask_shape)
-    mask = mask.to(draw(st.sampled_from(DTYPES if corruption == "dtype" else [torch.float32, torch.int64, torch.bool])))
+    mask = mask.to(
+        draw(st.sampled_from(DTYPES if corruption == "dtype" else [torch.float32, torch.int64, torch.bool]))
+    )
     groups = torch.arange(rewards_shape[0]) // group_size
     if draw(st.booleans()):
         groups = groups[torch.randperm(len(groups), generator=torch.Generator().manual_seed(draw(st.integers(0, 99))))]
@@ -78,7 +97,9 @@ def test_estimator_gives_a_finite_result_or_a_value_error(inputs):
 
 PAYLOAD_VALUES = st.recursive(
     st.one_of(st.none(), st.booleans(), NUMBERS, st.text(max_size=5)),
-    lambda children: st.one_of(st.lists(children, max_size=4), st.dictionaries(st.text(max_size=8), children, max_size=3)),
+    lambda children: st.one_of(
+        st.lists(children, max_size=4), st.dictionaries(st.text(max_size=8), children, max_size=3)
+    ),
     max_leaves=12,
 )
 
@@ -86,7 +107,11 @@ PAYLOAD_VALUES = st.recursive(
 @st.composite
 def payloads(draw):
     """Mostly protocol-shaped payloads with one column per key; values well-formed or arbitrary."""
-    keys = draw(st.lists(st.sampled_from(["correctness", "format", "length", "reward/x", ""]), min_size=1, max_size=3, unique=True))
+    keys = draw(
+        st.lists(
+            st.sampled_from(["correctness", "format", "length", "reward/x", ""]), min_size=1, max_size=3, unique=True
+        )
+    )
     length = draw(st.integers(0, 4))
     finite = st.floats(-1e6, 1e6) | st.integers(-3, 3)
 
@@ -97,7 +122,11 @@ def payloads(draw):
                 good,
                 good,
                 good.map(tuple),
-                good.map(lambda v: torch.tensor(v, dtype=draw(st.sampled_from([torch.float32, torch.float64, torch.float16, torch.int64])))),
+                good.map(
+                    lambda v: torch.tensor(
+                        v, dtype=draw(st.sampled_from([torch.float32, torch.float64, torch.float16, torch.int64]))
+                    )
+                ),
                 good.map(np.array),
                 finite,
                 st.lists(NUMBERS, max_size=4),
@@ -108,14 +137,23 @@ def payloads(draw):
     columns = {key: column() for key in keys}
     form = draw(st.sampled_from(["rewards", "rewards", "extra_logs", "extra_logs", "junk"]))
     if form == "rewards":
-        return {"rewards": columns, "extra_logs": draw(st.none() | st.dictionaries(st.text(max_size=8), PAYLOAD_VALUES, max_size=2))}
+        return {
+            "rewards": columns,
+            "extra_logs": draw(st.none() | st.dictionaries(st.text(max_size=8), PAYLOAD_VALUES, max_size=2)),
+        }
     if form == "extra_logs":
         return {"rewards": draw(PAYLOAD_VALUES), "extra_logs": {f"reward/{k}": v for k, v in columns.items()}}
     return draw(PAYLOAD_VALUES)
 
 
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(payloads(), st.integers(1, 4), st.none() | st.none() | st.lists(st.sampled_from(["correctness", "format", "length"]), min_size=1, max_size=3, unique=True))
+@given(
+    payloads(),
+    st.integers(1, 4),
+    st.none()
+    | st.none()
+    | st.lists(st.sampled_from(["correctness", "format", "length"]), min_size=1, max_size=3, unique=True),
+)
 def test_payload_parsing_gives_finite_columns_or_a_value_error(payload, num_rollouts, reward_keys):
     try:
         dims = dimensions_from_payload(payload, num_rollouts, reward_keys, "fuzzed source")
@@ -136,4 +174,7 @@ def test_reward_client_item_count_check_never_raises(payload, num_rollouts):
     assert mismatch is None or isinstance(mismatch, str)
     if mismatch is None and isinstance(answer, dict) and isinstance(answer.get("rewards"), dict):
         # every dimension the answer carries holds one item per rollout (a bare number standing for one)
-        assert all(len(v) == num_rollouts if isinstance(v, list) else num_rollouts == 1 or v is None for v in answer["rewards"].values())
+        assert all(
+            len(v) == num_rollouts if isinstance(v, list) else num_rollouts == 1 or v is None
+            for v in answer["rewards"].values()
+        )

@@ -3,24 +3,38 @@ TensorboardLogger and read back."""
 
 from types import SimpleNamespace
 
+import openrlhf.trainer.ppo_trainer as ppo_trainer
 import pytest
 import torch
+from gd2po_testing import openrlhf_strategy, rollout_experiences
 from openrlhf.trainer.ppo_trainer import BasePPOTrainer
 from openrlhf.trainer.ppo_utils.experience import Experience
 from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
 from openrlhf.utils.logging_utils import TensorboardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-import openrlhf.trainer.ppo_trainer as ppo_trainer
-from gd2po_testing import openrlhf_strategy, rollout_experiences
-
 N = 4
 EXPECTED_TAGS = [
-    "conflict_ratio", "dropped_ratio", "keep_ratio", "dropped_among_conflicting",
-    "group_keep_ratio_mean", "group_keep_ratio_min", "group_keep_ratio_max", "group_keep_ratio_std",
-    "snr_ratio_mean", "snr_ratio_abs_mean", "snr_ratio_abs_median", "snr_threshold", "num_reward_dims",
-    "score_abs_mean_before_filter", "score_abs_mean_after_filter", "advantage_abs_mean",
-    "reward_mean/correctness", "reward_std/correctness", "reward_mean/format", "reward_std/format",
+    "conflict_ratio",
+    "dropped_ratio",
+    "keep_ratio",
+    "dropped_among_conflicting",
+    "group_keep_ratio_mean",
+    "group_keep_ratio_min",
+    "group_keep_ratio_max",
+    "group_keep_ratio_std",
+    "snr_ratio_mean",
+    "snr_ratio_abs_mean",
+    "snr_ratio_abs_median",
+    "snr_threshold",
+    "num_reward_dims",
+    "score_abs_mean_before_filter",
+    "score_abs_mean_after_filter",
+    "advantage_abs_mean",
+    "reward_mean/correctness",
+    "reward_std/correctness",
+    "reward_mean/format",
+    "reward_std/format",
 ]
 
 
@@ -28,8 +42,21 @@ def test_diagnostics_are_logged_under_gd2po_prefix(tmp_path):
     reward_file = tmp_path / "rules.py"
     reward_file.write_text("def reward_func(queries, prompts, labels):\n    return {'rewards': {}}\n")
     strategy = openrlhf_strategy(
-        ["--advantage_estimator", "gd2po", "--reward.remote_url", str(reward_file), "--gd2po.reward_keys", "correctness", "format",
-         "--rollout.n_samples_per_prompt", str(N), "--algo.kl.init_coef", "0", "--logger.tensorboard_dir", str(tmp_path / "tb")]
+        [
+            "--advantage_estimator",
+            "gd2po",
+            "--reward.remote_url",
+            str(reward_file),
+            "--gd2po.reward_keys",
+            "correctness",
+            "format",
+            "--rollout.n_samples_per_prompt",
+            str(N),
+            "--algo.kl.init_coef",
+            "0",
+            "--logger.tensorboard_dir",
+            str(tmp_path / "tb"),
+        ]
     )
     rewards = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]] * 3)
     samples = rollout_experiences(rewards, torch.tensor([3, 4, 2, 5] * 3), N, 4, reward_keys=["correctness", "format"])

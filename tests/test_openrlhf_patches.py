@@ -10,8 +10,6 @@ import hashlib
 import importlib
 import inspect
 
-import pytest
-
 ACTOR_MODULES = (
     "openrlhf.trainer.ppo_trainer",  # PPOTrainer (sync)
     "openrlhf.trainer.ppo_trainer_async",  # TrainingActor, GenerateSamplesActor, PPOTrainerAsync
@@ -44,13 +42,15 @@ def test_every_patched_method_resolves_to_the_plugin_in_every_ray_actor_class():
                     continue
                 resolved = inspect.unwrap(getattr(actor_class, name))
                 assert resolved is owner.__dict__[name], (
-                    f"Ray actor class {module.__name__}.{actor_class.__name__} runs OpenRLHF's {owner.__name__}.{name}, "
+                    f"Ray actor class {module.__name__}.{actor_class.__name__} runs OpenRLHF's "
+                    f"{owner.__name__}.{name}, "
                     "not the plugin's"
                 )
                 checked.append(f"{actor_class.__name__}.{name}")
     # The sync PPOTrainer and the async TrainingActor both inherit the three trainer patches.
     assert sorted(checked) == sorted(
-        f"{actor}.{name}" for actor in ("PPOTrainer", "TrainingActor")
+        f"{actor}.{name}"
+        for actor in ("PPOTrainer", "TrainingActor")
         for name in ("_compute_rollout_stats", "save_logs_and_checkpoints", "init_checkpoint_states")
     )
 
@@ -90,7 +90,9 @@ def test_the_drift_guard_sees_a_changed_upstream_function(monkeypatch):
     def compute_advantages_and_returns(self, experiences):  # an "upgraded" OpenRLHF
         return experiences
 
-    monkeypatch.setattr(experience_maker.RemoteExperienceMaker, "compute_advantages_and_returns", compute_advantages_and_returns)
+    monkeypatch.setattr(
+        experience_maker.RemoteExperienceMaker, "compute_advantages_and_returns", compute_advantages_and_returns
+    )
     from gd2po_openrlhf.integration.openrlhf_patches import WRITTEN_AGAINST
 
     name = "openrlhf.trainer.ppo_utils.experience_maker:RemoteExperienceMaker.compute_advantages_and_returns"

@@ -14,19 +14,19 @@ from unittest import mock
 import pytest
 import ray
 import torch
+from gd2po_testing import openrlhf_strategy, rollout_experiences
 from openrlhf.trainer.ppo_utils.experience import balance_experiences
 from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
 from openrlhf.trainer.ppo_utils.replay_buffer import NaiveReplayBuffer
 from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
 from openrlhf.trainer.ray.launcher import BaseModelActor, RayActorGroup
-from tokenizers import Tokenizer, models, pre_tokenizers
 from openrlhf.utils.agent import SingleTurnAgentExecutor
+from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from gd2po_openrlhf import GD2POConfig, compute_advantages, compute_rollout_advantages
 from gd2po_openrlhf.integration.experience_maker import GD2POExperienceMaker
 from gd2po_openrlhf.serve_rewards import RewardServer
-from gd2po_testing import openrlhf_strategy, rollout_experiences
 
 pytestmark = pytest.mark.ray
 
@@ -64,7 +64,10 @@ class TrainerProbe:
 
 def test_patch_reaches_ray_worker_processes(local_ray):
     probe = TrainerProbe.remote()
-    assert ray.get(probe.maker_classes.remote()) == ["gd2po_openrlhf.integration.experience_maker.GD2POExperienceMaker"] * 2
+    assert (
+        ray.get(probe.maker_classes.remote())
+        == ["gd2po_openrlhf.integration.experience_maker.GD2POExperienceMaker"] * 2
+    )
     assert ray.get(probe.reward_client.remote()) == "gd2po_openrlhf.integration.openrlhf_patches"
 
 
@@ -86,7 +89,10 @@ def test_worker_process_setup_hook_activates_without_the_pth(local_ray, tmp_path
     # With GD2PO_DISABLE=1 a worker's .pth does nothing (shown on the shared cluster)...
     disabled = {"env_vars": {"GD2PO_DISABLE": "1"}}
     probe = TrainerProbe.options(runtime_env=disabled).remote()
-    assert ray.get(probe.maker_classes.remote()) == ["openrlhf.trainer.ppo_utils.experience_maker.RemoteExperienceMaker"] * 2
+    assert (
+        ray.get(probe.maker_classes.remote())
+        == ["openrlhf.trainer.ppo_utils.experience_maker.RemoteExperienceMaker"] * 2
+    )
     assert ray.get(probe.reward_client.remote()) == "openrlhf.utils.agent"
     # ...and Ray's job-level setup hook does the work, as for `ray job submit --runtime-env-json
     # '{"worker_process_setup_hook": "gd2po_openrlhf.register"}'` (a job of its own: the hook is job-level).
@@ -147,17 +153,44 @@ def light_group(kind, strategy):
 
 def test_reward_and_cost_model_groups_flow_into_two_dimensions(local_ray):
     strategy = openrlhf_strategy(
-        ["--advantage_estimator", "gd2po", "--gd2po.filter", "hard", "--reward.model_name_or_path", "helpful-rm",
-         "--reward.num_gpus_per_node", "1", "--cost.model_name_or_path", "beaver-cost", "--cost.offload",
-         "--gd2po.reward_weights", "1", "-1", "--rollout.n_samples_per_prompt", str(N), "--rollout.micro_batch_size", "3",
-         "--algo.kl.init_coef", "0", "--actor.num_gpus_per_node", "1"]
+        [
+            "--advantage_estimator",
+            "gd2po",
+            "--gd2po.filter",
+            "hard",
+            "--reward.model_name_or_path",
+            "helpful-rm",
+            "--reward.num_gpus_per_node",
+            "1",
+            "--cost.model_name_or_path",
+            "beaver-cost",
+            "--cost.offload",
+            "--gd2po.reward_weights",
+            "1",
+            "-1",
+            "--rollout.n_samples_per_prompt",
+            str(N),
+            "--rollout.micro_batch_size",
+            "3",
+            "--algo.kl.init_coef",
+            "0",
+            "--actor.num_gpus_per_node",
+            "1",
+        ]
     )
     lengths = torch.tensor([2, 5, 3, 4, 6, 1, 2, 3, 4, 4, 5, 2])
     samples = rollout_experiences(torch.zeros(len(lengths), 1), lengths, N, 3)
     for sample in samples:  # rollouts as they come from vLLM without a reward file: scored by the model groups
         sample.rewards, sample.info = None, {}
-    maker = LightMaker(light_group("policy", strategy), None, light_group("helpful-rm", strategy), None,
-                       FixedKLController(0.0), strategy, LightTokenizer())
+    maker = LightMaker(
+        light_group("policy", strategy),
+        None,
+        light_group("helpful-rm", strategy),
+        None,
+        FixedKLController(0.0),
+        strategy,
+        LightTokenizer(),
+    )
     assert ray.get(maker.gd2po_model_groups["cost"].async_run_method("settings")) == [("beaver-cost", True)]
 
     experiences = maker.make_experience_batch(samples)
@@ -167,8 +200,12 @@ def test_reward_and_cost_model_groups_flow_into_two_dimensions(local_ray):
     rewards = torch.stack([helpful, cost], dim=1)
     assert 0 < cost.sum() and 0 < helpful.std()
     mask = torch.arange(int(lengths.max())) < lengths.unsqueeze(1)
-    expected = compute_advantages(rewards, torch.arange(len(samples)) // N, mask,
-                                  GD2POConfig(filter="hard", weights=(1.0, -1.0), reward_keys=("reward_model", "cost")))
+    expected = compute_advantages(
+        rewards,
+        torch.arange(len(samples)) // N,
+        mask,
+        GD2POConfig(filter="hard", weights=(1.0, -1.0), reward_keys=("reward_model", "cost")),
+    )
     for experience in experiences:
         rows = torch.tensor(experience.index)
         assert experience.info["reward/reward_model"].tolist() == helpful[rows].tolist()
@@ -180,28 +217,66 @@ def test_reward_and_cost_model_groups_flow_into_two_dimensions(local_ray):
 
 def cost_model_run(cost_kind, *flags):
     strategy = openrlhf_strategy(
-        ["--advantage_estimator", "gd2po", "--gd2po.filter", "hard", "--reward.model_name_or_path", "helpful-rm",
-         "--reward.num_gpus_per_node", "1", "--cost.model_name_or_path", cost_kind, "--gd2po.reward_weights", "1", "-1",
-         "--rollout.n_samples_per_prompt", str(N), "--rollout.micro_batch_size", "3", "--algo.kl.init_coef", "0",
-         "--actor.num_gpus_per_node", "1", "--train.batch_size", "4", *flags]
+        [
+            "--advantage_estimator",
+            "gd2po",
+            "--gd2po.filter",
+            "hard",
+            "--reward.model_name_or_path",
+            "helpful-rm",
+            "--reward.num_gpus_per_node",
+            "1",
+            "--cost.model_name_or_path",
+            cost_kind,
+            "--gd2po.reward_weights",
+            "1",
+            "-1",
+            "--rollout.n_samples_per_prompt",
+            str(N),
+            "--rollout.micro_batch_size",
+            "3",
+            "--algo.kl.init_coef",
+            "0",
+            "--actor.num_gpus_per_node",
+            "1",
+            "--train.batch_size",
+            "4",
+            *flags,
+        ]
     )
     lengths = torch.tensor([2, 5, 3, 4, 6, 1, 2, 3, 4, 4, 5, 2])  # prompt length 3: total 6 in rollouts 2 and 7
     samples = rollout_experiences(torch.zeros(len(lengths), 1), lengths, N, 3)
     for sample in samples:
         sample.rewards, sample.info = None, {}
-    maker = LightMaker(light_group("policy", strategy), None, light_group("helpful-rm", strategy), None,
-                       FixedKLController(0.0), strategy, LightTokenizer())
+    maker = LightMaker(
+        light_group("policy", strategy),
+        None,
+        light_group("helpful-rm", strategy),
+        None,
+        FixedKLController(0.0),
+        strategy,
+        LightTokenizer(),
+    )
     return maker, maker.make_experience_batch(samples)
 
 
 def test_a_model_group_answering_the_wrong_batch_size_is_refused(local_ray):
-    with pytest.raises(ValueError, match=r"cost model short-cost returned 2 scores for a micro-batch of 3 rollouts \(reward key 'cost'\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"cost model short-cost returned 2 scores for a micro-batch of 3 rollouts \(reward key 'cost'\)",
+    ):
         cost_model_run("short-cost")
 
 
 @pytest.mark.parametrize("kind, shown", [("nan-cost", "nan"), ("huge-cost", r"1(\.\d+)?e\+20")])  # float32's 1e20
 def test_a_model_groups_nan_stops_the_step_or_drops_its_group(local_ray, kind, shown):
-    with pytest.raises(ValueError, match=rf"reward key 'cost' is {shown} \(source: cost model {kind}\) for rollout 2 \(sample 2 of prompt 'prompt 0'\); .* for rollout 7 \(sample 3 of prompt 'prompt 1'\)"):
+    with pytest.raises(
+        ValueError,
+        match=(
+            rf"reward key 'cost' is {shown} \(source: cost model {kind}\) for rollout 2 \(sample 2 of prompt "
+            r"'prompt 0'\); .* for rollout 7 \(sample 3 of prompt 'prompt 1'\)"
+        ),
+    ):
         cost_model_run(kind)
     maker, experiences = cost_model_run(kind, "--gd2po.on_bad_reward", "drop_group")
     trained = sorted(i for e in experiences for i in e.index)
@@ -216,15 +291,32 @@ def test_reward_model_mixed_with_a_rule_based_reward_file(local_ray, tmp_path):
     rules = tmp_path / "rules.py"
     rules.write_text("def reward_func(queries, prompts, labels):\n    return {'rewards': {'format': 1.0}}\n")
     strategy = openrlhf_strategy(
-        ["--advantage_estimator", "gd2po", "--reward.remote_url", str(rules), "--reward.model_name_or_path", "helpful-rm",
-         "--reward.num_gpus_per_node", "1", "--gd2po.reward_keys", "format", "reward_model",
-         "--rollout.n_samples_per_prompt", str(N), "--rollout.micro_batch_size", "4", "--algo.kl.init_coef", "0"]
+        [
+            "--advantage_estimator",
+            "gd2po",
+            "--reward.remote_url",
+            str(rules),
+            "--reward.model_name_or_path",
+            "helpful-rm",
+            "--reward.num_gpus_per_node",
+            "1",
+            "--gd2po.reward_keys",
+            "format",
+            "reward_model",
+            "--rollout.n_samples_per_prompt",
+            str(N),
+            "--rollout.micro_batch_size",
+            "4",
+            "--algo.kl.init_coef",
+            "0",
+        ]
     )
     lengths = torch.tensor([2, 5, 3, 4, 6, 1, 2, 3])
     formats = torch.tensor([[1.0], [0.0], [1.0], [1.0], [0.0], [0.0], [1.0], [0.0]])
     samples = rollout_experiences(formats, lengths, N, 4, reward_keys=["format"])  # as the rollout side delivers them
-    maker = LightMaker(light_group("policy", strategy), None, None, None, FixedKLController(0.0), strategy,
-                       LightTokenizer())
+    maker = LightMaker(
+        light_group("policy", strategy), None, None, None, FixedKLController(0.0), strategy, LightTokenizer()
+    )
     assert list(maker.gd2po_model_groups) == ["reward_model"]
 
     experiences = maker.make_experience_batch(samples)
@@ -254,17 +346,39 @@ def model_dirs(tmp_path):
     """A reward model and a cost model whose tokenizers (saved as real model folders) differ from the policy's."""
     reward_dir, cost_dir = tmp_path / "helpful-rm", tmp_path / "beaver-cost"
     words = ["hello", "there", "<user>", "<assistant>"] + POLICY_WORDS[::-1]
-    word_tokenizer(words, "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} {% endfor %}").save_pretrained(reward_dir)
+    word_tokenizer(words, "{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }} {% endfor %}").save_pretrained(
+        reward_dir
+    )
     word_tokenizer(words[:30], "{% for m in messages %}{{ m['content'] }} {% endfor %}").save_pretrained(cost_dir)
     return reward_dir, cost_dir
 
 
 def safety_strategy(reward_dir, cost_dir, *extra):
     return openrlhf_strategy(
-        ["--advantage_estimator", "gd2po", "--reward.model_name_or_path", str(reward_dir), "--reward.num_gpus_per_node", "1",
-         "--cost.model_name_or_path", str(cost_dir), "--gd2po.reward_weights", "1", "-1", "--data.label_key", "label",
-         "--rollout.n_samples_per_prompt", str(N), "--rollout.micro_batch_size", "3", "--algo.kl.init_coef", "0",
-         "--actor.num_gpus_per_node", "1", *extra]
+        [
+            "--advantage_estimator",
+            "gd2po",
+            "--reward.model_name_or_path",
+            str(reward_dir),
+            "--reward.num_gpus_per_node",
+            "1",
+            "--cost.model_name_or_path",
+            str(cost_dir),
+            "--gd2po.reward_weights",
+            "1",
+            "-1",
+            "--data.label_key",
+            "label",
+            "--rollout.n_samples_per_prompt",
+            str(N),
+            "--rollout.micro_batch_size",
+            "3",
+            "--algo.kl.init_coef",
+            "0",
+            "--actor.num_gpus_per_node",
+            "1",
+            *extra,
+        ]
     )
 
 
@@ -276,9 +390,20 @@ def test_a_reward_model_with_another_vocabulary_is_refused_by_default(local_ray,
     reward_dir, cost_dir = model_dirs
     strategy = safety_strategy(reward_dir, cost_dir)
     policy = word_tokenizer(POLICY_WORDS, None)
-    with pytest.raises(ValueError, match=rf"the reward model {reward_dir} \(reward key 'reward_model'\) has another vocabulary "
-                       r"\(66 tokens\) than the policy \(62\).*--gd2po.reward_chat_template own"):
-        RayMaker(light_group("policy", strategy), None, light_group(str(reward_dir), strategy), None, FixedKLController(0.0), strategy, policy)
+    with pytest.raises(
+        ValueError,
+        match=rf"the reward model {reward_dir} \(reward key 'reward_model'\) has another vocabulary "
+        r"\(66 tokens\) than the policy \(62\).*--gd2po.reward_chat_template own",
+    ):
+        RayMaker(
+            light_group("policy", strategy),
+            None,
+            light_group(str(reward_dir), strategy),
+            None,
+            FixedKLController(0.0),
+            strategy,
+            policy,
+        )
 
 
 def test_own_chat_template_rerenders_each_conversation_for_every_model_group(local_ray, model_dirs):
@@ -287,23 +412,40 @@ def test_own_chat_template_rerenders_each_conversation_for_every_model_group(loc
     policy = word_tokenizer(POLICY_WORDS, None)
     lengths = torch.tensor([2, 5, 3, 4, 6, 1, 2, 3, 4, 4, 5, 2])
     samples = rollout_experiences(torch.zeros(len(lengths), 1), lengths, N, 3)
-    conversations = [[{"role": "user", "content": "hello there"}], "there w3 hello", [{"role": "user", "content": "w1"}]]
+    conversations = [
+        [{"role": "user", "content": "hello there"}],
+        "there w3 hello",
+        [{"role": "user", "content": "w1"}],
+    ]
     for i, sample in enumerate(samples):
         sample.rewards, sample.info = None, {}
         label = conversations[(i // N) % 3]
         sample.labels = [label if isinstance(label, str) else json.dumps(label)]
-    maker = RayMaker(light_group("policy", strategy), None, light_group(str(reward_dir), strategy), None,
-                     FixedKLController(0.0), strategy, policy)
+    maker = RayMaker(
+        light_group("policy", strategy),
+        None,
+        light_group(str(reward_dir), strategy),
+        None,
+        FixedKLController(0.0),
+        strategy,
+        policy,
+    )
 
     experiences = maker.make_experience_batch(samples)
 
     reward_tok, cost_tok = (PreTrainedTokenizerFast.from_pretrained(d) for d in model_dirs)
+
     def rendered(tokenizer, i):
         label = conversations[(i // N) % 3]
         conversation = [{"role": "user", "content": label}] if isinstance(label, str) else label
-        response = policy.decode(samples[i].sequences[0, 1:][samples[i].action_mask[0]].tolist(), skip_special_tokens=True)
-        text = tokenizer.apply_chat_template(conversation + [{"role": "assistant", "content": response}], tokenize=False)
+        response = policy.decode(
+            samples[i].sequences[0, 1:][samples[i].action_mask[0]].tolist(), skip_special_tokens=True
+        )
+        text = tokenizer.apply_chat_template(
+            conversation + [{"role": "assistant", "content": response}], tokenize=False
+        )
         return tokenizer(text, add_special_tokens=False)["input_ids"]
+
     helpful = torch.tensor([float(sum(rendered(reward_tok, i)) % 7) for i in range(len(samples))])
     cost = torch.tensor([float(len(rendered(cost_tok, i)) % 3) for i in range(len(samples))])
     on_policy_tokens = torch.tensor([float(s.sequences.sum() % 7) for s in samples])
@@ -320,22 +462,34 @@ def test_own_chat_template_refuses_a_rollout_without_a_conversation(local_ray, m
     samples = rollout_experiences(torch.zeros(4, 1), torch.tensor([2, 3, 2, 3]), N, 2)
     for sample in samples:
         sample.rewards, sample.info = None, {}
-    maker = RayMaker(light_group("policy", strategy), None, light_group(str(reward_dir), strategy), None,
-                     FixedKLController(0.0), strategy, word_tokenizer(POLICY_WORDS, None))
-    with pytest.raises(ValueError, match=r"needs each prompt's conversation in its label .*prompt 'prompt 0' has label ''"):
+    maker = RayMaker(
+        light_group("policy", strategy),
+        None,
+        light_group(str(reward_dir), strategy),
+        None,
+        FixedKLController(0.0),
+        strategy,
+        word_tokenizer(POLICY_WORDS, None),
+    )
+    with pytest.raises(
+        ValueError, match=r"needs each prompt's conversation in its label .*prompt 'prompt 0' has label ''"
+    ):
         maker.make_experience_batch(samples)
 
 
 class VariedEngine:
     """Stands in for vLLM's engine only (tests): a different continuation for every request, after a random
-    delay, so that rollouts complete out of order. The first two tokens number the request: every sequence is unique."""
+    delay, so that rollouts complete out of order. The first two tokens number the request: every sequence is
+    unique."""
 
     def __init__(self, seed):
         self.random, self.count = random.Random(seed), 0
 
     async def generate(self, prompt_token_ids, sampling_params, multi_modal_data=None):
         number, self.count = self.count, self.count + 1
-        tokens = [2 + number // 60, 2 + number % 60] + [self.random.randrange(2, 62) for _ in range(self.random.randint(0, 5))]
+        tokens = [2 + number // 60, 2 + number % 60] + [
+            self.random.randrange(2, 62) for _ in range(self.random.randint(0, 5))
+        ]
         await asyncio.sleep(self.random.uniform(0, 0.03))
         return SimpleNamespace(outputs=[SimpleNamespace(token_ids=tokens, finish_reason="stop", logprobs=None)])
 
@@ -357,12 +511,41 @@ def test_every_experience_carries_its_own_rewards_through_concat_split_and_balan
     server = RewardServer(("127.0.0.1", 0), text_rewards, "text_rewards", max_concurrency=4)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     strategy = openrlhf_strategy(
-        ["--advantage_estimator", "gd2po", "--gd2po.filter", "snr", "--reward.remote_url", server.url,
-         "--reward.model_name_or_path", "helpful-rm", "--reward.num_gpus_per_node", "1", "--cost.model_name_or_path", "beaver-cost",
-         "--gd2po.reward_keys", "prompt_number", "response_words", "reward_model", "cost",
-         "--gd2po.reward_weights", "0.1", "1", "1", "-1", "--rollout.n_samples_per_prompt", str(n),
-         "--train.dynamic_batch_enable", "--rollout.max_tokens_per_gpu", "24", "--actor.num_gpus_per_node", "2", "--vllm.num_engines", "1",
-         "--algo.kl.init_coef", "0"]
+        [
+            "--advantage_estimator",
+            "gd2po",
+            "--gd2po.filter",
+            "snr",
+            "--reward.remote_url",
+            server.url,
+            "--reward.model_name_or_path",
+            "helpful-rm",
+            "--reward.num_gpus_per_node",
+            "1",
+            "--cost.model_name_or_path",
+            "beaver-cost",
+            "--gd2po.reward_keys",
+            "prompt_number",
+            "response_words",
+            "reward_model",
+            "cost",
+            "--gd2po.reward_weights",
+            "0.1",
+            "1",
+            "1",
+            "-1",
+            "--rollout.n_samples_per_prompt",
+            str(n),
+            "--train.dynamic_batch_enable",
+            "--rollout.max_tokens_per_gpu",
+            "24",
+            "--actor.num_gpus_per_node",
+            "2",
+            "--vllm.num_engines",
+            "1",
+            "--algo.kl.init_coef",
+            "0",
+        ]
     )
     executor = SingleTurnAgentExecutor(server.url)
     engine = VariedEngine(seed=5)
@@ -379,9 +562,13 @@ def test_every_experience_carries_its_own_rewards_through_concat_split_and_balan
     finally:
         server.shutdown()
         server.server_close()
-    assert [g[0]["prompt"] for g in groups] != [f"w{p}" for p in range(prompts)]  # completion order differs from dispatch
+    assert [g[0]["prompt"] for g in groups] != [
+        f"w{p}" for p in range(prompts)
+    ]  # completion order differs from dispatch
     generator = SimpleNamespace(args=strategy.args)
-    rollout_samples = [SamplesGenerator._process_response_into_experience(generator, r, max_len=64) for g in groups for r in g]
+    rollout_samples = [
+        SamplesGenerator._process_response_into_experience(generator, r, max_len=64) for g in groups for r in g
+    ]
 
     # what each rollout must carry, worked out from its own tokens
     def expected_rewards(sequence, attention_mask):
@@ -393,25 +580,37 @@ def test_every_experience_carries_its_own_rewards_through_concat_split_and_balan
             float(attention_mask.sum() % 3),  # LightModelActor's cost model
         ]
 
-    expected = {tuple(s.sequences[0].tolist()): expected_rewards(s.sequences[0], s.attention_mask[0]) for s in rollout_samples}
+    expected = {
+        tuple(s.sequences[0].tolist()): expected_rewards(s.sequences[0], s.attention_mask[0]) for s in rollout_samples
+    }
     assert len(expected) == prompts * n  # unique sequences: a swapped reward cannot go unnoticed
     table = torch.tensor([expected[tuple(s.sequences[0].tolist())] for s in rollout_samples])
     assert all(len(set(column.tolist())) >= 3 for column in table.T)  # every dimension varies across rollouts
-    cfg = GD2POConfig(filter="snr", weights=(0.1, 1.0, 1.0, -1.0), reward_keys=("prompt_number", "response_words", "reward_model", "cost"))
+    cfg = GD2POConfig(
+        filter="snr",
+        weights=(0.1, 1.0, 1.0, -1.0),
+        reward_keys=("prompt_number", "response_words", "reward_model", "cost"),
+    )
     lengths = torch.tensor([int(s.action_mask.sum()) for s in rollout_samples])
     reference = compute_rollout_advantages(table, torch.arange(prompts * n) // n, lengths, cfg)
-    expected_advantage = {key: reference.rollout_advantages[i] for i, key in enumerate(tuple(s.sequences[0].tolist()) for s in rollout_samples)}
+    expected_advantage = {
+        key: reference.rollout_advantages[i]
+        for i, key in enumerate(tuple(s.sequences[0].tolist()) for s in rollout_samples)
+    }
 
     maker = LightMaker(light_group("policy", strategy), None, None, None, FixedKLController(0.0), strategy, policy)
     experiences = maker.make_experience_batch(rollout_samples)  # seqlen-balanced micro-batches (dynamic batch)
-    assert len(experiences) > 4 and any(e.index != sorted(e.index) or e.index[-1] - e.index[0] >= len(e.index) for e in experiences)
+    assert len(experiences) > 4 and any(
+        e.index != sorted(e.index) or e.index[-1] - e.index[0] >= len(e.index) for e in experiences
+    )
     balanced = balance_experiences(experiences, strategy.args)  # what PPOTrainer.train_step does before the actors
     with mock.patch.object(torch.cuda, "current_device", lambda: 0):  # the buffer only names its target device
         buffer = NaiveReplayBuffer(sample_batch_size=3)
     for experience in balanced:  # each actor's replay buffer splits and strips padding...
         buffer.append(experience)
-    loader = torch.utils.data.DataLoader(buffer, batch_size=3, shuffle=True, collate_fn=buffer.collate_fn,
-                                         generator=torch.Generator().manual_seed(0))
+    loader = torch.utils.data.DataLoader(
+        buffer, batch_size=3, shuffle=True, collate_fn=buffer.collate_fn, generator=torch.Generator().manual_seed(0)
+    )
     seen = []
     for batch in loader:  # ...and its shuffled DataLoader re-batches the items the actor trains on
         for row in range(len(batch.sequences)):
@@ -420,7 +619,11 @@ def test_every_experience_carries_its_own_rewards_through_concat_split_and_balan
             seen.append(key)
             got = [batch.info[f"reward/{k}"][row].item() for k in cfg.reward_keys]
             assert got == expected_rewards(batch.sequences[row], mask) == expected[key]
-            assert batch.rewards[row].item() == pytest.approx(sum(w * r for w, r in zip(cfg.weights, expected[key])), abs=1e-5)
+            assert batch.rewards[row].item() == pytest.approx(
+                sum(w * r for w, r in zip(cfg.weights, expected[key])), abs=1e-5
+            )
             advantages = batch.advantages[row][batch.action_mask[row].bool()]
-            torch.testing.assert_close(advantages, torch.full_like(advantages, float(expected_advantage[key])), rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(
+                advantages, torch.full_like(advantages, float(expected_advantage[key])), rtol=1e-5, atol=1e-6
+            )
     assert sorted(seen) == sorted(expected)  # none lost, none duplicated

@@ -18,7 +18,10 @@ from transformers import PreTrainedTokenizerFast
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT / "examples" / "data"
 EVAL = ROOT / "examples" / "eval"
-CHAT_TEMPLATE = "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}"
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
 
 
 def run(script, *args):
@@ -48,7 +51,9 @@ def test_tool_calling_sample_converts_to_openrlhf_prompts(tmp_path):
     assert result.returncode == 0 and f"wrote 4 prompts to {out}" in result.stdout
     rows = read_jsonl(out)
     source = json.loads((DATA / "samples" / "rlla_sample.json").read_text())
-    assert [r["input"] for r in rows] == [[{"role": "system", "content": s["instruction"]}, {"role": "user", "content": s["input"]}] for s in source]
+    assert [r["input"] for r in rows] == [
+        [{"role": "system", "content": s["instruction"]}, {"role": "user", "content": s["input"]}] for s in source
+    ]
     assert [r["label"] for r in rows] == [s["output"] for s in source]
     prompt, label = openrlhf_prompts(out)[1]
     assert prompt.startswith("<|system|>You are a helpful assistant") and "<|user|>Convert 100 USD to EUR" in prompt
@@ -61,9 +66,16 @@ def test_tool_calling_converter_reads_processed_parquet_rows(tmp_path):
     import pyarrow.parquet
 
     messages = [{"role": "system", "content": "tools: f"}, {"role": "user", "content": "call f"}]
-    table = pyarrow.Table.from_pylist([{"prompt": messages, "reward_model": {"ground_truth": "<tool_call>\nX\n</tool_call>", "style": "rule"}}])
+    table = pyarrow.Table.from_pylist(
+        [{"prompt": messages, "reward_model": {"ground_truth": "<tool_call>\nX\n</tool_call>", "style": "rule"}}]
+    )
     pyarrow.parquet.write_table(table, tmp_path / "train.parquet")
-    assert run(DATA / "prepare_tool_calling.py", tmp_path / "train.parquet", "--output", tmp_path / "out.jsonl").returncode == 0
+    assert (
+        run(
+            DATA / "prepare_tool_calling.py", tmp_path / "train.parquet", "--output", tmp_path / "out.jsonl"
+        ).returncode
+        == 0
+    )
     assert read_jsonl(tmp_path / "out.jsonl") == [{"input": messages, "label": "<tool_call>\nX\n</tool_call>"}]
 
 
@@ -73,12 +85,17 @@ def test_tool_calling_converter_reads_processed_parquet_rows(tmp_path):
     [
         ({"instruction": "sys", "output": "<response>x</response>"}, "row 1 has no user prompt ('input' or 'user')"),
         ({"instruction": "sys", "input": "hi"}, "row 1 has no ground truth"),
-        ({"prompt": "not messages", "reward_model": {"ground_truth": "x"}}, "row 1: 'prompt' must be a non-empty list"),
+        (
+            {"prompt": "not messages", "reward_model": {"ground_truth": "x"}},
+            "row 1: 'prompt' must be a non-empty list",
+        ),
     ],
 )
 def test_tool_calling_converter_names_the_bad_row(tmp_path, row, message):
     source = tmp_path / "rows.jsonl"
-    source.write_text(json.dumps({"user": "hi", "ground_truth": "<response>x</response>"}) + "\n" + json.dumps(row) + "\n")
+    source.write_text(
+        json.dumps({"user": "hi", "ground_truth": "<response>x</response>"}) + "\n" + json.dumps(row) + "\n"
+    )
     result = run(DATA / "prepare_tool_calling.py", source, "--output", tmp_path / "out.jsonl")
     assert result.returncode == 1 and message in result.stderr
     assert not (tmp_path / "out.jsonl").exists()  # nothing half-written
@@ -87,7 +104,12 @@ def test_tool_calling_converter_names_the_bad_row(tmp_path, row, message):
 @pytest.mark.subprocess
 def test_safe_alignment_sample_converts_every_format(tmp_path):
     out = tmp_path / "train.jsonl"
-    assert run(DATA / "prepare_safe_alignment.py", DATA / "samples" / "safe_alignment_sample.jsonl", "--output", out).returncode == 0
+    assert (
+        run(
+            DATA / "prepare_safe_alignment.py", DATA / "samples" / "safe_alignment_sample.jsonl", "--output", out
+        ).returncode
+        == 0
+    )
     rows = read_jsonl(out)
     assert [r["input"] for r in rows] == [
         [{"role": "user", "content": "Give three tips for staying healthy."}],  # alpaca, empty input
@@ -103,7 +125,10 @@ def test_safe_alignment_sample_converts_every_format(tmp_path):
     ]
     assert all(json.loads(r["label"]) == r["input"] for r in rows)  # the conversation, for reward-model re-rendering
     prompt, label = openrlhf_prompts(out)[2]
-    assert prompt == "<|user|>How do I pick a lock?\n<|assistant|>Why do you want to do that?\n<|user|>I locked myself out of my own house.\n<|assistant|>"
+    assert (
+        prompt == "<|user|>How do I pick a lock?\n<|assistant|>Why do you want to do that?\n"
+        "<|user|>I locked myself out of my own house.\n<|assistant|>"
+    )
 
 
 @pytest.mark.subprocess
@@ -111,7 +136,10 @@ def test_safe_alignment_converter_refuses_unknown_rows(tmp_path):
     source = tmp_path / "rows.json"
     source.write_text(json.dumps([{"question": "hi"}]))
     result = run(DATA / "prepare_safe_alignment.py", source, "--output", tmp_path / "out.jsonl")
-    assert result.returncode == 1 and "row 0 is neither alpaca (instruction), hh (chosen) nor pku (prompt); keys: ['question']" in result.stderr
+    assert (
+        result.returncode == 1
+        and "row 0 is neither alpaca (instruction), hh (chosen) nor pku (prompt); keys: ['question']" in result.stderr
+    )
     missing = run(DATA / "prepare_safe_alignment.py", tmp_path / "none.json", "--output", tmp_path / "out.jsonl")
     assert missing.returncode == 1 and "does not exist" in missing.stderr
 
@@ -121,7 +149,9 @@ def test_api_bank_scoring_on_the_shipped_sample(tmp_path):
     # Worked out by hand from the five responses in the sample:
     # level 1: right call (4 think words), wrong value (2 words); level 2: right call, text after the block
     # (1 word); level 3: calls in another order (0 words), malformed JSON without think.
-    result = run(EVAL / "eval_api_bank.py", EVAL / "samples" / "api_bank_sample.jsonl", "--output", tmp_path / "metrics.json")
+    result = run(
+        EVAL / "eval_api_bank.py", EVAL / "samples" / "api_bank_sample.jsonl", "--output", tmp_path / "metrics.json"
+    )
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
     assert metrics["levels"] == {
@@ -129,15 +159,25 @@ def test_api_bank_scoring_on_the_shipped_sample(tmp_path):
         "2": {"call_accuracy": 1.0, "format_accuracy": 0.0, "mean_think_words": 1.0, "n": 1},
         "3": {"call_accuracy": 0.5, "format_accuracy": 0.5, "mean_think_words": 0.0, "n": 2},
     }
-    assert metrics["overall"] == pytest.approx({"call_accuracy": 0.6, "format_accuracy": 0.6, "mean_think_words": 1.4, "n": 5})
+    assert metrics["overall"] == pytest.approx(
+        {"call_accuracy": 0.6, "format_accuracy": 0.6, "mean_think_words": 1.4, "n": 5}
+    )
     assert "overall      5     0.600       0.600          1.4" in result.stdout
 
 
 @pytest.mark.subprocess
 def test_api_bank_a_ground_truth_without_calls_expects_none(tmp_path):
     rows = [
-        {"input": "thanks", "label": "<think>x</think>\n<response>bye</response>", "response": "<think>ok</think>\n<response>bye</response>"},
-        {"input": "thanks", "label": "<think>x</think>\n<response>bye</response>", "response": '<think>ok</think>\n<tool_call>\n{"name": "f", "parameters": {}}\n</tool_call>'},
+        {
+            "input": "thanks",
+            "label": "<think>x</think>\n<response>bye</response>",
+            "response": "<think>ok</think>\n<response>bye</response>",
+        },
+        {
+            "input": "thanks",
+            "label": "<think>x</think>\n<response>bye</response>",
+            "response": '<think>ok</think>\n<tool_call>\n{"name": "f", "parameters": {}}\n</tool_call>',
+        },
     ]
     source = tmp_path / "rows.json"
     source.write_text(json.dumps(rows))
@@ -164,7 +204,11 @@ def test_api_bank_generation_needs_a_model_and_vllm(tmp_path):
         ("empty.json", "[]", "error: no rows to evaluate"),
         ("blank.json", "", "error: cannot read"),
         ("numbers.json", "[1, 2]", "error: row 0 is a int (1), expected an object with 'label' and 'response'"),
-        ("null_label.jsonl", json.dumps({"label": None, "response": "<think>x</think>"}), "row 0 needs a string 'response' and a string 'label'"),
+        (
+            "null_label.jsonl",
+            json.dumps({"label": None, "response": "<think>x</think>"}),
+            "row 0 needs a string 'response' and a string 'label'",
+        ),
         ("latin1.jsonl", b"\xff\xfe", "error: cannot read"),
     ],
 )
@@ -177,7 +221,11 @@ def test_api_bank_refuses_bad_input_with_a_message(tmp_path, name, content, mess
 
 @pytest.mark.subprocess
 def test_api_bank_reads_a_single_object_json_as_one_row(tmp_path):
-    row = {"input": "hi", "label": "<think>x</think>\n<response>bye</response>", "response": "<think>ok</think>\n<response>bye</response>"}
+    row = {
+        "input": "hi",
+        "label": "<think>x</think>\n<response>bye</response>",
+        "response": "<think>ok</think>\n<response>bye</response>",
+    }
     source = tmp_path / "one.json"
     source.write_text(json.dumps(row))
     result = run(EVAL / "eval_api_bank.py", source, "--output", tmp_path / "m.json")
@@ -208,7 +256,9 @@ def test_converters_name_the_file_and_line_of_bad_input(tmp_path, script, name, 
 @pytest.mark.parametrize("script", ["prepare_tool_calling.py", "prepare_safe_alignment.py"])
 def test_converters_refuse_a_directory_output_and_a_negative_row_count(tmp_path, script):
     source = tmp_path / "rows.jsonl"
-    source.write_text(json.dumps({"instruction": "You call tools.", "input": "weather?", "output": "<think>x</think>"}) + "\n")
+    source.write_text(
+        json.dumps({"instruction": "You call tools.", "input": "weather?", "output": "<think>x</think>"}) + "\n"
+    )
     directory = run(DATA / script, source, "--output", tmp_path)
     assert directory.returncode == 1 and "is a directory; give a file name" in directory.stderr
     negative = run(DATA / script, source, "--output", tmp_path / "out.jsonl", "--max-rows", "-1")
@@ -219,7 +269,10 @@ def test_converters_refuse_a_directory_output_and_a_negative_row_count(tmp_path,
 @pytest.mark.parametrize(
     "script, row",
     [
-        ("prepare_tool_calling.py", {"prompt": [{"role": "user", "content": "  "}], "reward_model": {"ground_truth": "x"}}),
+        (
+            "prepare_tool_calling.py",
+            {"prompt": [{"role": "user", "content": "  "}], "reward_model": {"ground_truth": "x"}},
+        ),
         ("prepare_safe_alignment.py", {"instruction": "   "}),
         ("prepare_safe_alignment.py", {"prompt": ""}),
     ],

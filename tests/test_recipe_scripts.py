@@ -16,8 +16,15 @@ TOOL_FILE = str(ROOT / "examples" / "rewards" / "tool_calling.py")
 
 
 def dry_run(script, **env):
-    environment = {**os.environ, "GD2PO_DRY_RUN": "1", "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **env}
-    return subprocess.run(["bash", str(SCRIPTS / script)], capture_output=True, text=True, env=environment, timeout=300)
+    environment = {
+        **os.environ,
+        "GD2PO_DRY_RUN": "1",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        **env,
+    }
+    return subprocess.run(
+        ["bash", str(SCRIPTS / script)], capture_output=True, text=True, env=environment, timeout=300
+    )
 
 
 @pytest.mark.parametrize("script", sorted(p.name for p in SCRIPTS.glob("*.sh")))
@@ -28,15 +35,25 @@ def test_bash_syntax(script):
 @pytest.mark.parametrize(
     "script, expected",
     [
-        ("train_gd2po_tool_calling.sh", ["(--advantage_estimator gd2po)", "filter            snr (τ = 0.8, ε = 1e-08)"]),
+        (
+            "train_gd2po_tool_calling.sh",
+            ["(--advantage_estimator gd2po)", "filter            snr (τ = 0.8, ε = 1e-08)"],
+        ),
         ("train_gd2po_tool_calling_hard.sh", ["(--advantage_estimator gd2po)", "filter            hard\n"]),
-        ("train_gdpo_tool_calling.sh", ["(--advantage_estimator gdpo)", "filter            none\n", "reweight by κ     False"]),
+        (
+            "train_gdpo_tool_calling.sh",
+            ["(--advantage_estimator gdpo)", "filter            none\n", "reweight by κ     False"],
+        ),
     ],
 )
 def test_tool_calling_scripts_resolve_three_rule_dimensions(script, expected):
     result = dry_run(script)
     assert result.returncode == 0, result.stderr[-3000:]
-    for line in expected + ["KL                no KL", "group size        4 rollouts per prompt", "configs/tool_calling.yaml"]:
+    for line in expected + [
+        "KL                no KL",
+        "group size        4 rollouts per prompt",
+        "configs/tool_calling.yaml",
+    ]:
         assert line in result.stdout
     # The authors' main setting trains correctness + length; format is scored and logged with weight 0.
     for key, weight in (("correctness", "+1"), ("format", "+0  (logged, not trained)"), ("length", "+1")):
@@ -56,7 +73,9 @@ def test_tool_calling_grpo_baseline_normalises_the_sum_of_the_trained_dimensions
     result = dry_run("train_grpo_tool_calling.sh")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "advantage of      the weighted sum Σ_k w_k r_k, normalised within each group (GRPO)" in result.stdout
-    assert f"reward/format               reward_function  {TOOL_FILE}  weight +0  (logged, not trained)" in result.stdout
+    assert (
+        f"reward/format               reward_function  {TOOL_FILE}  weight +0  (logged, not trained)" in result.stdout
+    )
 
 
 def run_with_python_shim(tmp_path, script, python_code, **env):
@@ -67,13 +86,17 @@ def run_with_python_shim(tmp_path, script, python_code, **env):
     shim.chmod(0o755)
     environment = {**os.environ, "PATH": f"{tmp_path}:{Path(sys.executable).parent}:{os.environ['PATH']}", **env}
     environment.pop("GD2PO_DRY_RUN", None)
-    return subprocess.run(["bash", str(SCRIPTS / script)], capture_output=True, text=True, env=environment, timeout=300)
+    return subprocess.run(
+        ["bash", str(SCRIPTS / script)], capture_output=True, text=True, env=environment, timeout=300
+    )
 
 
 def launcher_args(tmp_path, script, expression, **env):
     """``expression`` evaluated on the args OpenRLHF's parser (with the plugin) makes of the script's command line."""
-    code = ("import sys; from gd2po_openrlhf.integration.settings import parse_launcher_args; "
-            f"a = parse_launcher_args(sys.argv[3:]); print(\"PARSED\", {expression})")
+    code = (
+        "import sys; from gd2po_openrlhf.integration.settings import parse_launcher_args; "
+        f'a = parse_launcher_args(sys.argv[3:]); print("PARSED", {expression})'
+    )
     result = run_with_python_shim(tmp_path, script, code, **env)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout.split("PARSED ", 1)[1].strip()
@@ -82,9 +105,15 @@ def launcher_args(tmp_path, script, expression, **env):
 def test_the_stock_grpo_baseline_runs_on_openrlhf_without_the_plugin(tmp_path):
     """ESTIMATOR=group_norm with GD2PO_DISABLE=1: OpenRLHF's own launcher, unpatched, parses the script's command line
     and runs its checks up to ray.init (stubbed to stop there)."""
-    code = ("import runpy, sys, ray; ray.init = lambda *a, **k: (print(\"REACHED ray.init\", \"gd2po_openrlhf\" in sys.modules), "
-            "sys.exit(0)); sys.argv = [\"train_ppo_ray\"] + sys.argv[3:]; runpy.run_module(\"openrlhf.cli.train_ppo_ray\", run_name=\"__main__\")")
-    result = run_with_python_shim(tmp_path, "train_gd2po_tool_calling.sh", code, ESTIMATOR="group_norm", GD2PO_DISABLE="1")
+    code = (
+        'import runpy, sys, ray; ray.init = lambda *a, **k: (print("REACHED ray.init", "gd2po_openrlhf" in '
+        "sys.modules), "
+        'sys.exit(0)); sys.argv = ["train_ppo_ray"] + sys.argv[3:]; runpy.run_module("openrlhf.cli.train_ppo_ray", '
+        'run_name="__main__")'
+    )
+    result = run_with_python_shim(
+        tmp_path, "train_gd2po_tool_calling.sh", code, ESTIMATOR="group_norm", GD2PO_DISABLE="1"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "REACHED ray.init False" in result.stdout
 
@@ -96,7 +125,12 @@ def test_a_dry_run_with_the_plugin_disabled_is_refused_not_launched():
 
 
 def test_tool_calling_launcher_uses_the_authors_adamw_settings(tmp_path):
-    assert launcher_args(tmp_path, "train_gd2po_tool_calling.sh", "a.actor.adam.betas, a.actor.adam.weight_decay, a.actor.adam.lr") == "[0.9, 0.999] 0.01 1e-06"
+    assert (
+        launcher_args(
+            tmp_path, "train_gd2po_tool_calling.sh", "a.actor.adam.betas, a.actor.adam.weight_decay, a.actor.adam.lr"
+        )
+        == "[0.9, 0.999] 0.01 1e-06"
+    )
 
 
 def test_safe_alignment_launcher_reads_the_models_score_head(tmp_path):
@@ -115,26 +149,49 @@ def test_safe_alignment_scripts_put_reward_and_cost_models_in_their_own_groups(s
     result = dry_run(script, COST_WEIGHT=cost_weight, COST_GPUS="3")
     assert result.returncode == 0, result.stderr[-3000:]
     assert expected in result.stdout and "KL                no KL" in result.stdout
-    assert "reward/helpfulness          reward_model     Artessay/Qwen2.5-7B-SafeRLHF-RM on 1x2 GPUs  weight +1" in result.stdout
-    assert f"reward/cost                 cost_model       Artessay/Qwen2.5-7B-SafeRLHF-CM on 1x3 GPUs  weight {float(cost_weight):+g}" in result.stdout
+    assert (
+        "reward/helpfulness          reward_model     Artessay/Qwen2.5-7B-SafeRLHF-RM on 1x2 GPUs  weight +1"
+        in result.stdout
+    )
+    assert (
+        "reward/cost                 cost_model       Artessay/Qwen2.5-7B-SafeRLHF-CM on 1x3 GPUs  weight "
+        f"{float(cost_weight):+g}" in result.stdout
+    )
     assert "reward models see their own chat template's rendering of each conversation" in result.stdout
 
 
-def test_safe_alignment_defaults_are_the_authors_models_added_with_weight_plus_one_and_beaver_is_the_alternative(tmp_path):
+def test_safe_alignment_defaults_are_the_authors_models_added_with_weight_plus_one_and_beaver_is_the_alternative(
+    tmp_path,
+):
     default = dry_run("train_gd2po_safe_alignment.sh")
     assert default.returncode == 0, default.stderr[-3000:]
-    assert "reward/cost                 cost_model       Artessay/Qwen2.5-7B-SafeRLHF-CM on 1x2 GPUs  weight +1" in default.stdout
-    beaver = dry_run("train_gd2po_safe_alignment.sh", REWARD_MODEL="PKU-Alignment/beaver-7b-unified-reward",
-                     COST_MODEL="PKU-Alignment/beaver-7b-unified-cost", COST_WEIGHT="-1")
+    assert (
+        "reward/cost                 cost_model       Artessay/Qwen2.5-7B-SafeRLHF-CM on 1x2 GPUs  weight +1"
+        in default.stdout
+    )
+    beaver = dry_run(
+        "train_gd2po_safe_alignment.sh",
+        REWARD_MODEL="PKU-Alignment/beaver-7b-unified-reward",
+        COST_MODEL="PKU-Alignment/beaver-7b-unified-cost",
+        COST_WEIGHT="-1",
+    )
     assert beaver.returncode == 0, beaver.stderr[-3000:]
-    assert "reward/cost                 cost_model       PKU-Alignment/beaver-7b-unified-cost on 1x2 GPUs  weight -1" in beaver.stdout
+    assert (
+        "reward/cost                 cost_model       PKU-Alignment/beaver-7b-unified-cost on 1x2 GPUs  weight -1"
+        in beaver.stdout
+    )
 
 
 def test_safe_alignment_grpo_baseline_and_a_bad_estimator():
     result = dry_run("train_grpo_safe_alignment.sh")
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "(--advantage_estimator gdpo)" in result.stdout and "the weighted sum Σ_k w_k r_k, normalised within each group (GRPO)" in result.stdout
-    assert "reward/cost                 cost_model" in result.stdout and "weight +1" in result.stdout  # the authors' CM: a safety score
+    assert (
+        "(--advantage_estimator gdpo)" in result.stdout
+        and "the weighted sum Σ_k w_k r_k, normalised within each group (GRPO)" in result.stdout
+    )
+    assert (
+        "reward/cost                 cost_model" in result.stdout and "weight +1" in result.stdout
+    )  # the authors' CM: a safety score
     bad = dry_run("train_gd2po_safe_alignment.sh", ESTIMATOR="ppo")
     assert bad.returncode == 2 and "ESTIMATOR must be gd2po, gdpo or grpo, got 'ppo'" in bad.stderr
 
@@ -143,7 +200,11 @@ def test_a_bad_override_fails_in_parsing_with_the_plugins_message():
     result = dry_run("train_gd2po_tool_calling.sh", TAU="1.5")
     assert result.returncode == 2 and "snr_threshold (τ) must lie in [0, 1], got 1.5" in result.stderr
     missing = dry_run("train_gd2po_tool_calling.sh", REWARD="/nonexistent/rules.py")
-    assert missing.returncode == 2 and "reward file /nonexistent/rules.py (--reward.remote_url, reward key 'correctness') does not exist" in missing.stderr
+    assert (
+        missing.returncode == 2
+        and "reward file /nonexistent/rules.py (--reward.remote_url, reward key 'correctness') does not exist"
+        in missing.stderr
+    )
 
 
 def test_the_one_gpu_smoke_script_dry_runs_with_the_template_rewards():
@@ -152,5 +213,8 @@ def test_the_one_gpu_smoke_script_dry_runs_with_the_template_rewards():
     result = dry_run("smoke_gd2po_1gpu.sh")
     assert result.returncode == 0, result.stderr[-3000:]
     for key in ("correctness", "format", "brevity"):
-        assert f"reward/{key:<20} reward_function  {SCRIPTS}/../rewards/multi_reward_template.py  weight +1" in result.stdout
+        assert (
+            f"reward/{key:<20} reward_function  {SCRIPTS}/../rewards/multi_reward_template.py  weight +1"
+            in result.stdout
+        )
     assert "filter            snr (τ = 0.8, ε = 1e-08)" in result.stdout and "KL                no KL" in result.stdout

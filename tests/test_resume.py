@@ -5,13 +5,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
 
-import pytest
+import openrlhf.trainer.ppo_trainer as ppo_trainer
 import ray
 import torch
-
-import openrlhf.trainer.ppo_trainer as ppo_trainer
-from openrlhf.trainer.ppo_utils.experience import Experience
 from gd2po_testing import openrlhf_strategy, rollout_experiences
+from openrlhf.trainer.ppo_utils.experience import Experience
 
 N = 4
 
@@ -40,9 +38,23 @@ REWARD_FILE_REWARDS = {"a": 1.0, "b": 0.0}  # conftest's reward_file
 def trainer(ckpt_path, reward_file, *flags, keys=("a", "b")):
     """OpenRLHF's real PPO trainer base (patched by the plugin) over the stand-in actors."""
     strategy = openrlhf_strategy(
-        ["--advantage_estimator", "gd2po", "--reward.remote_url", reward_file, "--gd2po.reward_keys", *keys,
-         "--rollout.n_samples_per_prompt", str(N), "--algo.kl.init_coef", "0", "--ckpt.path", str(ckpt_path),
-         "--ckpt.save_steps", "1", *flags]
+        [
+            "--advantage_estimator",
+            "gd2po",
+            "--reward.remote_url",
+            reward_file,
+            "--gd2po.reward_keys",
+            *keys,
+            "--rollout.n_samples_per_prompt",
+            str(N),
+            "--algo.kl.init_coef",
+            "0",
+            "--ckpt.path",
+            str(ckpt_path),
+            "--ckpt.save_steps",
+            "1",
+            *flags,
+        ]
     )
     base = ppo_trainer.BasePPOTrainer(strategy, None, None, None, None, None, SimpleNamespace(pad_token_id=0))
     base.actor_model_group = CheckpointingActors(ckpt_path)
@@ -51,7 +63,9 @@ def trainer(ckpt_path, reward_file, *flags, keys=("a", "b")):
 
 def save(base, step=3):
     with mock.patch.object(ray, "get", lambda refs: refs):
-        base.save_logs_and_checkpoints(step, {}, {"episode": 0, "global_step": step, "total_consumed_prompts": 12, "data_loader_state_dict": {}})
+        base.save_logs_and_checkpoints(
+            step, {}, {"episode": 0, "global_step": step, "total_consumed_prompts": 12, "data_loader_state_dict": {}}
+        )
 
 
 def resume(base):
@@ -92,28 +106,51 @@ def test_same_flags_resume_silently(tmp_path, reward_file, caplog):
 def test_changed_flags_restore_the_checkpoints_settings_and_warn(tmp_path, reward_file, caplog):
     original = ("--gd2po.filter", "snr", "--gd2po.snr_threshold", "0.6", "--gd2po.reward_weights", "1", "0.5")
     save(trainer(tmp_path, reward_file, *original))
-    resumed = trainer(tmp_path, reward_file, "--gd2po.filter", "hard", "--gd2po.no_whiten", "--gd2po.on_bad_reward", "drop_group",
-                      "--ckpt.load_enable")
+    resumed = trainer(
+        tmp_path,
+        reward_file,
+        "--gd2po.filter",
+        "hard",
+        "--gd2po.no_whiten",
+        "--gd2po.on_bad_reward",
+        "drop_group",
+        "--ckpt.load_enable",
+    )
     resume(resumed)
     warning = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
     assert "Restored from the checkpoint: --gd2po.filter checkpoint 'snr', command line 'hard'" in warning
     assert "--gd2po.no_whiten checkpoint False, command line True" in warning
     assert "--gd2po.reward_weights checkpoint [1.0, 0.5], command line [1.0, 1.0]" in warning
-    assert "Kept from the command line (not restorable on resume): --gd2po.on_bad_reward checkpoint 'error', command line 'drop_group'" in warning
+    assert (
+        "Kept from the command line (not restorable on resume): --gd2po.on_bad_reward checkpoint 'error', command "
+        "line 'drop_group'" in warning
+    )
     assert "--gd2po.resume_with_flags" in warning
     # the resumed run trains exactly as the original one would have
     restored = resumed.experience_maker.settings.gd2po_config
-    assert (restored.filter, restored.snr_threshold, restored.whiten, restored.weights) == ("snr", 0.6, True, (1.0, 0.5))
-    torch.testing.assert_close(advantages(resumed), advantages(trainer(tmp_path / "fresh", reward_file, *original)), rtol=0, atol=0)
+    assert (restored.filter, restored.snr_threshold, restored.whiten, restored.weights) == (
+        "snr",
+        0.6,
+        True,
+        (1.0, 0.5),
+    )
+    torch.testing.assert_close(
+        advantages(resumed), advantages(trainer(tmp_path / "fresh", reward_file, *original)), rtol=0, atol=0
+    )
     assert resumed.args.gd2po.on_bad_reward == "drop_group"
 
 
 def test_resume_with_flags_keeps_the_command_lines_settings(tmp_path, reward_file, caplog):
     save(trainer(tmp_path, reward_file, "--gd2po.filter", "snr"))
-    resumed = trainer(tmp_path, reward_file, "--gd2po.filter", "hard", "--gd2po.resume_with_flags", "--ckpt.load_enable")
+    resumed = trainer(
+        tmp_path, reward_file, "--gd2po.filter", "hard", "--gd2po.resume_with_flags", "--ckpt.load_enable"
+    )
     resume(resumed)
     assert resumed.experience_maker.settings.gd2po_config.filter == "hard"
-    assert "Kept from the command line (--gd2po.resume_with_flags): --gd2po.filter checkpoint 'snr', command line 'hard'" in caplog.text
+    assert (
+        "Kept from the command line (--gd2po.resume_with_flags): --gd2po.filter checkpoint 'snr', command line 'hard'"
+        in caplog.text
+    )
 
 
 def test_changed_reward_keys_restore_nothing(tmp_path, reward_file, caplog):
@@ -127,8 +164,20 @@ def test_changed_reward_keys_restore_nothing(tmp_path, reward_file, caplog):
 
 def test_a_checkpoint_without_settings_is_reported(tmp_path, reward_file, caplog):
     stock = openrlhf_strategy(  # a stock run saves no GD²PO settings
-        ["--advantage_estimator", "group_norm", "--reward.remote_url", reward_file, "--rollout.n_samples_per_prompt",
-         str(N), "--algo.kl.init_coef", "0", "--ckpt.path", str(tmp_path), "--ckpt.save_steps", "1"]
+        [
+            "--advantage_estimator",
+            "group_norm",
+            "--reward.remote_url",
+            reward_file,
+            "--rollout.n_samples_per_prompt",
+            str(N),
+            "--algo.kl.init_coef",
+            "0",
+            "--ckpt.path",
+            str(tmp_path),
+            "--ckpt.save_steps",
+            "1",
+        ]
     )
     base = ppo_trainer.BasePPOTrainer(stock, None, None, None, None, None, SimpleNamespace(pad_token_id=0))
     base.actor_model_group = CheckpointingActors(tmp_path)

@@ -13,26 +13,24 @@ import time
 import urllib.request
 from types import SimpleNamespace
 
+import openrlhf.trainer.ppo_trainer  # noqa: F401  (the import hook patches SamplesGenerator through it)
 import pytest
 import torch
-from openrlhf.trainer.ppo_utils.experience import Experience
+from gd2po_testing import ScriptedEngine, openrlhf_strategy
 from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
 from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
 from openrlhf.utils.agent import SingleTurnAgentExecutor
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-import openrlhf.trainer.ppo_trainer  # noqa: F401  (the import hook patches SamplesGenerator through it)
-from gd2po_testing import ScriptedEngine, openrlhf_strategy
-
 SLOW_S = 0.8
 VOCAB = ["[UNK]", "[PAD]", "what", "is", "two", "plus", "three", "four", "five", "answer", "<format>"]
-RULES = '''
+RULES = """
 def reward_func(queries, prompts, labels):
     # correctness: the label word appears in the response; format: the response carries <format>
     response = queries[0][len(prompts[0]):]
     return {"rewards": {"correctness": float(labels[0] in response), "format": float("<format>" in response)}}
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +42,16 @@ def tokenizer():
 
 def rollout(executor, tokenizer, continuation, label="four"):
     params = SimpleNamespace(max_tokens=8, logprobs=None)
-    return asyncio.run(executor.execute("what is two plus two", label, params, 64, tokenizer, ScriptedEngine(tokenizer(continuation, add_special_tokens=False)["input_ids"])))
+    return asyncio.run(
+        executor.execute(
+            "what is two plus two",
+            label,
+            params,
+            64,
+            tokenizer,
+            ScriptedEngine(tokenizer(continuation, add_special_tokens=False)["input_ids"]),
+        )
+    )
 
 
 def trainer_side(strategy, response):
@@ -54,12 +61,24 @@ def trainer_side(strategy, response):
 
 def strategy_for(remote_url, *flags):
     return openrlhf_strategy(
-        ["--advantage_estimator", "gd2po", "--reward.remote_url", remote_url, "--gd2po.reward_keys", "correctness", "format",
-         "--rollout.n_samples_per_prompt", "2", *flags]
+        [
+            "--advantage_estimator",
+            "gd2po",
+            "--reward.remote_url",
+            remote_url,
+            "--gd2po.reward_keys",
+            "correctness",
+            "format",
+            "--rollout.n_samples_per_prompt",
+            "2",
+            *flags,
+        ]
     )
 
 
-@pytest.mark.parametrize("continuation, expected", [("four <format>", [1.0, 1.0]), ("five", [0.0, 0.0]), ("<format> five", [0.0, 1.0])])
+@pytest.mark.parametrize(
+    "continuation, expected", [("four <format>", [1.0, 1.0]), ("five", [0.0, 0.0]), ("<format> five", [0.0, 1.0])]
+)
 def test_reward_file_dimensions_reach_the_experience(tmp_path, tokenizer, continuation, expected):
     rules = tmp_path / "rules.py"
     rules.write_text(RULES)
@@ -76,11 +95,17 @@ def test_reward_file_that_raises_fails_the_step_with_a_clear_error(tmp_path, tok
     response = rollout(SingleTurnAgentExecutor(str(rules)), tokenizer, "four")
     assert response["reward"] is None  # OpenRLHF's executor still swallows the exception...
     # ... but the plugin's reward client sends the cause along with the rollout
-    with pytest.raises(ValueError, match=r"missing for prompt 'what is two plus two': reward function .*broken.py raised KeyError: 'label'"):
+    with pytest.raises(
+        ValueError,
+        match=r"missing for prompt 'what is two plus two': reward function .*broken.py raised KeyError: 'label'",
+    ):
         trainer_side(strategy_for(str(rules)), response)
     # a rollout that arrives without any reward and without a cause (OpenRLHF's own client) is refused too
     bare = {**response, "extra_logs": {}}
-    with pytest.raises(ValueError, match=r"missing from reward function .*broken.py for prompt 'what is two plus two': it returned no reward"):
+    with pytest.raises(
+        ValueError,
+        match=r"missing from reward function .*broken.py for prompt 'what is two plus two': it returned no reward",
+    ):
         trainer_side(strategy_for(str(rules)), bare)
 
 
@@ -91,11 +116,14 @@ def test_drop_group_drops_the_groups_of_failed_rollouts_from_reward_file_to_adva
         "    response = queries[0][len(prompts[0]):]\n"
         "    if 'five' in response:\n"
         "        raise ValueError('cannot score five')\n"
-        "    return {'rewards': {'correctness': float('nan') if 'three' in response else float(labels[0] in response),\n"
+        "    return {'rewards': {'correctness': float('nan') if 'three' in response\n"
+        "                                        else float(labels[0] in response),\n"
         "                        'format': float('<format>' in response)},\n"
         "            'extra_logs': {'response_words': float(len(response.split()))}}\n"
     )
-    strategy = strategy_for(str(rules), "--gd2po.on_bad_reward", "drop_group", "--train.batch_size", "2", "--rollout.micro_batch_size", "2")
+    strategy = strategy_for(
+        str(rules), "--gd2po.on_bad_reward", "drop_group", "--train.batch_size", "2", "--rollout.micro_batch_size", "2"
+    )
     executor = SingleTurnAgentExecutor(str(rules))
     groups = [["four <format>", "five"], ["four", "three"], ["four <format>", "<format>"]]
     experiences = []
@@ -107,15 +135,22 @@ def test_drop_group_drops_the_groups_of_failed_rollouts_from_reward_file_to_adva
     assert math.isnan(experiences[1].info["reward/correctness"].item()) and experiences[1].rewards.item() == 0.0
     assert math.isnan(experiences[3].info["reward/format"].item())
     rollout_warnings = " ".join(r.getMessage() for r in caplog.records)
-    assert "raised ValueError: cannot score five" in rollout_warnings and "returned nan for reward key 'correctness'" in rollout_warnings
-    maker = openrlhf.trainer.ppo_trainer.RemoteExperienceMaker(None, None, None, None, FixedKLController(0.0), strategy, tokenizer)
+    assert (
+        "raised ValueError: cannot score five" in rollout_warnings
+        and "returned nan for reward key 'correctness'" in rollout_warnings
+    )
+    maker = openrlhf.trainer.ppo_trainer.RemoteExperienceMaker(
+        None, None, None, None, FixedKLController(0.0), strategy, tokenizer
+    )
     assert "response_words" not in experiences[1].info and "response_words" in experiences[0].info
     # OpenRLHF's micro-batching (as make_experience_batch does it) of rollouts with and without that log
     batches = maker.split_rollout_samples(experiences)
     assert all(len(value) == len(batch.index) for batch in batches for value in batch.info.values())
     trained = maker.compute_advantages_and_returns(batches)
     assert [e.index for e in trained] == [[4, 5]] and trained[0].info["response_words"].tolist() == [2.0, 1.0]
-    assert trained[0].info["reward/correctness"].tolist() == [1.0, 0.0] and trained[0].info["reward/format"].tolist() == [1.0, 1.0]
+    assert trained[0].info["reward/correctness"].tolist() == [1.0, 0.0] and trained[0].info[
+        "reward/format"
+    ].tolist() == [1.0, 1.0]
     assert torch.isfinite(trained[0].advantages).all() and float(trained[0].advantages.abs().sum()) > 0
     assert maker.last_step_report.metrics["gd2po/dropped_bad_groups"] == 2
 
@@ -134,7 +169,7 @@ def serve(faults, port=0):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             requests.append(body)
             fault = faults.pop(0) if faults else None
-            responses = [q[len(p):] for q, p in zip(body["query"], body["prompts"])]
+            responses = [q[len(p) :] for q, p in zip(body["query"], body["prompts"])]
             copies = 2 if fault == "two items" else 1
             payload = {
                 "rewards": {
@@ -196,7 +231,9 @@ def test_transient_faults_are_retried_until_the_server_answers(tokenizer, fault_
     faults.extend([fault] * 3)  # three failures, the fourth and last attempt succeeds
     response = rollout(SingleTurnAgentExecutor(url), tokenizer, "<format> four")
     experience = trainer_side(strategy_for(url), response)
-    assert experience.info["reward/correctness"].tolist() == [1.0] and experience.info["reward/format"].tolist() == [1.0]
+    assert experience.info["reward/correctness"].tolist() == [1.0] and experience.info["reward/format"].tolist() == [
+        1.0
+    ]
     assert len(requests) == 4 and all(body["query"] == requests[0]["query"] for body in requests)
     expected = f"HTTP {fault}: reward backend overloaded" if isinstance(fault, int) else "no answer within"
     assert any(expected in r.getMessage() and "retry 1/3" in r.getMessage() for r in caplog.records)
@@ -208,7 +245,11 @@ def test_a_server_that_stays_down_gives_a_clear_final_error(tokenizer, fault_ser
     faults.extend([fault] * 10)
     response = rollout(SingleTurnAgentExecutor(url), tokenizer, "<format> four")
     assert len(requests) == 4 and response["reward"] is None
-    last = "HTTP 503: reward backend overloaded" if fault == 503 else f"no answer within {SLOW_S / 4:g} s (GD2PO_REWARD_TIMEOUT_S)"
+    last = (
+        "HTTP 503: reward backend overloaded"
+        if fault == 503
+        else f"no answer within {SLOW_S / 4:g} s (GD2PO_REWARD_TIMEOUT_S)"
+    )
     with pytest.raises(ValueError) as error:
         trainer_side(strategy_for(url), response)
     assert f"reward server {url} failed 4 times" in str(error.value) and f"(last: {last})" in str(error.value)
@@ -223,7 +264,9 @@ def test_connection_refused_until_the_server_starts(tokenizer, fast_retries, mon
     url = f"http://127.0.0.1:{port}/get_reward"
     # nothing listens there: every attempt is refused
     response = rollout(SingleTurnAgentExecutor(url), tokenizer, "four")
-    with pytest.raises(ValueError, match=r"failed 4 times .*\(last: ClientConnectorError: Cannot connect to host 127.0.0.1:\d+"):
+    with pytest.raises(
+        ValueError, match=r"failed 4 times .*\(last: ClientConnectorError: Cannot connect to host 127.0.0.1:\d+"
+    ):
         trainer_side(strategy_for(url), response)
     # the server comes up while the client is backing off: the rollout gets its reward
     started = []
@@ -234,7 +277,9 @@ def test_connection_refused_until_the_server_starts(tokenizer, fast_retries, mon
     url_served, requests, server = started[0]
     server.shutdown()
     server.server_close()
-    assert trainer_side(strategy_for(url), response).info["reward/correctness"].tolist() == [1.0] and len(requests) == 1
+    assert (
+        trainer_side(strategy_for(url), response).info["reward/correctness"].tolist() == [1.0] and len(requests) == 1
+    )
 
 
 @pytest.mark.parametrize(
@@ -288,21 +333,30 @@ def test_a_bad_retry_setting_is_named(tokenizer, monkeypatch, value):
         trainer_side(strategy, response)
 
 
-def test_stock_estimators_get_openrlhfs_missing_reward_and_the_cause_in_the_log(tokenizer, fault_server, fast_retries, caplog):
+def test_stock_estimators_get_openrlhfs_missing_reward_and_the_cause_in_the_log(
+    tokenizer, fault_server, fast_retries, caplog
+):
     url, _, faults = fault_server
     faults.append("malformed")
     response = rollout(SingleTurnAgentExecutor(url), tokenizer, "four")
-    strategy = openrlhf_strategy(["--advantage_estimator", "group_norm", "--reward.remote_url", url, "--rollout.n_samples_per_prompt", "2"])
+    strategy = openrlhf_strategy(
+        ["--advantage_estimator", "group_norm", "--reward.remote_url", url, "--rollout.n_samples_per_prompt", "2"]
+    )
     experience = trainer_side(strategy, response)
     assert "reward" not in experience.info and experience.rewards is None  # as OpenRLHF makes it without a reward
-    assert any("no reward for prompt 'what is two plus two'" in r.getMessage() and "malformed JSON" in r.getMessage() for r in caplog.records)
+    assert any(
+        "no reward for prompt 'what is two plus two'" in r.getMessage() and "malformed JSON" in r.getMessage()
+        for r in caplog.records
+    )
 
 
 def test_http_reward_server_dimensions_reach_the_experience(tokenizer, reward_server):
     url, requests = reward_server
     response = rollout(SingleTurnAgentExecutor(url), tokenizer, "<format> four")
     experience = trainer_side(strategy_for(url), response)
-    assert experience.info["reward/correctness"].tolist() == [1.0] and experience.info["reward/format"].tolist() == [1.0]
+    assert experience.info["reward/correctness"].tolist() == [1.0] and experience.info["reward/format"].tolist() == [
+        1.0
+    ]
     assert requests[0]["labels"] == ["four"] and requests[0]["prompts"] == ["what is two plus two"]
 
 
@@ -330,7 +384,11 @@ def test_the_template_scores_every_query_of_a_batch_behind_the_server():
     server = RewardServer(("127.0.0.1", 0), load_reward_func(str(template)), str(template))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        body = {"query": ["Q <answer>4</answer>", "Q <answer>5</answer>", "Q no answer"], "prompts": ["Q", "Q", "Q"], "labels": ["4", "4", "4"]}
+        body = {
+            "query": ["Q <answer>4</answer>", "Q <answer>5</answer>", "Q no answer"],
+            "prompts": ["Q", "Q", "Q"],
+            "labels": ["4", "4", "4"],
+        }
         request = urllib.request.Request(server.url, data=json.dumps(body).encode())
         logs = json.loads(urllib.request.urlopen(request, timeout=10).read())["extra_logs"]
     finally:
@@ -339,14 +397,24 @@ def test_the_template_scores_every_query_of_a_batch_behind_the_server():
     assert logs["reward/correctness"] == [1.0, 0.0, 0.0] and logs["reward/format"] == [1.0, 1.0, 0.0]
 
 
-def test_a_reward_client_failure_never_reaches_openrlhfs_info_tensors_as_a_string(tokenizer, fault_server, fast_retries):
+def test_a_reward_client_failure_never_reaches_openrlhfs_info_tensors_as_a_string(
+    tokenizer, fault_server, fast_retries
+):
     """A rollout actor's reward client that failed while no dimension is remote (only model groups score): the
     trainer names the failure instead of handing its message to OpenRLHF (which crashed in torch.tensor on a str)."""
     url, _, faults = fault_server
     faults.append("malformed")
     response = rollout(SingleTurnAgentExecutor(url), tokenizer, "four")
-    strategy = openrlhf_strategy(["--advantage_estimator", "gd2po", "--reward.model_name_or_path", "org/rm",
-                                  "--rollout.n_samples_per_prompt", "2"])
+    strategy = openrlhf_strategy(
+        [
+            "--advantage_estimator",
+            "gd2po",
+            "--reward.model_name_or_path",
+            "org/rm",
+            "--rollout.n_samples_per_prompt",
+            "2",
+        ]
+    )
     with pytest.raises(ValueError, match="a reward client ran for prompt 'what is two plus two'.*malformed JSON"):
         trainer_side(strategy, response)
 
@@ -357,15 +425,25 @@ def test_a_reward_function_returning_no_dict_is_named_with_what_it_returned(tmp_
     rules = tmp_path / "bare_number.py"
     rules.write_text(f"def reward_func(queries, prompts, labels):\n    return {returned}\n")
     response = rollout(SingleTurnAgentExecutor(str(rules)), tokenizer, "four")
-    with pytest.raises(ValueError, match=rf"bare_number.py returned {re.escape(shown)}: expected a dict with 'rewards'"):
+    with pytest.raises(
+        ValueError, match=rf"bare_number.py returned {re.escape(shown)}: expected a dict with 'rewards'"
+    ):
         trainer_side(strategy_for(str(rules)), response)
 
 
 def test_a_reward_above_the_magnitude_bound_is_named_at_its_source(tmp_path, tokenizer):
     rules = tmp_path / "huge.py"
-    rules.write_text("def reward_func(queries, prompts, labels):\n    return {'rewards': {'correctness': 1e20, 'format': 1.0}}\n")
+    rules.write_text(
+        "def reward_func(queries, prompts, labels):\n    return {'rewards': {'correctness': 1e20, 'format': 1.0}}\n"
+    )
     response = rollout(SingleTurnAgentExecutor(str(rules)), tokenizer, "four")
-    with pytest.raises(ValueError, match=r"huge.py for prompt 'what is two plus two' returned 1e\+20 for reward key 'correctness' .*\|r\| <= 1e\+15"):
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"huge.py for prompt 'what is two plus two' returned 1e\+20 for reward key 'correctness' .*\|r\| <= "
+            r"1e\+15"
+        ),
+    ):
         trainer_side(strategy_for(str(rules)), response)
 
 
@@ -375,11 +453,15 @@ def test_failures_that_differ_only_in_numbers_are_logged_once_with_a_count(monke
 
     monkeypatch.setattr(reward_client, "_last_failure", {})
     for attempt in range(50):
-        reward_client.failed_rewards(f"reward server http://127.0.0.1:5000/get_reward failed 4 times in {attempt} s (last: refused)", 1)
+        reward_client.failed_rewards(
+            f"reward server http://127.0.0.1:5000/get_reward failed 4 times in {attempt} s (last: refused)", 1
+        )
     warnings = [record.getMessage() for record in caplog.records if "failed 4 times" in record.getMessage()]
     assert len(warnings) == 1
     monkeypatch.setattr(reward_client, "WARNING_INTERVAL_S", 0.0)
-    reward_client.failed_rewards("reward server http://127.0.0.1:5000/get_reward failed 4 times in 99 s (last: refused)", 1)
+    reward_client.failed_rewards(
+        "reward server http://127.0.0.1:5000/get_reward failed 4 times in 99 s (last: refused)", 1
+    )
     assert "(49 more rollouts failed the same way since the last warning)" in caplog.records[-1].getMessage()
 
 
@@ -387,6 +469,10 @@ def test_a_payload_with_the_dimensions_in_both_forms_is_refused():
     """Which of two disagreeing sources wins would be an accident of the code: neither does."""
     from gd2po_openrlhf.rewards import dimensions_from_payload
 
-    with pytest.raises(ValueError, match=r"f.py returned the dimensions twice, as 'rewards' \['a'\] and as extra_logs \['reward/a'\]"):
+    with pytest.raises(
+        ValueError, match=r"f.py returned the dimensions twice, as 'rewards' \['a'\] and as extra_logs \['reward/a'\]"
+    ):
         dimensions_from_payload({"rewards": {"a": 1.0}, "extra_logs": {"reward/a": 2.0}}, 1, None, "reward file f.py")
-    assert dimensions_from_payload({"rewards": 3.0, "extra_logs": {"reward/a": 2.0}}, 1) == {"a": [2.0]}  # a scalar sum is fine
+    assert dimensions_from_payload({"rewards": 3.0, "extra_logs": {"reward/a": 2.0}}, 1) == {
+        "a": [2.0]
+    }  # a scalar sum is fine

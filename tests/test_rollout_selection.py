@@ -8,16 +8,15 @@ import math
 from types import SimpleNamespace
 from unittest import mock
 
+import openrlhf.trainer.ppo_trainer as ppo_trainer
 import pytest
 import torch
-
-import openrlhf.trainer.ppo_trainer as ppo_trainer
+from gd2po_testing import openrlhf_strategy, rollout_experiences
 from openrlhf.trainer.ppo_utils.experience import Experience
 from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
 from openrlhf.trainer.ppo_utils.replay_buffer import NaiveReplayBuffer
 
 from gd2po_openrlhf import GD2POConfig, compute_rollout_advantages
-from gd2po_testing import openrlhf_strategy, rollout_experiences
 
 N, PROMPTS, TRAIN_BATCH, MICRO_BATCH = 4, 12, 8, 4
 PAD = 0
@@ -29,14 +28,33 @@ REWARD_FILE_REWARDS = {"a": 1.0, "b": 0.0}  # conftest's reward_file
 def strategy(reward_file, drop_filtered, filter_name="hard", on_bad_reward="error"):
     flags = (["--gd2po.drop_filtered"] if drop_filtered else []) + ["--gd2po.on_bad_reward", on_bad_reward]
     return openrlhf_strategy(
-        ["--advantage_estimator", "gd2po", "--gd2po.filter", filter_name, "--reward.remote_url", reward_file,
-         "--gd2po.reward_keys", "a", "b", "--rollout.n_samples_per_prompt", str(N), "--algo.kl.init_coef", "0",
-         "--train.batch_size", str(TRAIN_BATCH), "--rollout.micro_batch_size", str(MICRO_BATCH)] + flags
+        [
+            "--advantage_estimator",
+            "gd2po",
+            "--gd2po.filter",
+            filter_name,
+            "--reward.remote_url",
+            reward_file,
+            "--gd2po.reward_keys",
+            "a",
+            "b",
+            "--rollout.n_samples_per_prompt",
+            str(N),
+            "--algo.kl.init_coef",
+            "0",
+            "--train.batch_size",
+            str(TRAIN_BATCH),
+            "--rollout.micro_batch_size",
+            str(MICRO_BATCH),
+        ]
+        + flags
     )
 
 
 def run_maker(strategy, experiences):
-    maker = ppo_trainer.RemoteExperienceMaker(None, None, None, None, FixedKLController(0.0), strategy, SimpleNamespace(pad_token_id=PAD))
+    maker = ppo_trainer.RemoteExperienceMaker(
+        None, None, None, None, FixedKLController(0.0), strategy, SimpleNamespace(pad_token_id=PAD)
+    )
     return maker, maker.compute_advantages_and_returns(experiences)
 
 
@@ -44,16 +62,14 @@ def micro_batches(rewards, lengths, seed=0):
     samples = rollout_experiences(rewards, lengths, N, MICRO_BATCH, seed=seed, reward_keys=["a", "b"])
     for i, sample in enumerate(samples):
         sample.index = [i]
-    return [Experience.concat_experiences(samples[i : i + MICRO_BATCH], PAD) for i in range(0, len(samples), MICRO_BATCH)]
+    return [
+        Experience.concat_experiences(samples[i : i + MICRO_BATCH], PAD) for i in range(0, len(samples), MICRO_BATCH)
+    ]
 
 
 def by_rollout(experiences, field):
     """{rollout index: that rollout's row of a step field, cut to its action tokens}"""
-    return {
-        i: getattr(e, field)[row][e.action_mask[row]]
-        for e in experiences
-        for row, i in enumerate(e.index)
-    }
+    return {i: getattr(e, field)[row][e.action_mask[row]] for e in experiences for row, i in enumerate(e.index)}
 
 
 def test_kept_rollouts_train_exactly_as_without_the_flag(reward_file):
@@ -65,7 +81,9 @@ def test_kept_rollouts_train_exactly_as_without_the_flag(reward_file):
     maker, trained = run_maker(strategy(reward_file, True), copy.deepcopy(batches))
 
     full_advantages = by_rollout(full, "advantages")
-    keep = compute_rollout_advantages(rewards, torch.arange(PROMPTS * N) // N, lengths, GD2POConfig(filter="hard")).keep
+    keep = compute_rollout_advantages(
+        rewards, torch.arange(PROMPTS * N) // N, lengths, GD2POConfig(filter="hard")
+    ).keep
     kept = set(keep.nonzero().squeeze(1).tolist())
     num_kept = len(kept)
     assert 0 < num_kept < PROMPTS * N  # the case exercises the filter
@@ -108,7 +126,10 @@ def test_rollout_stats_still_describe_every_generated_rollout(reward_file):
     assert stats["rollout/response_length_mean"] == pytest.approx(float(lengths.float().mean()))
     assert stats["gd2po/trained_ratio"] < 1
     # the next step's statistics are not those of this one
-    assert ppo_trainer.BasePPOTrainer._compute_rollout_stats(trainer, trained)["rollout/num_samples"] == len(trained) * MICRO_BATCH
+    assert (
+        ppo_trainer.BasePPOTrainer._compute_rollout_stats(trainer, trained)["rollout/num_samples"]
+        == len(trained) * MICRO_BATCH
+    )
 
 
 def test_a_fully_filtered_batch_trains_one_zero_advantage_minibatch(reward_file):
@@ -152,18 +173,27 @@ def test_a_bad_reward_stops_the_step_naming_key_source_and_rollout(reward_file):
     with pytest.raises(ValueError) as error:
         run_maker(strategy(reward_file, False), micro_batches(rewards, lengths))
     message = str(error.value)
-    assert f"reward key 'a' is nan (source: reward function {reward_file}) for rollout {N + 2} (sample 2 of prompt 'prompt 1')" in message
+    assert (
+        f"reward key 'a' is nan (source: reward function {reward_file}) for rollout {N + 2} (sample 2 of prompt "
+        "'prompt 1')" in message
+    )
     assert "reward key 'b' is inf" in message and f"rollout {5 * N}" in message and "reward key 'a' is -inf" in message
     assert "--gd2po.on_bad_reward drop_group" in message
 
 
 @pytest.mark.parametrize("drop_filtered", [False, True])
-def test_drop_group_trains_the_other_groups_exactly_as_if_the_bad_ones_never_existed(reward_file, drop_filtered, caplog):
+def test_drop_group_trains_the_other_groups_exactly_as_if_the_bad_ones_never_existed(
+    reward_file, drop_filtered, caplog
+):
     rewards, lengths, bad_groups = bad_reward_case()
-    maker, trained = run_maker(strategy(reward_file, drop_filtered, on_bad_reward="drop_group"), micro_batches(rewards, lengths))
+    maker, trained = run_maker(
+        strategy(reward_file, drop_filtered, on_bad_reward="drop_group"), micro_batches(rewards, lengths)
+    )
     good = torch.tensor([i // N not in bad_groups for i in range(PROMPTS * N)])
     # the reference: the estimator on the good groups alone, computed independently of the integration
-    reference = compute_rollout_advantages(rewards[good], (torch.arange(PROMPTS * N) // N)[good], lengths[good], GD2POConfig(filter="hard"))
+    reference = compute_rollout_advantages(
+        rewards[good], (torch.arange(PROMPTS * N) // N)[good], lengths[good], GD2POConfig(filter="hard")
+    )
     expected = dict(zip(good.nonzero().squeeze(1).tolist(), reference.rollout_advantages.tolist()))
     kept = {i for i, k in zip(expected, reference.keep.tolist()) if k}
     trained_rollouts = {i: (e, row) for e in trained for row, i in enumerate(e.index)}
@@ -197,8 +227,11 @@ def test_drop_group_refuses_a_step_in_which_every_group_is_bad(reward_file):
     rewards[torch.arange(PROMPTS) * N, 1] = math.nan
     # A remote reward's NaN under drop_group is the marker of a rollout whose reward failed at its source (the
     # cause, inf or 1e20 or an exception, was logged when it arrived): the message does not call it "nan".
-    with pytest.raises(ValueError, match=r"every prompt group of the step has a bad reward, nothing to train on: reward key 'b' "
-                                         r"is invalid at its source \(see the warning above\) \(source: reward function"):
+    with pytest.raises(
+        ValueError,
+        match=r"every prompt group of the step has a bad reward, nothing to train on: reward key 'b' "
+        r"is invalid at its source \(see the warning above\) \(source: reward function",
+    ):
         run_maker(strategy(reward_file, False, on_bad_reward="drop_group"), micro_batches(rewards, lengths))
 
 

@@ -16,15 +16,15 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
+import openrlhf.trainer.ppo_trainer  # noqa: F401  (the import hook patches SamplesGenerator through it)
 import pytest
+from gd2po_testing import ScriptedEngine, openrlhf_strategy
 from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
 from openrlhf.utils.agent import SingleTurnAgentExecutor
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-import openrlhf.trainer.ppo_trainer  # noqa: F401  (the import hook patches SamplesGenerator through it)
 from gd2po_openrlhf.serve_rewards import RewardServer, load_reward_func
-from gd2po_testing import ScriptedEngine, openrlhf_strategy
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL_CALLING = ROOT / "examples" / "rewards" / "tool_calling.py"
@@ -39,7 +39,7 @@ def rollout_text(i):
     """A response whose three rewards depend on i: the call's parameters, the format and the think length."""
     params = {"a": 1, "b": i % 3}
     think = " ".join(["w"] * (i % 600))
-    body = f'<think>{think}</think>\n<tool_call>\n{json.dumps({"name": "f", "parameters": params})}\n</tool_call>'
+    body = f"<think>{think}</think>\n<tool_call>\n{json.dumps({'name': 'f', 'parameters': params})}\n</tool_call>"
     return body if i % 4 else body + " trailing words"
 
 
@@ -76,7 +76,14 @@ def test_concurrent_clients_each_get_their_own_rollouts_rewards(serve):
 
     def ask(batch):
         prompts = [f"prompt {i}: call f\n" for i in batch]
-        status, answer = post(server.url, {"query": [p + rollout_text(i) for p, i in zip(prompts, batch)], "prompts": prompts, "labels": [GROUND_TRUTH] * len(batch)})
+        status, answer = post(
+            server.url,
+            {
+                "query": [p + rollout_text(i) for p, i in zip(prompts, batch)],
+                "prompts": prompts,
+                "labels": [GROUND_TRUTH] * len(batch),
+            },
+        )
         return batch, status, answer
 
     with ThreadPoolExecutor(16) as pool:
@@ -86,11 +93,18 @@ def test_concurrent_clients_each_get_their_own_rollouts_rewards(serve):
         expected = [tool_calling.score(rollout_text(i), GROUND_TRUTH) for i in batch]
         for key in ("correctness", "format", "length"):
             assert answer["extra_logs"][f"reward/{key}"] == [e[key] for e in expected]
-        assert answer["rewards"] == pytest.approx([sum(e.values()) for e in expected]) and answer["scores"] == answer["rewards"]
+        assert (
+            answer["rewards"] == pytest.approx([sum(e.values()) for e in expected])
+            and answer["scores"] == answer["rewards"]
+        )
     # the batches really differ: otherwise a mix-up between clients could go unnoticed
     assert len({json.dumps(a["extra_logs"]) for _, _, a in results}) > 100
     status, health = post_get(server.url.replace("/get_reward", "/health"))
-    assert status == 200 and health["served_requests"] == len(batches) and health["served_rollouts"] == sum(map(len, batches))
+    assert (
+        status == 200
+        and health["served_requests"] == len(batches)
+        and health["served_rollouts"] == sum(map(len, batches))
+    )
     assert health["in_flight"] == 0 and health["reward_keys"] == ["correctness", "format", "length"]
 
 
@@ -109,31 +123,49 @@ def post_get(url):
         ({"query": ["p r", 3], "prompts": ["p", "p"]}, 400, "'query' must be a non-empty list of strings"),
         ({"query": ["p r", "p s"], "prompts": ["p"]}, 400, "'prompts' must be a list of 2 strings"),
         ({"query": ["p r"], "prompts": ["p"], "labels": ["a", "b"]}, 400, "'labels' must be a list of 1 items"),
-        ({"query": ["p r"] * 5, "prompts": ["p"] * 5, "labels": ["a"] * 5}, 413, "batch of 5 queries exceeds --max-batch 4"),
+        (
+            {"query": ["p r"] * 5, "prompts": ["p"] * 5, "labels": ["a"] * 5},
+            413,
+            "batch of 5 queries exceeds --max-batch 4",
+        ),
     ],
 )
 def test_malformed_requests_get_a_4xx_with_the_reason(serve, body, status, message):
     server = serve(max_batch=4)
     code, answer = post(server.url, body)
     assert code == status and message in answer["error"]
-    assert post(server.url, {"query": ["p " + rollout_text(1)], "prompts": ["p "], "labels": [GROUND_TRUTH]})[0] == 200  # still serving
+    assert (
+        post(server.url, {"query": ["p " + rollout_text(1)], "prompts": ["p "], "labels": [GROUND_TRUTH]})[0] == 200
+    )  # still serving
 
 
 def test_labels_may_be_omitted_and_unknown_paths_are_404(serve):
     server = serve(reward_func=lambda q, p, labels: {"rewards": {"has_label": [float(x is not None) for x in labels]}})
-    assert post(server.url, {"query": ["a b"], "prompts": ["a"]}) == (200, {"rewards": [0.0], "scores": [0.0], "extra_logs": {"reward/has_label": [0.0]}})
+    assert post(server.url, {"query": ["a b"], "prompts": ["a"]}) == (
+        200,
+        {"rewards": [0.0], "scores": [0.0], "extra_logs": {"reward/has_label": [0.0]}},
+    )
     assert post(server.url.replace("get_reward", "nope"), {"query": ["a"], "prompts": ["a"]})[0] == 404
 
 
 @pytest.mark.parametrize(
     "reward_func, message",
     [
-        (lambda q, p, l: 1 / 0, "ZeroDivisionError"),
-        (lambda q, p, l: {"rewards": {"correctness": [1.0]}}, "returned 1 values for reward key 'correctness', expected one per rollout (2)"),
-        (lambda q, p, l: {"rewards": {"correctness": [1.0, float("nan")]}}, "returned nan for reward key 'correctness' of rollout 1"),
-        (lambda q, p, l: {"rewards": [1.0, 2.0]}, "returned no reward dimensions"),
-        (lambda q, p, l: {"rewards": {"correctness": [1.0, 1e20]}}, "returned 1e+20 for reward key 'correctness' of rollout 1"),
-        (lambda q, p, l: sys.exit(3), "SystemExit: 3"),
+        (lambda queries, prompts, labels: 1 / 0, "ZeroDivisionError"),
+        (
+            lambda queries, prompts, labels: {"rewards": {"correctness": [1.0]}},
+            "returned 1 values for reward key 'correctness', expected one per rollout (2)",
+        ),
+        (
+            lambda queries, prompts, labels: {"rewards": {"correctness": [1.0, float("nan")]}},
+            "returned nan for reward key 'correctness' of rollout 1",
+        ),
+        (lambda queries, prompts, labels: {"rewards": [1.0, 2.0]}, "returned no reward dimensions"),
+        (
+            lambda queries, prompts, labels: {"rewards": {"correctness": [1.0, 1e20]}},
+            "returned 1e+20 for reward key 'correctness' of rollout 1",
+        ),
+        (lambda queries, prompts, labels: sys.exit(3), "SystemExit: 3"),
     ],
 )
 def test_a_failing_reward_function_is_a_422_naming_the_cause(serve, reward_func, message):
@@ -144,9 +176,15 @@ def test_a_failing_reward_function_is_a_422_naming_the_cause(serve, reward_func,
 
 
 def test_declared_reward_keys_are_enforced(serve):
-    server = serve(reward_func=lambda q, p, l: {"rewards": {"correctness": [1.0], "style": [0.0]}}, reward_keys=["correctness"])
+    server = serve(
+        reward_func=lambda queries, prompts, labels: {"rewards": {"correctness": [1.0], "style": [0.0]}},
+        reward_keys=["correctness"],
+    )
     code, answer = post(server.url, {"query": ["a b"], "prompts": ["a"]})
-    assert code == 422 and "reward keys ['style'] that are not among the declared reward keys ['correctness']" in answer["error"]
+    assert (
+        code == 422
+        and "reward keys ['style'] that are not among the declared reward keys ['correctness']" in answer["error"]
+    )
 
 
 def test_a_full_server_answers_503_after_the_queue_timeout(serve):
@@ -181,8 +219,18 @@ def test_openrlhfs_http_client_and_the_plugin_read_every_dimension(serve):
     server = serve(reward_keys=["correctness", "format", "length"])
     tokenizer = byte_level_tokenizer()
     strategy = openrlhf_strategy(
-        ["--advantage_estimator", "gd2po", "--reward.remote_url", server.url, "--gd2po.reward_keys", "correctness", "format", "length",
-         "--rollout.n_samples_per_prompt", "2"]
+        [
+            "--advantage_estimator",
+            "gd2po",
+            "--reward.remote_url",
+            server.url,
+            "--gd2po.reward_keys",
+            "correctness",
+            "format",
+            "length",
+            "--rollout.n_samples_per_prompt",
+            "2",
+        ]
     )
     executor = SingleTurnAgentExecutor(server.url)
     params = SimpleNamespace(max_tokens=512, logprobs=None)
@@ -205,7 +253,15 @@ def free_port():
 def test_command_line_serves_the_tool_calling_file_and_logs_each_request():
     port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "gd2po_openrlhf.serve_rewards", "--reward-file", str(TOOL_CALLING), "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "gd2po_openrlhf.serve_rewards",
+            "--reward-file",
+            str(TOOL_CALLING),
+            "--port",
+            str(port),
+        ],
         stderr=subprocess.PIPE,
         text=True,
     )
@@ -217,7 +273,10 @@ def test_command_line_serves_the_tool_calling_file_and_logs_each_request():
             except OSError:
                 time.sleep(0.05)
         assert status == 200 and health["status"] == "ok" and health["reward_file"] == str(TOOL_CALLING)
-        code, answer = post(f"http://127.0.0.1:{port}/get_reward", {"query": ["p" + rollout_text(5)] * 3, "prompts": ["p"] * 3, "labels": [GROUND_TRUTH] * 3})
+        code, answer = post(
+            f"http://127.0.0.1:{port}/get_reward",
+            {"query": ["p" + rollout_text(5)] * 3, "prompts": ["p"] * 3, "labels": [GROUND_TRUTH] * 3},
+        )
         assert code == 200 and answer["extra_logs"]["reward/correctness"] == [3.0] * 3
     finally:
         process.terminate()
@@ -230,7 +289,11 @@ def test_command_line_serves_the_tool_calling_file_and_logs_each_request():
 def test_command_line_refuses_a_file_without_reward_func(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("def reward(queries):\n    return 0\n")
-    result = subprocess.run([sys.executable, "-m", "gd2po_openrlhf.serve_rewards", "--reward-file", str(bad)], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "gd2po_openrlhf.serve_rewards", "--reward-file", str(bad)],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and f"reward file {bad} defines no reward_func" in result.stderr
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_reward_func(str(tmp_path / "missing.py"))
@@ -240,8 +303,19 @@ def test_command_line_refuses_a_file_without_reward_func(tmp_path):
 def test_load_test_script_finds_no_lost_or_duplicated_rollouts(tmp_path):
     report_path = tmp_path / "load.json"
     result = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "reward_server_load.py"), "--requests", "300", "--clients", "16", "--json", str(report_path)],
-        capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "reward_server_load.py"),
+            "--requests",
+            "300",
+            "--clients",
+            "16",
+            "--json",
+            str(report_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     report = json.loads(report_path.read_text())
@@ -319,14 +393,31 @@ def test_a_trailing_slash_and_a_query_string_reach_the_reward_path(serve):
         (["--queue-timeout", "-1"], None, "--queue-timeout must be > 0 seconds, got -1.0"),
         (["--host", "no-such-host.invalid"], None, "cannot listen on no-such-host.invalid:"),
         ([], "def reward_func(q, p, l)\n    return {}\n", "failed to load: SyntaxError"),
-        ([], "import no_such_module_gd2po\n", "failed to load: ModuleNotFoundError: No module named 'no_such_module_gd2po'"),
+        (
+            [],
+            "import no_such_module_gd2po\n",
+            "failed to load: ModuleNotFoundError: No module named 'no_such_module_gd2po'",
+        ),
     ],
 )
 def test_command_line_mistakes_are_usage_errors_not_tracebacks(tmp_path, args, file_text, message):
     reward_file = tmp_path / "rules.py"
     reward_file.write_text(file_text or "def reward_func(q, p, l):\n    return {'rewards': {'a': [1.0] * len(q)}}\n")
-    result = subprocess.run([sys.executable, "-m", "gd2po_openrlhf.serve_rewards", "--reward-file", str(reward_file), "--port", "0", *args],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gd2po_openrlhf.serve_rewards",
+            "--reward-file",
+            str(reward_file),
+            "--port",
+            "0",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
 
 
@@ -338,6 +429,22 @@ def test_a_port_in_use_is_a_usage_error(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run([sys.executable, "-m", "gd2po_openrlhf.serve_rewards", "--reward-file", str(reward_file), "--port", str(port)],
-                                capture_output=True, text=True, timeout=60)
-    assert result.returncode == 2 and f"cannot listen on 127.0.0.1:{port}" in result.stderr and "Traceback" not in result.stderr
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "gd2po_openrlhf.serve_rewards",
+                "--reward-file",
+                str(reward_file),
+                "--port",
+                str(port),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert (
+        result.returncode == 2
+        and f"cannot listen on 127.0.0.1:{port}" in result.stderr
+        and "Traceback" not in result.stderr
+    )

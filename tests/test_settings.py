@@ -5,49 +5,89 @@ import sys
 from types import SimpleNamespace
 
 import pytest
+from gd2po_testing import openrlhf_strategy
 
 from gd2po_openrlhf.integration.settings import parse_launcher_args, resolve_settings
-from gd2po_testing import openrlhf_strategy
 
 
 def test_parsed_arguments_reach_openrlhf_nested(reward_file):
     strategy = openrlhf_strategy(
-        ["--advantage_estimator", "gd2po", "--reward.remote_url", reward_file, "--gd2po.reward_keys", "correctness",
-         "--rollout.n_samples_per_prompt", "4", "--gd2po.filter", "hard", "--gd2po.no_whiten"]
+        [
+            "--advantage_estimator",
+            "gd2po",
+            "--reward.remote_url",
+            reward_file,
+            "--gd2po.reward_keys",
+            "correctness",
+            "--rollout.n_samples_per_prompt",
+            "4",
+            "--gd2po.filter",
+            "hard",
+            "--gd2po.no_whiten",
+        ]
     )
     args = strategy.args
     assert args.algo.advantage.estimator == "gd2po" and args.gd2po.filter == "hard" and args.gd2po.no_whiten
     assert args.critic.model_name_or_path is None and args.cost.model_name_or_path is None
-    config = resolve_settings(args).gd2po_config  # the trainer side resolves the same configuration from the nested args
+    config = resolve_settings(
+        args
+    ).gd2po_config  # the trainer side resolves the same configuration from the nested args
     assert (config.filter, config.whiten, config.reward_keys) == ("hard", False, ("correctness",))
 
 
 def args_for(**flags):
     """A flat namespace as argparse produces it, with OpenRLHF's defaults for the flags resolve_settings() reads."""
     defaults = {
-        "algo.advantage.estimator": "gd2po", "rollout.n_samples_per_prompt": 4, "reward.remote_url": None,
-        "train.agent_func_path": None, "reward.model_name_or_path": None, "cost.model_name_or_path": None,
-        "gd2po.reward_keys": None, "gd2po.reward_weights": None, "gd2po.filter": None,
-        "gd2po.snr_threshold": 0.8, "gd2po.snr_eps": 1e-8,
+        "algo.advantage.estimator": "gd2po",
+        "rollout.n_samples_per_prompt": 4,
+        "reward.remote_url": None,
+        "train.agent_func_path": None,
+        "reward.model_name_or_path": None,
+        "cost.model_name_or_path": None,
+        "gd2po.reward_keys": None,
+        "gd2po.reward_weights": None,
+        "gd2po.filter": None,
+        "gd2po.snr_threshold": 0.8,
+        "gd2po.snr_eps": 1e-8,
     }
     return SimpleNamespace(**{**defaults, **flags})
 
 
 def test_resolve_gdpo_has_no_filter_and_no_reweighting():
-    settings = resolve_settings(args_for(**{"algo.advantage.estimator": "gdpo", "reward.remote_url": "http://127.0.0.1:5000/get_reward", "gd2po.reward_keys": ["a", "b"]}))
+    settings = resolve_settings(
+        args_for(
+            **{
+                "algo.advantage.estimator": "gdpo",
+                "reward.remote_url": "http://127.0.0.1:5000/get_reward",
+                "gd2po.reward_keys": ["a", "b"],
+            }
+        )
+    )
     config, dims = settings.gd2po_config, settings.dimensions
     assert config.filter == "none" and not config.reweight_queries
     assert [(d.key, d.source) for d in dims] == [("a", "reward_server"), ("b", "reward_server")]
     with pytest.raises(ValueError, match="gdpo is GD²PO without filtering"):
-        resolve_settings(args_for(**{"algo.advantage.estimator": "gdpo", "gd2po.filter": "hard", "reward.model_name_or_path": "rm"}))
+        resolve_settings(
+            args_for(**{"algo.advantage.estimator": "gdpo", "gd2po.filter": "hard", "reward.model_name_or_path": "rm"})
+        )
 
 
 def test_resolve_mixes_reward_model_and_rule_based_function():
-    settings = resolve_settings(args_for(**{
-        "reward.remote_url": "rules.py", "reward.model_name_or_path": "org/rm",
-        "gd2po.reward_keys": ["format", "reward_model"], "gd2po.reward_weights": [0.5, 1.0]}))
+    settings = resolve_settings(
+        args_for(
+            **{
+                "reward.remote_url": "rules.py",
+                "reward.model_name_or_path": "org/rm",
+                "gd2po.reward_keys": ["format", "reward_model"],
+                "gd2po.reward_weights": [0.5, 1.0],
+            }
+        )
+    )
     config, dims = settings.gd2po_config, settings.dimensions
-    assert [(d.key, d.source, d.weight) for d in dims] == [("format", "reward_function", 0.5), ("reward_model", "reward_model", 1.0)]
+    assert [(d.key, d.source, d.weight) for d in dims] == [
+        ("format", "reward_function", 0.5),
+        ("reward_model", "reward_model", 1.0),
+    ]
     assert config.reward_keys == ("format", "reward_model") and config.weights == (0.5, 1.0)
 
 
@@ -56,11 +96,23 @@ def test_resolve_mixes_reward_model_and_rule_based_function():
     [
         ({"reward.remote_url": "rules.py"}, "--gd2po.reward_keys is required with a reward function (rules.py)"),
         ({}, "needs reward dimensions"),
-        ({"cost.model_name_or_path": "org/cost", "reward.model_name_or_path": "org/rm"}, "set --gd2po.reward_weights when a cost model is used"),
+        (
+            {"cost.model_name_or_path": "org/cost", "reward.model_name_or_path": "org/rm"},
+            "set --gd2po.reward_weights when a cost model is used",
+        ),
         ({"cost.model_name_or_path": "org/cost", "gd2po.reward_weights": [-1]}, "a cost model alone is not supported"),
-        ({"reward.model_name_or_path": "org/rm", "gd2po.reward_keys": ["helpful"]}, "its dimension 'reward_model' is not in --gd2po.reward_keys"),
-        ({"reward.model_name_or_path": "org/rm", "gd2po.reward_keys": ["reward_model", "cost"], "gd2po.reward_weights": [1, -1]},
-         "reward key 'cost' has no source"),
+        (
+            {"reward.model_name_or_path": "org/rm", "gd2po.reward_keys": ["helpful"]},
+            "its dimension 'reward_model' is not in --gd2po.reward_keys",
+        ),
+        (
+            {
+                "reward.model_name_or_path": "org/rm",
+                "gd2po.reward_keys": ["reward_model", "cost"],
+                "gd2po.reward_weights": [1, -1],
+            },
+            "reward key 'cost' has no source",
+        ),
     ],
 )
 def test_resolve_refuses_keys_and_sources_that_do_not_fit(flags, message):
@@ -72,8 +124,18 @@ def test_parse_launcher_args_gives_openrlhfs_nested_args(reward_file):
     """The demo's way to get a run's args: the real launcher, stopped where train() starts."""
     argv_before = list(sys.argv)
     args = parse_launcher_args(
-        ["--advantage_estimator", "gd2po", "--gd2po.filter", "hard", "--reward.remote_url", reward_file,
-         "--gd2po.reward_keys", "correctness", "--rollout.n_samples_per_prompt", "4"]
+        [
+            "--advantage_estimator",
+            "gd2po",
+            "--gd2po.filter",
+            "hard",
+            "--reward.remote_url",
+            reward_file,
+            "--gd2po.reward_keys",
+            "correctness",
+            "--rollout.n_samples_per_prompt",
+            "4",
+        ]
     )
     assert args.algo.advantage.estimator == "gd2po" and args.gd2po.filter == "hard"
     assert args.reward.remote_url == [reward_file]  # split as the launcher does
@@ -81,8 +143,22 @@ def test_parse_launcher_args_gives_openrlhfs_nested_args(reward_file):
     assert sys.argv == argv_before
     # the same parse-time validation as a launch, and the next call parses normally again
     with pytest.raises(SystemExit):
-        parse_launcher_args(["--advantage_estimator", "gd2po", "--reward.remote_url", reward_file, "--rollout.n_samples_per_prompt", "4"])
-    assert parse_launcher_args(["--advantage_estimator", "group_norm", "--rollout.n_samples_per_prompt", "2"]).algo.advantage.estimator == "group_norm"
+        parse_launcher_args(
+            [
+                "--advantage_estimator",
+                "gd2po",
+                "--reward.remote_url",
+                reward_file,
+                "--rollout.n_samples_per_prompt",
+                "4",
+            ]
+        )
+    assert (
+        parse_launcher_args(
+            ["--advantage_estimator", "group_norm", "--rollout.n_samples_per_prompt", "2"]
+        ).algo.advantage.estimator
+        == "group_norm"
+    )
 
 
 def test_the_flags_defaults_are_the_settings_defaults():
@@ -90,16 +166,40 @@ def test_the_flags_defaults_are_the_settings_defaults():
     from gd2po_openrlhf import GD2POConfig
     from gd2po_openrlhf.integration.settings import RunSettings
 
-    args = parse_launcher_args(["--advantage_estimator", "gd2po", "--reward.model_name_or_path", "org/rm",
-                                "--rollout.n_samples_per_prompt", "4"])
+    args = parse_launcher_args(
+        [
+            "--advantage_estimator",
+            "gd2po",
+            "--reward.model_name_or_path",
+            "org/rm",
+            "--rollout.n_samples_per_prompt",
+            "4",
+        ]
+    )
     settings, defaults = resolve_settings(args), RunSettings()
-    for name in ("filter", "snr_threshold", "snr_eps", "no_reweight", "no_whiten", "sum_rewards", "drop_filtered",
-                 "on_bad_reward", "reward_chat_template", "reward_model_key", "cost_model_key", "resume_with_flags"):
+    for name in (
+        "filter",
+        "snr_threshold",
+        "snr_eps",
+        "no_reweight",
+        "no_whiten",
+        "sum_rewards",
+        "drop_filtered",
+        "on_bad_reward",
+        "reward_chat_template",
+        "reward_model_key",
+        "cost_model_key",
+        "resume_with_flags",
+    ):
         assert getattr(settings, name) == getattr(defaults, name), name
     config, default_config = settings.gd2po_config, GD2POConfig()
     assert (config.filter, config.snr_threshold, config.snr_eps, config.whiten, config.reweight_queries) == (
-        default_config.filter, default_config.snr_threshold, default_config.snr_eps, default_config.whiten,
-        default_config.reweight_queries)
+        default_config.filter,
+        default_config.snr_threshold,
+        default_config.snr_eps,
+        default_config.whiten,
+        default_config.reweight_queries,
+    )
 
 
 def test_settings_are_frozen():

@@ -121,7 +121,11 @@ def test_reward_func_scores_a_batch_and_returns_every_dimension():
     prompts = ["<|im_start|>user\nweather?<|im_end|>\n<|im_start|>assistant\n", "<|im_start|>user\ntime?<|im_end|>\n"]
     responses = [turn(tool_calls=calls(WEATHER, TIME)) + "<|im_end|>", "no tags at all"]
     out = tool_calling.reward_func([p + r for p, r in zip(prompts, responses)], prompts, [GT_TWO_CALLS, GT_TWO_CALLS])
-    assert out["extra_logs"] == {"reward/correctness": [3.0, -3.0], "reward/format": [1.0, 0.0], "reward/length": [0.01, 0.0]}
+    assert out["extra_logs"] == {
+        "reward/correctness": [3.0, -3.0],
+        "reward/format": [1.0, 0.0],
+        "reward/length": [0.01, 0.0],
+    }
     assert out["rewards"] == out["scores"] == pytest.approx([4.01, -3.0])
 
 
@@ -157,17 +161,23 @@ W_ROME = ("get_weather", {"city": "Rome"})
     ],
 )
 def test_correctness_follows_toolrl(predicted, ground_truth, expected):
-    assert tool_calling.score(turn(tool_calls=predicted), turn(tool_calls=calls(*ground_truth)))["correctness"] == pytest.approx(expected)
+    assert tool_calling.score(turn(tool_calls=predicted), turn(tool_calls=calls(*ground_truth)))[
+        "correctness"
+    ] == pytest.approx(expected)
 
 
-GT_THINKS_ABOUT_TOOL_CALL = "<think>I will answer with a <tool_call> block</think>\n<tool_call>\n" + calls(W_PARIS) + "\n</tool_call>"
+GT_THINKS_ABOUT_TOOL_CALL = (
+    "<think>I will answer with a <tool_call> block</think>\n<tool_call>\n" + calls(W_PARIS) + "\n</tool_call>"
+)
 
 
 def test_a_ground_truth_whose_thinking_mentions_tool_call_is_read_after_its_think_block():
     """17 of 346 rows of ToolRL's SFT file: the label's tool block is the one after </think>."""
     exact = tool_calling.score(turn(tool_calls=calls(W_PARIS)), GT_THINKS_ABOUT_TOOL_CALL)
     assert exact["correctness"] == 3.0 and exact["format"] == 1.0
-    assert tool_calling.score(turn(tool_calls=calls(W_ROME)), GT_THINKS_ABOUT_TOOL_CALL)["correctness"] == pytest.approx(6 * 2 / 3 - 3)
+    assert tool_calling.score(turn(tool_calls=calls(W_ROME)), GT_THINKS_ABOUT_TOOL_CALL)[
+        "correctness"
+    ] == pytest.approx(6 * 2 / 3 - 3)
 
 
 def test_a_ground_truth_tool_block_that_does_not_parse_is_an_error_naming_the_line():
@@ -196,7 +206,11 @@ def test_format_blocks_are_separated_by_exactly_one_newline(response, expected):
         ("<think>a</think>\n<response>no <tool_call> needed</response>", turn(response="x"), 1.0),
         # ...but the ground truth's own tags must occur once
         ("<think>a</think>\n<response>x <response> y</response>", turn(response="x"), 0.0),
-        ("<think>a <tool_call></think>\n<tool_call>\n" + calls(W_PARIS) + "\n</tool_call>", turn(tool_calls=calls(W_PARIS)), 0.0),
+        (
+            "<think>a <tool_call></think>\n<tool_call>\n" + calls(W_PARIS) + "\n</tool_call>",
+            turn(tool_calls=calls(W_PARIS)),
+            0.0,
+        ),
     ],
 )
 def test_format_counts_only_the_ground_truths_tags(response, ground_truth, expected):

@@ -29,18 +29,30 @@ def test_wheel_holds_the_runtime_package_and_the_hook(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     top_level = {name.split("/")[0] for name in names}
     assert "gd2po_openrlhf.pth" in names  # at the root: installed straight into site-packages
-    assert top_level - {"gd2po_openrlhf", "gd2po_openrlhf.pth"} == {next(n for n in top_level if n.endswith(".dist-info"))}
-    assert not [name for name in names if "cpu_stubs" in name or "standin" in name or name.startswith(("vllm", "flash_attn"))]
+    assert top_level - {"gd2po_openrlhf", "gd2po_openrlhf.pth"} == {
+        next(n for n in top_level if n.endswith(".dist-info"))
+    }
+    assert not [
+        name for name in names if "cpu_stubs" in name or "standin" in name or name.startswith(("vllm", "flash_attn"))
+    ]
     pth = zipfile.ZipFile(wheel).read("gd2po_openrlhf.pth").decode()
     assert pth.strip() == (REPO / "gd2po_openrlhf.pth").read_text().strip()
     metadata = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
     assert "Requires-Dist: openrlhf<0.12,>=0.11.2" in metadata
     assert 'extra == "gpu"' in metadata and "openrlhf[vllm]" in metadata
     assert "License-File: LICENSE" in metadata and any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
-    assert "pip install --no-deps gd2po-openrlhf" in metadata and "make test" not in metadata  # PYPI.md, not the README
+    assert (
+        "pip install --no-deps gd2po-openrlhf" in metadata and "make test" not in metadata
+    )  # PYPI.md, not the README
     # the recipes travel as package data, for `python -m gd2po_openrlhf.recipes --copy DIR`
-    for recipe in ("examples/scripts/train_gd2po_tool_calling.sh", "examples/rewards/tool_calling.py", "configs/tool_calling.yaml",
-                   "examples/data/prepare_tool_calling.py", "examples/data/samples/rlla_sample.json", "examples/eval/eval_api_bank.py"):
+    for recipe in (
+        "examples/scripts/train_gd2po_tool_calling.sh",
+        "examples/rewards/tool_calling.py",
+        "configs/tool_calling.yaml",
+        "examples/data/prepare_tool_calling.py",
+        "examples/data/samples/rlla_sample.json",
+        "examples/eval/eval_api_bank.py",
+    ):
         assert f"gd2po_openrlhf/_recipes/{recipe}" in names, recipe
 
 
@@ -48,10 +60,16 @@ def test_installed_wheel_activates_the_hook(wheel, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheel)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheel)], check=True
+    )
     site_packages = pathlib.Path(
-        subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                       capture_output=True, text=True, check=True).stdout.strip()
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
     )
     assert (site_packages / "gd2po_openrlhf.pth").exists()
     # Reuse the CPU environment's packages (openrlhf, torch, the stand-ins), after the venv's own.
@@ -75,20 +93,42 @@ def test_installed_wheel_copies_its_recipes_and_they_dry_run(wheel, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheel)], check=True)
-    site_packages = pathlib.Path(subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                                                capture_output=True, text=True, check=True).stdout.strip())
-    (site_packages / "zz_reuse_cpu_env.pth").write_text(f"{sysconfig.get_paths()['purelib']}\n{REPO / 'dev' / 'cpu_stubs'}\n")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheel)], check=True
+    )
+    site_packages = pathlib.Path(
+        subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
+    (site_packages / "zz_reuse_cpu_env.pth").write_text(
+        f"{sysconfig.get_paths()['purelib']}\n{REPO / 'dev' / 'cpu_stubs'}\n"
+    )
     copied = tmp_path / "recipes"
-    result = subprocess.run([str(python), "-m", "gd2po_openrlhf.recipes", "--copy", str(copied)], capture_output=True, text=True)
+    result = subprocess.run(
+        [str(python), "-m", "gd2po_openrlhf.recipes", "--copy", str(copied)], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr
-    assert (copied / "configs" / "tool_calling.yaml").is_file() and (copied / "examples" / "rewards" / "tool_calling.py").is_file()
-    again = subprocess.run([str(python), "-m", "gd2po_openrlhf.recipes", "--copy", str(copied)], capture_output=True, text=True)
+    assert (copied / "configs" / "tool_calling.yaml").is_file() and (
+        copied / "examples" / "rewards" / "tool_calling.py"
+    ).is_file()
+    again = subprocess.run(
+        [str(python), "-m", "gd2po_openrlhf.recipes", "--copy", str(copied)], capture_output=True, text=True
+    )
     assert again.returncode == 2 and "already exist" in again.stderr
     import os
 
     env = {**os.environ, "GD2PO_DRY_RUN": "1", "PATH": f"{venv / 'bin'}:{os.environ['PATH']}"}
-    dry = subprocess.run(["bash", str(copied / "examples" / "scripts" / "train_gd2po_tool_calling.sh")], capture_output=True, text=True, env=env, timeout=300)
+    dry = subprocess.run(
+        ["bash", str(copied / "examples" / "scripts" / "train_gd2po_tool_calling.sh")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert f"{copied}/examples/rewards/tool_calling.py" in dry.stdout and str(REPO) not in dry.stdout
 
@@ -104,20 +144,36 @@ def test_a_reward_host_serves_with_the_wheel_alone(wheel, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
-    subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheel)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheel)], check=True
+    )
     rules = tmp_path / "rules.py"
-    rules.write_text("def reward_func(queries, prompts, labels):\n    return {'rewards': {'length': [float(len(q)) for q in queries]}}\n")
+    rules.write_text(
+        "def reward_func(queries, prompts, labels):\n    return "
+        "{'rewards': {'length': [float(len(q)) for q in queries]}}\n"
+    )
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen([str(python), "-m", "gd2po_openrlhf.serve_rewards", "--reward-file", str(rules), "--port", str(port)],
-                              stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [str(python), "-m", "gd2po_openrlhf.serve_rewards", "--reward-file", str(rules), "--port", str(port)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         wait_until_serving(port, server, lambda: server.stderr.read() if server.poll() is not None else "")
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/get_reward", data=json.dumps({"query": ["ab", "abc"], "prompts": ["a", "a"]}).encode())
-        assert json.loads(urllib.request.urlopen(request, timeout=10).read())["extra_logs"] == {"reward/length": [2.0, 3.0]}
-        check = subprocess.run([str(python), "-c", "import importlib.util as u; print(u.find_spec('torch'), u.find_spec('openrlhf'))"],
-                               capture_output=True, text=True)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/get_reward",
+            data=json.dumps({"query": ["ab", "abc"], "prompts": ["a", "a"]}).encode(),
+        )
+        assert json.loads(urllib.request.urlopen(request, timeout=10).read())["extra_logs"] == {
+            "reward/length": [2.0, 3.0]
+        }
+        check = subprocess.run(
+            [str(python), "-c", "import importlib.util as u; print(u.find_spec('torch'), u.find_spec('openrlhf'))"],
+            capture_output=True,
+            text=True,
+        )
         assert check.stdout.strip() == "None None"  # really without them
     finally:
         server.terminate()
@@ -127,12 +183,26 @@ def test_a_reward_host_serves_with_the_wheel_alone(wheel, tmp_path):
 def test_the_sdist_holds_what_the_tests_need(tmp_path):
     import tarfile
 
-    subprocess.run([sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path)], cwd=REPO, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "setup.py", "-q", "sdist", "-d", str(tmp_path)], cwd=REPO, check=True, capture_output=True
+    )
     (sdist,) = tmp_path.glob("gd2po_openrlhf-*.tar.gz")
     names = {name.split("/", 1)[1] for name in tarfile.open(sdist).getnames() if "/" in name}
-    for needed in ("Makefile", ".ci/run", "LICENSE", "requirements/cpu-dev.txt", "requirements/constraints-cpu.txt",
-                   "tests/gd2po_testing.py", "tests/e2e_harness.py", "tests/data/gd2po_reference_cases.json",
-                   "dev/cpu_stubs/vllm/__init__.py", "dev/e2e/vllm/__init__.py", "dev/e2e/sitecustomize.py",
-                   "examples/data/samples/rlla_sample.json", "examples/eval/samples/api_bank_sample.jsonl", "configs/tool_calling.yaml"):
+    for needed in (
+        "Makefile",
+        ".ci/run",
+        "LICENSE",
+        "requirements/cpu-dev.txt",
+        "requirements/constraints-cpu.txt",
+        "tests/gd2po_testing.py",
+        "tests/e2e_harness.py",
+        "tests/data/gd2po_reference_cases.json",
+        "dev/cpu_stubs/vllm/__init__.py",
+        "dev/e2e/vllm/__init__.py",
+        "dev/e2e/sitecustomize.py",
+        "examples/data/samples/rlla_sample.json",
+        "examples/eval/samples/api_bank_sample.jsonl",
+        "configs/tool_calling.yaml",
+    ):
         assert needed in names, needed
     assert not [name for name in names if "__pycache__" in name]

@@ -21,8 +21,11 @@ def _patch_torch(torch) -> None:
     torch.cuda.set_device = lambda device: None
     torch.cuda.synchronize = lambda device=None: None
     torch.cuda.current_stream = lambda device=None: None
-    print(f"[gd2po e2e stand-in] torch.cuda shim active in pid {__import__('os').getpid()} (CPU run, not CUDA)",
-          file=sys.stderr, flush=True)
+    print(
+        f"[gd2po e2e stand-in] torch.cuda shim active in pid {__import__('os').getpid()} (CPU run, not CUDA)",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _patch_replay_buffer(module) -> None:

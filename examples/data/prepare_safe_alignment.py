@@ -38,7 +38,10 @@ def messages_of(row, kind, index):
     if kind == "pku":
         return [{"role": "user", "content": row["prompt"].strip()}]
     parts = TURN.split("\n\n" + row["chosen"].lstrip("\n"))[1:]  # [speaker, text, speaker, text, ...]
-    turns = [{"role": "user" if speaker == "Human" else "assistant", "content": text.strip()} for speaker, text in zip(parts[::2], parts[1::2])]
+    turns = [
+        {"role": "user" if speaker == "Human" else "assistant", "content": text.strip()}
+        for speaker, text in zip(parts[::2], parts[1::2])
+    ]
     while turns and turns[-1]["role"] == "assistant":  # the response being judged is not part of the prompt
         turns.pop()
     if not turns:
@@ -57,7 +60,10 @@ def main(argv=None):
     for index, row in enumerate(read_rows(args.input)[: args.max_rows]):
         kind = detect(row) if args.format == "auto" else args.format
         if kind is None:
-            raise SystemExit(f"error: row {index} is neither alpaca (instruction), hh (chosen) nor pku (prompt); keys: {sorted(row)}")
+            raise SystemExit(
+                f"error: row {index} is neither alpaca (instruction), hh (chosen) nor pku (prompt); keys: "
+                f"{sorted(row)}"
+            )
         try:
             messages = messages_of(row, kind, index)
         except (KeyError, AttributeError, TypeError) as error:

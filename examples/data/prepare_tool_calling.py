@@ -26,11 +26,17 @@ def convert(row, index):
         if not isinstance(user, str) or not user.strip():
             raise SystemExit(f"error: row {index} has no user prompt ('input' or 'user'); keys: {sorted(row)}")
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-    if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in messages):
+    if (
+        not isinstance(messages, list)
+        or not messages
+        or not all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in messages)
+    ):
         raise SystemExit(f"error: row {index}: 'prompt' must be a non-empty list of {{role, content}} messages")
     check_user_prompt(messages, index)
     if not isinstance(ground_truth, str) or not ground_truth.strip():
-        raise SystemExit(f"error: row {index} has no ground truth ('output', 'ground_truth' or reward_model.ground_truth)")
+        raise SystemExit(
+            f"error: row {index} has no ground truth ('output', 'ground_truth' or reward_model.ground_truth)"
+        )
     return {"input": [{"role": m["role"], "content": m["content"]} for m in messages], "label": ground_truth}
 
 

@@ -41,13 +41,17 @@ def read_rows(path):
                         try:
                             rows.append(json.loads(line))
                         except json.JSONDecodeError as error:
-                            raise SystemExit(f"error: {path} line {number} is not JSON: {error.msg} (column {error.colno})") from None
+                            raise SystemExit(
+                                f"error: {path} line {number} is not JSON: {error.msg} (column {error.colno})"
+                            ) from None
         else:
             with open(path, encoding="utf-8") as handle:
                 try:
                     rows = json.load(handle)
                 except json.JSONDecodeError as error:
-                    raise SystemExit(f"error: {path} is not JSON: {error.msg} (line {error.lineno} column {error.colno})") from None
+                    raise SystemExit(
+                        f"error: {path} is not JSON: {error.msg} (line {error.lineno} column {error.colno})"
+                    ) from None
             rows = rows.get("data", rows) if isinstance(rows, dict) else rows
     except UnicodeDecodeError as error:
         raise SystemExit(f"error: {path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
@@ -67,7 +71,9 @@ def check_user_prompt(messages, index):
 
 def write_jsonl(rows, path):
     if os.path.isdir(path):
-        raise SystemExit(f"error: --output {path} is a directory; give a file name, e.g. {os.path.join(path, 'train.jsonl')}")
+        raise SystemExit(
+            f"error: --output {path} is a directory; give a file name, e.g. {os.path.join(path, 'train.jsonl')}"
+        )
     try:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "w", encoding="utf-8") as handle:

@@ -71,8 +71,14 @@ def label_calls(ground_truth):
             call = json.loads(line)
         except json.JSONDecodeError as error:
             raise ValueError(f"label tool_call line {number} is not JSON ({error}): {line!r:.200}") from None
-        if not (isinstance(call, dict) and isinstance(call.get("name"), str) and isinstance(call.get("parameters", {}), dict)):
-            raise ValueError(f"label tool_call line {number} is not a {{'name': str, 'parameters': dict}} object: {line!r:.200}")
+        if not (
+            isinstance(call, dict)
+            and isinstance(call.get("name"), str)
+            and isinstance(call.get("parameters", {}), dict)
+        ):
+            raise ValueError(
+                f"label tool_call line {number} is not a {{'name': str, 'parameters': dict}} object: {line!r:.200}"
+            )
         calls.append({"name": call["name"], "parameters": call.get("parameters", {})})
     return calls
 
@@ -119,7 +125,11 @@ def correctness(response, ground_truth):
     except TypeError:  # a name that cannot be counted (a list or an object)
         return -3.0
     expected_names = {c["name"] for c in expected}
-    if any(c["name"] in expected_names and not isinstance(c.get("parameters"), dict) for c in predicted if isinstance(c["name"], str)):
+    if any(
+        c["name"] in expected_names and not isinstance(c.get("parameters"), dict)
+        for c in predicted
+        if isinstance(c["name"], str)
+    ):
         return -3.0
     maximum = 1.0 + sum(1 + len(c["parameters"]) for c in expected)
     used = set()
@@ -130,7 +140,9 @@ def correctness(response, ground_truth):
             if index in used or candidate["name"] != call["name"]:
                 continue
             given = candidate["parameters"]
-            candidate_score = multiset_jaccard(list(params), list(given)) + sum(key in given and given[key] == value for key, value in params.items())
+            candidate_score = multiset_jaccard(list(params), list(given)) + sum(
+                key in given and given[key] == value for key, value in params.items()
+            )
             if candidate_score > best_score:
                 best, best_score = index, candidate_score
         if best is not None:
@@ -176,7 +188,7 @@ def reward_func(queries, prompts, labels):
     Returns the summed reward as `rewards`/`scores` (what a stock estimator trains on) and each dimension as
     `extra_logs["reward/<key>"]` (what `--advantage_estimator gd2po` reads).
     """
-    dims = [score(query[len(prompt):], label) for query, prompt, label in zip(queries, prompts, labels)]
+    dims = [score(query[len(prompt) :], label) for query, prompt, label in zip(queries, prompts, labels)]
     totals = [sum(d.values()) for d in dims]
     return {
         "rewards": totals,

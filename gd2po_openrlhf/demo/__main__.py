@@ -25,6 +25,7 @@ import gd2po_openrlhf
 from .report import summarize, write_report
 from .training import ESTIMATORS, TASK_FILE, build_tokenizer, run_estimator, warm_started_policy
 
+
 def parse_settings(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m gd2po_openrlhf.demo",
@@ -39,11 +40,17 @@ def parse_settings(argv=None) -> argparse.Namespace:
     parser.add_argument("--micro-batch-size", type=int, default=16, help="rollouts per micro-batch")
     parser.add_argument("--updates-per-step", type=int, default=2, help="optimiser steps (mini-batches) per RL step")
     parser.add_argument("--lr", type=float, default=1e-3, help="policy learning rate during RL")
-    parser.add_argument("--warm-start-steps", type=int, default=300, help="supervised steps on the noisy demonstrations")
-    parser.add_argument("--target", type=float, default=2.3, help="total reward (moving average over 5 steps) that counts as reached")
+    parser.add_argument(
+        "--warm-start-steps", type=int, default=300, help="supervised steps on the noisy demonstrations"
+    )
+    parser.add_argument(
+        "--target", type=float, default=2.3, help="total reward (moving average over 5 steps) that counts as reached"
+    )
     parser.add_argument("--output-dir", type=Path, default=Path("runs/demo"))
     parser.add_argument(
-        "--threads", type=int, default=1,
+        "--threads",
+        type=int,
+        default=1,
         help="torch CPU threads (default 1: the model is tiny, so more threads mostly add synchronisation, and on a "
         "busy machine they oversubscribe the cores: 60x slower was seen)",
     )

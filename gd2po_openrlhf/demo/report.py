@@ -70,22 +70,36 @@ def write_report(rows: List[dict], curves: Curves, settings, out: Path) -> str:
         writer.writeheader()
         writer.writerows(rows)
 
-    headers = ["estimator"] + [f"final {k}" for k in REWARD_KEYS] + [
-        "final total", "steps to target", "reached", "collapsed to `[EOS]`", "mean abs adv", "conflict", "kept"]
+    headers = (
+        ["estimator"]
+        + [f"final {k}" for k in REWARD_KEYS]
+        + ["final total", "steps to target", "reached", "collapsed to `[EOS]`", "mean abs adv", "conflict", "kept"]
+    )
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
         steps = row["steps to target mean"]
         steps_cell = "—" if steps is None else f"{steps:.1f} ± {row['steps to target std']:.1f}"
-        cells = [row["estimator"]] + [_cell(row[f"final reward/{k}"]) for k in REWARD_KEYS] + [
-            _cell(row["final reward"]), steps_cell, row["reached"], row["collapsed"], _cell(row["mean advantage_abs_mean"]),
-            _cell(row["mean gd2po/conflict_ratio"]), _cell(row["mean gd2po/keep_ratio"]),
-        ]
+        cells = (
+            [row["estimator"]]
+            + [_cell(row[f"final reward/{k}"]) for k in REWARD_KEYS]
+            + [
+                _cell(row["final reward"]),
+                steps_cell,
+                row["reached"],
+                row["collapsed"],
+                _cell(row["mean advantage_abs_mean"]),
+                _cell(row["mean gd2po/conflict_ratio"]),
+                _cell(row["mean gd2po/keep_ratio"]),
+            ]
+        )
         lines.append("| " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     note = (
         f"{settings.seeds} seed(s) × {settings.steps} steps, {settings.prompts_per_step} prompts × "
-        f"{settings.rollouts_per_prompt} rollouts per step. Final = mean of the last {WINDOW} steps; steps to target = "
-        f"first step whose {WINDOW}-step moving average of the total reward reaches {settings.target} (mean ± std over "
+        f"{settings.rollouts_per_prompt} rollouts per step. Final = mean of the last {WINDOW} steps; steps to target "
+        "= "
+        f"first step whose {WINDOW}-step moving average of the total reward reaches {settings.target} (mean ± std "
+        "over "
         f"the seeds that reached it); conflict = share of rollouts with mixed-sign per-dimension advantages; kept = "
         f"share of rollouts the filter kept; collapsed = seeds whose last {WINDOW} steps have brevity >= "
         f"{COLLAPSED_BREVITY} and correctness <= {COLLAPSED_CORRECTNESS} (the empty answer).\n"
@@ -109,7 +123,9 @@ def write_report(rows: List[dict], curves: Curves, settings, out: Path) -> str:
                 axis.plot(steps, seed_curve, color=colours[name], linewidth=0.7, alpha=0.45)
             axis.plot(steps, smoothed.mean(0), color=colours[name], linewidth=2.4, label=name)
         if key == "reward":
-            axis.axhline(settings.target, color="black", linestyle="--", linewidth=1, label=f"target {settings.target}")
+            axis.axhline(
+                settings.target, color="black", linestyle="--", linewidth=1, label=f"target {settings.target}"
+            )
         axis.set_title(key.replace("gd2po/", ""))
         axis.grid(alpha=0.3)
     for axis in axes[1]:

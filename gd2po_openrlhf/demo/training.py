@@ -39,14 +39,25 @@ ESTIMATORS = {
     "grpo": ["--advantage_estimator", "group_norm"],
     "gdpo": ["--advantage_estimator", "gdpo", "--gd2po.reward_keys", *KEYS],
     "gd2po_hard": ["--advantage_estimator", "gd2po", "--gd2po.filter", "hard", "--gd2po.reward_keys", *KEYS],
-    "gd2po_snr": ["--advantage_estimator", "gd2po", "--gd2po.filter", "snr", "--gd2po.snr_threshold", "0.8", "--gd2po.reward_keys", *KEYS],
+    "gd2po_snr": [
+        "--advantage_estimator",
+        "gd2po",
+        "--gd2po.filter",
+        "snr",
+        "--gd2po.snr_threshold",
+        "0.8",
+        "--gd2po.reward_keys",
+        *KEYS,
+    ],
 }
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
     word_level = Tokenizer(models.WordLevel({word: i for i, word in enumerate(task.VOCAB)}, unk_token="[UNK]"))
     word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="[UNK]", pad_token=task.PAD, eos_token=task.EOS)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=word_level, unk_token="[UNK]", pad_token=task.PAD, eos_token=task.EOS
+    )
 
 
 def warm_started_policy(tokenizer, seed: int, steps: int, batch_size: int = 64) -> LlamaForCausalLM:
@@ -54,9 +65,17 @@ def warm_started_policy(tokenizer, seed: int, steps: int, batch_size: int = 64) 
     (loss on the response tokens only), so that RL starts from a policy that answers, sometimes well."""
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=4, max_position_embeddings=32, bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=32,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
     )
     policy = LlamaForCausalLM(config)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=3e-3)
@@ -96,8 +115,13 @@ def sample_rollouts(policy, tokenizer, executor, samples_generator, prompts, lab
         sequences = policy.generate(
             prompt_ids.repeat_interleave(group_size, 0),
             attention_mask=torch.ones(len(prompts) * group_size, prompt_ids.shape[1], dtype=torch.long),
-            do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=task.MAX_RESPONSE_TOKENS,
-            eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=task.MAX_RESPONSE_TOKENS,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
         )
     continuations = sequences[:, prompt_ids.shape[1] :]
     # generate pads the finished rollouts: keep each up to and including its first [EOS], as vLLM returns it.
@@ -108,13 +132,21 @@ def sample_rollouts(policy, tokenizer, executor, samples_generator, prompts, lab
     max_len = prompt_ids.shape[1] + task.MAX_RESPONSE_TOKENS
 
     async def execute_all():
-        return await asyncio.gather(*(
-            executor.execute(
-                prompts[i // group_size], labels[i // group_size], params, max_len, tokenizer,
-                SimpleNamespace(generate=functools.partial(_engine_answer, row[:length].tolist(), "stop" if done else "length")),
+        return await asyncio.gather(
+            *(
+                executor.execute(
+                    prompts[i // group_size],
+                    labels[i // group_size],
+                    params,
+                    max_len,
+                    tokenizer,
+                    SimpleNamespace(
+                        generate=functools.partial(_engine_answer, row[:length].tolist(), "stop" if done else "length")
+                    ),
+                )
+                for i, (row, length, done) in enumerate(zip(continuations, lengths, finished))
             )
-            for i, (row, length, done) in enumerate(zip(continuations, lengths, finished))
-        ))
+        )
 
     responses = asyncio.run(execute_all())
     return [samples_generator._process_response_into_experience(response, max_len=max_len) for response in responses]
@@ -129,7 +161,9 @@ def ppo_update(policy, optimizer, policy_loss, experiences, num_mini_batches: in
         mini_batch = experiences[start : start + per_mini_batch]
         for experience in mini_batch:
             loss, _, _, _, _ = policy_loss(
-                action_log_probs(policy, experience), experience.action_log_probs, experience.advantages,
+                action_log_probs(policy, experience),
+                experience.action_log_probs,
+                experience.advantages,
                 action_mask=experience.action_mask,
             )
             (loss / len(mini_batch)).backward()
@@ -148,8 +182,16 @@ def run_estimator(name: str, settings, warm_policy, tokenizer, seed: int, writer
     from openrlhf.utils.agent import SingleTurnAgentExecutor
 
     group_size = settings.rollouts_per_prompt
-    common = ["--reward.remote_url", TASK_FILE, "--rollout.n_samples_per_prompt", str(group_size),
-              "--rollout.micro_batch_size", str(settings.micro_batch_size), "--algo.kl.init_coef", "0"]
+    common = [
+        "--reward.remote_url",
+        TASK_FILE,
+        "--rollout.n_samples_per_prompt",
+        str(group_size),
+        "--rollout.micro_batch_size",
+        str(settings.micro_batch_size),
+        "--algo.kl.init_coef",
+        "0",
+    ]
     strategy = SimpleNamespace(args=parse_launcher_args(ESTIMATORS[name] + common))
     maker = ppo_trainer.RemoteExperienceMaker(None, None, None, None, FixedKLController(0.0), strategy, tokenizer)
     samples_generator = ppo_trainer.SamplesGenerator(strategy, None, None, tokenizer, [])
@@ -194,7 +236,7 @@ def run_estimator(name: str, settings, warm_policy, tokenizer, seed: int, writer
         for key, value in values.items():
             curves.setdefault(key, []).append(value)
             writer.add_scalar(f"train/{key}", value, step)
-        progress.set_postfix(reward=f"{values['reward']:.2f}", conflict=f"{metrics['gd2po/conflict_ratio']:.2f}", refresh=False)
+        progress.set_postfix(
+            reward=f"{values['reward']:.2f}", conflict=f"{metrics['gd2po/conflict_ratio']:.2f}", refresh=False
+        )
     return curves
-
-

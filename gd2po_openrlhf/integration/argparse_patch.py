@@ -144,7 +144,9 @@ def _refuse_ignored_flags(
             "(the last one would win silently): keep one"
         )
     if estimator not in GD2PO_ESTIMATORS:
-        ignored = [name for dest, name, _ in given if dest.split(".")[0] in ("gd2po", "cost") and dest != "gd2po.dry_run"]
+        ignored = [
+            name for dest, name, _ in given if dest.split(".")[0] in ("gd2po", "cost") and dest != "gd2po.dry_run"
+        ]
         verb = "acts" if len(set(ignored)) == 1 else "act"
         if ignored:
             parser.error(
@@ -154,7 +156,9 @@ def _refuse_ignored_flags(
     elif settings is not None and settings.filter != "snr":
         ignored = [name for dest, name, _ in given if dest in ("gd2po.snr_threshold", "gd2po.snr_eps")]
         verb = "acts" if len(set(ignored)) == 1 else "act"
-        without = "--advantage_estimator gdpo (no filter)" if estimator == "gdpo" else f"--gd2po.filter {settings.filter}"
+        without = (
+            "--advantage_estimator gdpo (no filter)" if estimator == "gdpo" else f"--gd2po.filter {settings.filter}"
+        )
         if ignored:
             parser.error(
                 f"{', '.join(dict.fromkeys(ignored))} only {verb} with the snr filter; with {without} "

@@ -72,8 +72,10 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
                 self.gd2po_model_tokenizers[dim.key] = model_tokenizer
             elif model_tokenizer.get_vocab() != self.tokenizer.get_vocab():
                 raise ValueError(
-                    f"the {dim.source.replace('_', ' ')} {dim.location} (reward key {dim.key!r}) has another vocabulary "
-                    f"({len(model_tokenizer.get_vocab())} tokens) than the policy ({len(self.tokenizer.get_vocab())}): it "
+                    f"the {dim.source.replace('_', ' ')} {dim.location} (reward key {dim.key!r}) has another "
+                    "vocabulary "
+                    f"({len(model_tokenizer.get_vocab())} tokens) than the policy "
+                    f"({len(self.tokenizer.get_vocab())}): it "
                     "would score token ids it does not know. Add --gd2po.reward_chat_template own to re-render each "
                     "conversation with its own tokenizer and chat template"
                 )
@@ -82,7 +84,11 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
                 prefix = "cost" if dim.source == "cost_model" else "reward"
                 self.gd2po_model_groups[dim.key] = self._create_model_group(prefix, dim.location)
         self.openrlhf_reward_key = next(
-            (d.key for d in self.settings.dimensions if d.source == "reward_model" and d.key not in self.gd2po_model_groups),
+            (
+                d.key
+                for d in self.settings.dimensions
+                if d.source == "reward_model" and d.key not in self.gd2po_model_groups
+            ),
             None,
         )
         self.gd2po_rendered = {}
@@ -116,7 +122,9 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
                 [seq[1:][mask].tolist() for seq, mask in zip(samples.sequences, samples.action_mask.bool())],
                 skip_special_tokens=True,
             )
-            conversations = [_label_conversation(label, prompt) for label, prompt in zip(samples.labels, samples.prompts)]
+            conversations = [
+                _label_conversation(label, prompt) for label, prompt in zip(samples.labels, samples.prompts)
+            ]
             texts = model_tokenizer.apply_chat_template(
                 [c + [{"role": "assistant", "content": r}] for c, r in zip(conversations, responses)], tokenize=False
             )
@@ -169,7 +177,8 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
             return super().make_experience(samples_list)
         duplicate_factor = self.args.ds.ring_attn_size * self.args.ds.tensor_parallel_size
         self.gd2po_rendered = {
-            key: self._render_for_model(samples_list, tokenizer) for key, tokenizer in self.gd2po_model_tokenizers.items()
+            key: self._render_for_model(samples_list, tokenizer)
+            for key, tokenizer in self.gd2po_model_tokenizers.items()
         }
         policy_tokens = {
             "sequences": [s.sequences for s in samples_list],
@@ -291,17 +300,23 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
             shown = "invalid at its source (see the warning above)" if marker else value
             reasons.append(
                 f"reward key {dim.key!r} is {shown} (source: {dim.source.replace('_', ' ')} {dim.location}) "
-                f"for rollout {int(indices[row])} (sample {int(indices[row]) % n_samples} of prompt {prompts[row]!r:.200})"
+                f"for rollout {int(indices[row])} (sample {int(indices[row]) % n_samples} of prompt "
+                f"{prompts[row]!r:.200})"
             )
         if policy == "error" or bool(dropped.all()):
             raise ValueError(
                 ("every prompt group of the step has a bad reward, nothing to train on: " if policy != "error" else "")
                 + "; ".join(reasons[:3])
                 + (f" (and {len(reasons) - 3} more groups)" if len(reasons) > 3 else "")
-                + (". --gd2po.on_bad_reward drop_group drops such groups from the step instead" if policy == "error" else "")
+                + (
+                    ". --gd2po.on_bad_reward drop_group drops such groups from the step instead"
+                    if policy == "error"
+                    else ""
+                )
             )
         logger.warning(
-            f"--gd2po.on_bad_reward drop_group: dropping {len(reasons)} of {int(groups.unique().numel())} prompt groups "
+            f"--gd2po.on_bad_reward drop_group: dropping {len(reasons)} of {int(groups.unique().numel())} prompt "
+            "groups "
             "from this step: " + "; ".join(reasons)
         )
         cleaned = torch.where(invalid, torch.zeros_like(rewards), rewards)
@@ -338,7 +353,9 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
             if kl_in_reward:
                 # γ = 1 returns of the per-token KL rewards: a reverse cumulative sum, no loop over tokens.
                 kl_reward = -self.kl_ctl.value * experience.kl.float() * action_mask
-                advantages = advantages + kl_reward.flip(-1).cumsum(-1).flip(-1) * action_mask * rollout_keep.unsqueeze(1)
+                advantages = advantages + kl_reward.flip(-1).cumsum(-1).flip(
+                    -1
+                ) * action_mask * rollout_keep.unsqueeze(1)
                 first_token_return = first_token_return + kl_reward.sum(-1) * rollout_keep
             experience.advantages = advantages
             experience.returns = advantages.clone()
@@ -349,7 +366,8 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
 
 
 def _label_conversation(label, prompt) -> List[dict]:
-    """The chat messages a label carries for --gd2po.reward_chat_template own: a JSON list of messages or a user string."""
+    """The chat messages a label carries for --gd2po.reward_chat_template own: a JSON list of messages or a user
+    string."""
     if isinstance(label, str) and label.lstrip().startswith("["):
         try:
             label = json.loads(label)
@@ -360,6 +378,7 @@ def _label_conversation(label, prompt) -> List[dict]:
     if isinstance(label, str) and label.strip():
         return [{"role": "user", "content": label}]
     raise ValueError(
-        f"--gd2po.reward_chat_template own needs each prompt's conversation in its label (--data.label_key), as JSON chat "
+        "--gd2po.reward_chat_template own needs each prompt's conversation in its label (--data.label_key), as JSON "
+        "chat "
         f"messages or a user string; prompt {prompt!r:.200} has label {label!r:.200}"
     )

@@ -77,7 +77,8 @@ def add_gd2po_arguments(parser: argparse.ArgumentParser) -> None:
         "--gd2po.reward_chat_template",
         choices=REWARD_CHAT_TEMPLATES,
         default=DEFAULTS.reward_chat_template,
-        help="how the reward and cost model groups see a rollout. policy: the policy's tokens as generated (the models "
+        help="how the reward and cost model groups see a rollout. policy: the policy's tokens as generated (the "
+        "models "
         "must share the policy's vocabulary; a mismatch is refused at start). own: each model scores the conversation "
         "re-rendered with its own tokenizer's chat template; the prompt's label (--data.label_key) must hold the "
         "conversation as JSON chat messages or a user string (examples/data/prepare_safe_alignment.py writes it)",
@@ -114,7 +115,8 @@ def add_gd2po_arguments(parser: argparse.ArgumentParser) -> None:
         "--gd2po.on_bad_reward",
         choices=ON_BAD_REWARD,
         default=DEFAULTS.on_bad_reward,
-        help="a rollout whose reward is missing, None (the reward function raised), NaN/inf or malformed: 'error' stops "
+        help="a rollout whose reward is missing, None (the reward function raised), NaN/inf or malformed: 'error' "
+        "stops "
         "the step naming the key, source and rollout; 'drop_group' removes its prompt's whole group from the step "
         "(logged as a warning, counted in gd2po/dropped_bad_groups)",
     )
@@ -129,7 +131,8 @@ def add_gd2po_arguments(parser: argparse.ArgumentParser) -> None:
         "--gd2po.config",
         default=None,
         metavar="PATH",
-        help="YAML preset (e.g. configs/tool_calling.yaml) with a gd2po: section (any --gd2po.* flag), an optional cost: "
+        help="YAML preset (e.g. configs/tool_calling.yaml) with a gd2po: section (any --gd2po.* flag), an optional "
+        "cost: "
         "section and reward: remote_url / model_name_or_path; flags given on the command line override it",
     )
     group.add_argument(
@@ -212,7 +215,8 @@ def load_preset(parser: argparse.ArgumentParser, path: str) -> dict:
             dest = f"{section}.{key}"
             if dest not in allowed and dest not in PRESET_REWARD_KEYS:
                 raise ValueError(
-                    f"--gd2po.config {path}: unknown key {dest!r}; allowed: {', '.join(allowed + list(PRESET_REWARD_KEYS))}"
+                    f"--gd2po.config {path}: unknown key {dest!r}; allowed: "
+                    f"{', '.join(allowed + list(PRESET_REWARD_KEYS))}"
                 )
             action = actions[dest]
             try:
@@ -238,9 +242,10 @@ def load_preset(parser: argparse.ArgumentParser, path: str) -> dict:
             if dest == "reward.remote_url" and isinstance(value, str):
                 here = os.path.dirname(os.path.abspath(path))
                 value = ",".join(
-                    os.path.normpath(os.path.join(here, url)) if url.endswith(".py") and not os.path.isabs(url) else url
+                    os.path.normpath(os.path.join(here, url))
+                    if url.endswith(".py") and not os.path.isabs(url)
+                    else url
                     for url in value.split(",")
                 )
             values[dest] = value
     return values
-

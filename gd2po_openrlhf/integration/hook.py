@@ -20,7 +20,6 @@ The finder watches four module names:
 also set, the launcher refuses to start instead of silently launching a real run.
 """
 
-
 import os
 import sys
 
@@ -60,8 +59,10 @@ def check_openrlhf_version(version: "str | None" = None) -> None:
         except importlib.metadata.PackageNotFoundError:
             plugin = "(source checkout)"
         raise RuntimeError(
-            f"gd2po-openrlhf {plugin} supports openrlhf>={'.'.join(map(str, low))},<{'.'.join(map(str, high[:2]))}, but "
-            f"openrlhf {version} is installed. Install a supported version (pip install 'openrlhf>=0.11.2,<0.12') or set "
+            f"gd2po-openrlhf {plugin} supports openrlhf>={'.'.join(map(str, low))},<{'.'.join(map(str, high[:2]))}, "
+            "but "
+            f"openrlhf {version} is installed. Install a supported version (pip install 'openrlhf>=0.11.2,<0.12') or "
+            "set "
             "GD2PO_DISABLE=1 to run OpenRLHF without the plugin"
         )
 
@@ -111,7 +112,9 @@ class GD2POFinder:
         except RuntimeError as error:
             # An unsupported OpenRLHF is left untouched. The launcher stops with one line (no traceback through
             # runpy) only when the command asks for the plugin; OpenRLHF's own estimators still run.
-            if fullname == CLI_MODULE and any(token in ("gd2po", "gdpo") or token.startswith(("--gd2po.", "--cost.")) for token in sys.argv):
+            if fullname == CLI_MODULE and any(
+                token in ("gd2po", "gdpo") or token.startswith(("--gd2po.", "--cost.")) for token in sys.argv
+            ):
                 raise SystemExit(f"error: {error}") from None
             if fullname == CLI_MODULE:
                 print(f"warning: {error}; GD²PO stays inactive for this run", file=sys.stderr)
@@ -163,7 +166,8 @@ def install() -> None:
 def register() -> None:
     """Explicit activation, for environments where the .pth file is not processed.
 
-    Installs the finder, and patches the ``PATCHED_MODULES`` right away if they are already imported. Use it as Ray's ``worker_process_setup_hook`` ("gd2po_openrlhf.register") for
+    Installs the finder, and patches the ``PATCHED_MODULES`` right away if they are already imported. Use it as
+    Ray's ``worker_process_setup_hook`` ("gd2po_openrlhf.register") for
     ``ray job submit`` set-ups so that every worker gets it too. An explicit call applies even with
     GD2PO_DISABLE=1, which only turns off the automatic activation by the .pth file.
     """

@@ -10,7 +10,7 @@ actors). Each replacement runs OpenRLHF's original (kept in ``UPSTREAM``) and ad
 | trainer/ppo_trainer.py: ``BasePPOTrainer._compute_rollout_stats``      | ``_compute_rollout_stats``             |
 | trainer/ppo_trainer.py: ``BasePPOTrainer.save_logs_and_checkpoints``   | ``save_logs_and_checkpoints``          |
 | trainer/ppo_trainer.py: ``BasePPOTrainer.init_checkpoint_states``      | ``init_checkpoint_states``             |
-| trainer/ppo_utils/samples_generator.py: ``SamplesGenerator._process_response_into_experience`` | ``_process_response_into_experience`` |
+| trainer/ppo_utils/samples_generator.py: ``SamplesGenerator._process_response_into_experience`` | same name  |
 | utils/agent.py: ``SingleTurnAgentExecutor._fetch_rewards_via_http``    | ``_fetch_rewards_via_http``            |
 | utils/agent.py: ``SingleTurnAgentExecutor._fetch_rewards_via_func``    | ``_fetch_rewards_via_func``            |
 
@@ -31,8 +31,8 @@ import torch
 from openrlhf.utils.logging_utils import init_logger
 
 from ..rewards import dimensions_from_payload
-from .resume import checkpoint_settings, restore_checkpoint_settings
 from .hook import AGENT_MODULE, SAMPLES_MODULE, TRAINER_MODULE
+from .resume import checkpoint_settings, restore_checkpoint_settings
 from .reward_client import REWARD_ERROR_KEY, failed_rewards, post_with_retries
 from .settings import GD2PO_ESTIMATORS, resolve_settings
 
@@ -45,7 +45,7 @@ WRITTEN_AGAINST = {
     "openrlhf.trainer.ppo_trainer:BasePPOTrainer._compute_rollout_stats": "a8a5c6f3eb23818f",
     "openrlhf.trainer.ppo_trainer:BasePPOTrainer.save_logs_and_checkpoints": "0ea42915023820ea",
     "openrlhf.trainer.ppo_trainer:BasePPOTrainer.init_checkpoint_states": "a4040b46b5ffd283",
-    "openrlhf.trainer.ppo_utils.samples_generator:SamplesGenerator._process_response_into_experience": "f99fc0dd86a8ebb5",
+    "openrlhf.trainer.ppo_utils.samples_generator:SamplesGenerator._process_response_into_experience": "f99fc0dd86a8ebb5",  # noqa: E501
     "openrlhf.utils.agent:SingleTurnAgentExecutor._fetch_rewards_via_http": "80fa86e093c31474",
     "openrlhf.utils.agent:SingleTurnAgentExecutor._fetch_rewards_via_func": "d95c3341afe015a5",
     # overridden by GD2POExperienceMaker, or the order of calls it relies on
@@ -53,7 +53,7 @@ WRITTEN_AGAINST = {
     "openrlhf.trainer.ppo_utils.experience_maker:RemoteExperienceMaker.make_experience_batch": "d8cad5d9cfb7c012",
     "openrlhf.trainer.ppo_utils.experience_maker:RemoteExperienceMaker.split_rollout_samples": "c7286645b395b71a",
     "openrlhf.trainer.ppo_utils.experience_maker:RemoteExperienceMaker.make_experience": "85db1fe426dec3e6",
-    "openrlhf.trainer.ppo_utils.experience_maker:RemoteExperienceMaker.compute_advantages_and_returns": "43a58ae8e1c4aea2",
+    "openrlhf.trainer.ppo_utils.experience_maker:RemoteExperienceMaker.compute_advantages_and_returns": "43a58ae8e1c4aea2",  # noqa: E501
     "openrlhf.trainer.ppo_utils.experience_maker:RemoteExperienceMaker._dispatch_forward": "4339cdd888efc46b",
     "openrlhf.trainer.ppo_trainer:BasePPOTrainer.train_step": "82f2cc733e64f4a4",
     # copied field by field by rollout_selection.select_rollouts
@@ -73,7 +73,9 @@ def ray_actor_classes(module) -> List[type]:
     """The classes Ray instantiates for the ``@ray.remote`` classes defined or imported in ``module``."""
     from ray.actor import ActorClass  # the patched OpenRLHF modules import ray already
 
-    return [value.__ray_metadata__.modified_class for value in list(vars(module).values()) if isinstance(value, ActorClass)]
+    return [
+        value.__ray_metadata__.modified_class for value in list(vars(module).values()) if isinstance(value, ActorClass)
+    ]
 
 
 def replace_method(owner: type, name: str, function: Callable, module) -> None:
@@ -106,7 +108,9 @@ def patch_module(module) -> None:
         for name in ("_compute_rollout_stats", "save_logs_and_checkpoints", "init_checkpoint_states"):
             replace_method(module.BasePPOTrainer, name, globals()[name], module)
     elif module.__name__ == SAMPLES_MODULE:
-        replace_method(module.SamplesGenerator, "_process_response_into_experience", _process_response_into_experience, module)
+        replace_method(
+            module.SamplesGenerator, "_process_response_into_experience", _process_response_into_experience, module
+        )
     elif module.__name__ == AGENT_MODULE:
         for name in ("_fetch_rewards_via_http", "_fetch_rewards_via_func"):
             replace_method(module.SingleTurnAgentExecutor, name, globals()[name], module)
@@ -211,7 +215,9 @@ def _process_response_into_experience(self, response, **generate_kwargs):
     for field in ("reward", "scores"):
         if isinstance(response.get(field), bool) or not isinstance(response.get(field), (int, float)):
             response[field] = partial_total
-    response["extra_logs"] = {k: v for k, v in (response.get("extra_logs") or {}).items() if not k.startswith("reward/")}
+    response["extra_logs"] = {
+        k: v for k, v in (response.get("extra_logs") or {}).items() if not k.startswith("reward/")
+    }
     experience = upstream(self, response, **generate_kwargs)
     for key, value in values.items():
         experience.info[f"reward/{key}"] = torch.tensor([value], dtype=torch.float32)

@@ -94,7 +94,9 @@ async def post_with_retries(url: str, payload: dict, num_rollouts: int) -> dict:
                 try:
                     answer = json.loads(body)
                 except json.JSONDecodeError as error:
-                    raise RuntimeError(f"reward server {url} answered malformed JSON ({error}): {body[:200]!r}") from None
+                    raise RuntimeError(
+                        f"reward server {url} answered malformed JSON ({error}): {body[:200]!r}"
+                    ) from None
                 mismatch = count_mismatch(answer, num_rollouts)
                 if mismatch:
                     raise RuntimeError(f"reward server {url} answered the wrong number of items: {mismatch}")
@@ -106,8 +108,10 @@ async def post_with_retries(url: str, payload: dict, num_rollouts: int) -> dict:
                 logger.warning(f"reward server {url}: {failure}; retry {attempt}/{attempts - 1} in {delay:.1f} s")
             await asyncio.sleep(delay)
     raise RuntimeError(
-        f"reward server {url} failed {attempts} times in {time.monotonic() - started:.0f} s (last: {failure}). Check that "
-        "it is up (gd2po_openrlhf.serve_rewards answers GET /health), or raise GD2PO_REWARD_ATTEMPTS / GD2PO_REWARD_TIMEOUT_S"
+        f"reward server {url} failed {attempts} times in {time.monotonic() - started:.0f} s (last: {failure}). Check "
+        "that "
+        "it is up (gd2po_openrlhf.serve_rewards answers GET /health), or raise GD2PO_REWARD_ATTEMPTS / "
+        "GD2PO_REWARD_TIMEOUT_S"
     )
 
 
@@ -123,7 +127,10 @@ def failed_rewards(message: str, count: int) -> List[dict]:
     last, suppressed = _last_failure.get(key, (-WARNING_INTERVAL_S, 0))
     if now - last >= WARNING_INTERVAL_S:
         _last_failure[key] = (now, 0)
-        logger.warning(message + (f" ({suppressed} more rollouts failed the same way since the last warning)" if suppressed else ""))
+        logger.warning(
+            message
+            + (f" ({suppressed} more rollouts failed the same way since the last warning)" if suppressed else "")
+        )
     else:
         _last_failure[key] = (last, suppressed + count)
     return [{"rewards": None, "scores": None, "extra_logs": {REWARD_ERROR_KEY: message}} for _ in range(count)]

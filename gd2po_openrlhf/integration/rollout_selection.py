@@ -13,7 +13,9 @@ from openrlhf.trainer.ppo_utils.experience import Experience
 from openrlhf.utils.utils import zero_pad_sequences
 
 
-def rollouts_to_train(train: torch.Tensor, lengths: torch.Tensor, dropped: torch.Tensor, batch_size: int) -> torch.Tensor:
+def rollouts_to_train(
+    train: torch.Tensor, lengths: torch.Tensor, dropped: torch.Tensor, batch_size: int
+) -> torch.Tensor:
     """The mask [B] of rollouts sent to the actors: every ``train`` rollout, topped up with fillers to a multiple of
     OpenRLHF's global ``batch_size`` (``--train.batch_size``), and at least one such batch.
 

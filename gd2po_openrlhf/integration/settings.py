@@ -23,7 +23,12 @@ MODEL_SOURCES = ("reward_model", "cost_model")
 ON_BAD_REWARD = ("error", "drop_group")
 REWARD_CHAT_TEMPLATES = ("policy", "own")
 # The --cost.* flags that describe the cost model group; given without --cost.model_name_or_path they are an error.
-COST_GROUP_DEFAULTS = {"cost.num_nodes": 1, "cost.num_gpus_per_node": 1, "cost.offload": False, "cost.normalize_enable": False}
+COST_GROUP_DEFAULTS = {
+    "cost.num_nodes": 1,
+    "cost.num_gpus_per_node": 1,
+    "cost.offload": False,
+    "cost.normalize_enable": False,
+}
 
 
 @dataclass(frozen=True)
@@ -124,7 +129,8 @@ def resolve_settings(args) -> RunSettings:
     if estimator == "gdpo" and given_filter not in (None, "none"):
         raise ValueError(
             f"--advantage_estimator gdpo is GD²PO without filtering; --gd2po.filter {given_filter} "
-            "(given on the command line or by --gd2po.config) needs --advantage_estimator gd2po: add --gd2po.filter none"
+            "(given on the command line or by --gd2po.config) needs --advantage_estimator gd2po: add --gd2po.filter "
+            "none"
         )
     sum_rewards = bool(_arg(args, "gd2po.sum_rewards", defaults.sum_rewards))
     if sum_rewards and estimator != "gdpo":
@@ -139,6 +145,48 @@ def resolve_settings(args) -> RunSettings:
                 f"{estimator}: return a length dimension from your reward function instead"
             )
 
+    dimensions = resolve_dimensions(args)
+    reward_chat_template = _arg(args, "gd2po.reward_chat_template", defaults.reward_chat_template)
+    if reward_chat_template == "own":
+        if not any(dim.source in MODEL_SOURCES for dim in dimensions):
+            raise ValueError(
+                "--gd2po.reward_chat_template own re-renders rollouts for reward/cost models, but none is given"
+            )
+        if not _arg(args, "data.label_key"):
+            raise ValueError(
+                "--gd2po.reward_chat_template own reads each prompt's conversation from its label: set "
+                "--data.label_key "
+                "(examples/data/prepare_safe_alignment.py writes it as 'label')"
+            )
+
+    settings = RunSettings(
+        estimator=estimator,
+        n_samples_per_prompt=n_samples,
+        dimensions=dimensions,
+        filter="none" if estimator == "gdpo" else (given_filter or defaults.filter),
+        snr_threshold=_arg(args, "gd2po.snr_threshold", defaults.snr_threshold),
+        snr_eps=_arg(args, "gd2po.snr_eps", defaults.snr_eps),
+        norm_by_std=not _arg(args, "algo.advantage.no_std_norm", False),
+        no_reweight=bool(_arg(args, "gd2po.no_reweight", defaults.no_reweight)),
+        no_whiten=bool(_arg(args, "gd2po.no_whiten", defaults.no_whiten)),
+        sum_rewards=sum_rewards,
+        drop_filtered=bool(_arg(args, "gd2po.drop_filtered", defaults.drop_filtered)),
+        on_bad_reward=_arg(args, "gd2po.on_bad_reward", defaults.on_bad_reward),
+        reward_chat_template=reward_chat_template,
+        reward_model_key=_arg(args, "gd2po.reward_model_key", defaults.reward_model_key),
+        cost_model_key=_arg(args, "gd2po.cost_model_key", defaults.cost_model_key),
+        resume_with_flags=bool(_arg(args, "gd2po.resume_with_flags", defaults.resume_with_flags)),
+        preset=_arg(args, "gd2po.config"),
+    )
+    settings.gd2po_config  # GD2POConfig validates τ, ε and the weights: refused here, at parse time
+    return settings
+
+
+def resolve_dimensions(args) -> Tuple[RewardDimension, ...]:
+    """The reward dimensions, in --gd2po.reward_keys order, each with its source (a reward/cost model group, a
+    reward file, a server or an agent) and its weight. Raises ValueError naming the flags that do not fit."""
+    estimator = _arg(args, "algo.advantage.estimator")
+    defaults = RunSettings()
     given_remote = _arg(args, "reward.remote_url")
     remote = given_remote.split(",") if isinstance(given_remote, str) else list(given_remote or [])
     if given_remote is not None and not all(url.strip() for url in remote):
@@ -206,18 +254,6 @@ def resolve_settings(args) -> RunSettings:
             f"{keys}: add it, or name it with --gd2po.cost_model_key"
         )
 
-    reward_chat_template = _arg(args, "gd2po.reward_chat_template", defaults.reward_chat_template)
-    if reward_chat_template == "own":
-        if not (reward_model or cost_model):
-            raise ValueError(
-                "--gd2po.reward_chat_template own re-renders rollouts for reward/cost models, but none is given"
-            )
-        if not _arg(args, "data.label_key"):
-            raise ValueError(
-                "--gd2po.reward_chat_template own reads each prompt's conversation from its label: set --data.label_key "
-                "(examples/data/prepare_safe_alignment.py writes it as 'label')"
-            )
-
     weights = _arg(args, "gd2po.reward_weights")
     if weights is None and cost_model:
         raise ValueError(
@@ -242,30 +278,11 @@ def resolve_settings(args) -> RunSettings:
         else:
             raise ValueError(
                 f"reward key {key!r} has no source: it is not the reward model's ({reward_model_key!r}) or the cost "
-                f"model's ({cost_model_key!r}) dimension, and there is no --reward.remote_url or --train.agent_func_path"
+                f"model's ({cost_model_key!r}) dimension, and there is no --reward.remote_url or "
+                "--train.agent_func_path"
             )
 
-    settings = RunSettings(
-        estimator=estimator,
-        n_samples_per_prompt=n_samples,
-        dimensions=tuple(dimensions),
-        filter="none" if estimator == "gdpo" else (given_filter or defaults.filter),
-        snr_threshold=_arg(args, "gd2po.snr_threshold", defaults.snr_threshold),
-        snr_eps=_arg(args, "gd2po.snr_eps", defaults.snr_eps),
-        norm_by_std=not _arg(args, "algo.advantage.no_std_norm", False),
-        no_reweight=bool(_arg(args, "gd2po.no_reweight", defaults.no_reweight)),
-        no_whiten=bool(_arg(args, "gd2po.no_whiten", defaults.no_whiten)),
-        sum_rewards=sum_rewards,
-        drop_filtered=bool(_arg(args, "gd2po.drop_filtered", defaults.drop_filtered)),
-        on_bad_reward=_arg(args, "gd2po.on_bad_reward", defaults.on_bad_reward),
-        reward_chat_template=reward_chat_template,
-        reward_model_key=reward_model_key,
-        cost_model_key=cost_model_key,
-        resume_with_flags=bool(_arg(args, "gd2po.resume_with_flags", defaults.resume_with_flags)),
-        preset=_arg(args, "gd2po.config"),
-    )
-    settings.gd2po_config  # GD2POConfig validates τ, ε and the weights: refused here, at parse time
-    return settings
+    return tuple(dimensions)
 
 
 def replace_weights(settings: RunSettings, weights) -> RunSettings:
@@ -309,7 +326,9 @@ def describe(args, settings: RunSettings) -> str:
         f"  drop filtered     {filtered}",
         f"  KL                {kl}",
         f"  on bad reward     {settings.on_bad_reward}",
-        f"  reward models see {rendering}" if any(dim.source in MODEL_SOURCES for dim in settings.dimensions) else None,
+        f"  reward models see {rendering}"
+        if any(dim.source in MODEL_SOURCES for dim in settings.dimensions)
+        else None,
         "  reward dimensions (info key, source, weight):",
     ]
     for dim in settings.dimensions:
@@ -346,9 +365,11 @@ def parse_launcher_args(argv: List[str]) -> argparse.Namespace:
         raise ReachedTrain(args)
 
     install_argparse_extension()
-    with mock.patch.object(sys, "argv", ["train_ppo_ray"] + list(argv)), mock.patch.object(
-        openrlhf.utils, "get_strategy", stop_at_train
-    ), mock.patch.object(ray, "is_initialized", lambda: True):
+    with (
+        mock.patch.object(sys, "argv", ["train_ppo_ray"] + list(argv)),
+        mock.patch.object(openrlhf.utils, "get_strategy", stop_at_train),
+        mock.patch.object(ray, "is_initialized", lambda: True),
+    ):
         try:
             runpy.run_module("openrlhf.cli.train_ppo_ray", run_name="__main__")
         except ReachedTrain as reached:

@@ -2,5 +2,6 @@
 
 There is deliberately no flash_attn.ops: openrlhf falls back to torch when that import fails.
 """
+
 __version__ = "0.0.0+cpu.standin"
 GD2PO_CPU_STANDIN = True

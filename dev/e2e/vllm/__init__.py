@@ -42,7 +42,9 @@ class SamplingParams:
 
 
 class AsyncEngineArgs:
-    def __init__(self, model: str, seed: int = 0, dtype: str = "bfloat16", worker_extension_cls: str = None, **ignored):
+    def __init__(
+        self, model: str, seed: int = 0, dtype: str = "bfloat16", worker_extension_cls: str = None, **ignored
+    ):
         self.model, self.seed, self.dtype, self.worker_extension_cls = model, seed, dtype, worker_extension_cls
         self.ignored = ignored
 
@@ -97,7 +99,9 @@ class _Worker:
     @torch.no_grad()
     def generate(self, prompt_token_ids: List[int], params: SamplingParams):
         if params.logprobs is not None:
-            raise NotImplementedError("vLLM stand-in: logprobs are not supported (--algo.advantage.is_correction_level off)")
+            raise NotImplementedError(
+                "vLLM stand-in: logprobs are not supported (--algo.advantage.is_correction_level off)"
+            )
         model = self.model_runner.model.hf_model
         eos = self.tokenizer.eos_token_id
         tokens = torch.tensor([prompt_token_ids])
@@ -134,7 +138,9 @@ class AsyncLLMEngine:
         return cls(engine_args)
 
     def __init__(self, engine_args: AsyncEngineArgs):
-        _log(f"vLLM stand-in (dev/e2e): generating with transformers on CPU from {engine_args.model}; not the real vllm")
+        _log(
+            f"vLLM stand-in (dev/e2e): generating with transformers on CPU from {engine_args.model}; not the real vllm"
+        )
         bases = (_Worker,)
         if engine_args.worker_extension_cls:
             module_name, class_name = engine_args.worker_extension_cls.rsplit(".", 1)

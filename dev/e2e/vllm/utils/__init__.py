@@ -1,4 +1,5 @@
 """E2E stand-in for ``vllm.utils``."""
+
 import uuid
 
 

@@ -9,6 +9,15 @@ import torch
 from gd2po_openrlhf.integration.settings import parse_launcher_args
 
 LAUNCHER = [sys.executable, "-m", "openrlhf.cli.train_ppo_ray"]
+# A valid gd2po command line, given a reward source (a reward file returning "correctness", or a server).
+VALID_GD2PO = [
+    "--advantage_estimator",
+    "gd2po",
+    "--gd2po.reward_keys",
+    "correctness",
+    "--rollout.n_samples_per_prompt",
+    "4",
+]
 
 
 def launcher_subprocess(argv, env=None, launcher=LAUNCHER) -> subprocess.CompletedProcess:

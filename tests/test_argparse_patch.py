@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from gd2po_testing import launcher_subprocess, openrlhf_strategy
+from gd2po_testing import VALID_GD2PO, launcher_subprocess, openrlhf_strategy
 
 
 @pytest.mark.subprocess
@@ -168,16 +168,6 @@ def test_example_launcher_dry_run():
     for key in ("correctness", "format", "brevity"):
         assert f"reward/{key}" in result.stdout and "multi_reward_template.py" in result.stdout
     assert "filter            snr (τ = 0.8, ε = 1e-08)" in result.stdout and "KL                no KL" in result.stdout
-
-
-VALID_GD2PO = [
-    "--advantage_estimator",
-    "gd2po",
-    "--gd2po.reward_keys",
-    "correctness",
-    "--rollout.n_samples_per_prompt",
-    "4",
-]
 
 
 @pytest.mark.subprocess

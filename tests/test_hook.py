@@ -7,16 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from gd2po_testing import launcher_subprocess
-
-VALID_GD2PO = [
-    "--advantage_estimator",
-    "gd2po",
-    "--gd2po.reward_keys",
-    "correctness",
-    "--rollout.n_samples_per_prompt",
-    "4",
-]
+from gd2po_testing import VALID_GD2PO, launcher_subprocess
 
 
 @pytest.mark.subprocess

@@ -18,10 +18,14 @@ weight w[k], response mask m[i,t], response length L_i = Σ_t m[i,t].
 6. F[i,t] = S_i · keep_i · m[i,t]; whitening over W = keep·m of the whole batch:
    adv = (F − μ_W) / sqrt(σ²_W + 1e-8) · W, μ_W and σ²_W (Bessel over the token count) taken where W = 1;
    adv = 0 when fewer than two tokens are kept.
+
+Dynamic sampling (:func:`group_verdicts`) tests each prompt group with steps 1–5 alone: they read only the
+group's own rollouts, so a group's verdict is the same alone as in any batch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Dict, Optional
 
@@ -235,6 +239,57 @@ def compute_rollout_advantages(
         conflict=conflict,
         snr_ratio=snr_ratio,
         metrics=metrics,
+    )
+
+
+@dataclass
+class GroupVerdicts:
+    """Output of :func:`group_verdicts`, one entry per prompt group in ascending ``group_ids`` order.
+
+    group_ids: [G] the groups' ids. signal_rollouts: [G] int64, rollouts kept by the filter with a non-zero score.
+    passed: [G] bool, signal_rollouts ≥ min_kept. constant: [G] bool, no weighted dimension varies in the group.
+    """
+
+    group_ids: torch.Tensor
+    signal_rollouts: torch.Tensor
+    passed: torch.Tensor
+    constant: torch.Tensor
+
+
+def group_verdicts(
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor,
+    response_lengths: torch.Tensor,
+    cfg: GD2POConfig,
+    min_kept: int = 1,
+) -> GroupVerdicts:
+    """Dynamic sampling's test of each prompt group: the estimator's group-local steps 1–5, without whitening.
+
+    signal_g = #{i ∈ g : keep_i ∧ |S_i|·L_i > 1e-8}, with S_i = κ_g · Σ_k A'[i,k] the sequence score (step 5);
+    the group passes when signal_g ≥ ``min_kept``. constant_g: |A'[i,k]|·L_i ≤ 1e-8 for every rollout and
+    dimension of g (every dimension with a non-zero weight is constant). A rejected group that is not constant had
+    everything filtered, or its kept rollouts' dimensions cancel (S_i = 0).
+
+    Args as :func:`compute_rollout_advantages`; ``min_kept`` ≥ 1.
+    """
+    if isinstance(min_kept, bool) or not isinstance(min_kept, int) or min_kept < 1:
+        raise ValueError(f"min_kept must be an integer >= 1, got {min_kept!r}")
+    result = compute_rollout_advantages(rewards, group_ids, response_lengths, dataclasses.replace(cfg, whiten=False))
+    group_ids = _as_tensor(group_ids, "group_ids").to(result.keep.device)
+    length = _as_tensor(response_lengths, "response_lengths").to(result.keep.device, torch.float64)
+    ids, group_index = torch.unique(group_ids, return_inverse=True)
+    # Unwhitened, rollout_advantages is S_i · keep_i.
+    signal = (result.rollout_advantages.double() * length).abs() > SIGN_EPS
+    varies = ((result.dimension_advantages * length.unsqueeze(1)).abs() > SIGN_EPS).any(dim=1)
+    signal_rollouts = torch.zeros(len(ids), dtype=torch.int64, device=ids.device).index_add_(
+        0, group_index, signal.long()
+    )
+    varying_rollouts = torch.zeros_like(signal_rollouts).index_add_(0, group_index, varies.long())
+    return GroupVerdicts(
+        group_ids=ids,
+        signal_rollouts=signal_rollouts,
+        passed=signal_rollouts >= min_kept,
+        constant=varying_rollouts == 0,
     )
 
 

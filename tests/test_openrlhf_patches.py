@@ -24,6 +24,7 @@ EXPECTED_PATCHES = {
     ("BasePPOTrainer", "save_logs_and_checkpoints"),
     ("BasePPOTrainer", "init_checkpoint_states"),
     ("SamplesGenerator", "_process_response_into_experience"),
+    ("SamplesGenerator", "_generate_vllm"),
     ("SingleTurnAgentExecutor", "_fetch_rewards_via_http"),
     ("SingleTurnAgentExecutor", "_fetch_rewards_via_func"),
 }

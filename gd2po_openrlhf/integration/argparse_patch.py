@@ -135,7 +135,8 @@ def _refuse_ignored_flags(
     parser: argparse.ArgumentParser, argv: List[str], estimator: str, settings: Optional[RunSettings]
 ) -> None:
     """Flags that would be silently ignored are refused, named: both estimator spellings with different values,
-    GD²PO or cost-model flags with OpenRLHF's own estimators, and the SNR settings without the SNR filter."""
+    GD²PO or cost-model flags with OpenRLHF's own estimators, the dynamic-sampling settings without
+    --gd2po.dynamic_sampling, and the SNR settings without the SNR filter."""
     given = _given_options(parser, argv)
     estimators = {(name, value) for dest, name, value in given if dest == "algo.advantage.estimator"}
     if len({value for _, value in estimators}) > 1:
@@ -153,7 +154,18 @@ def _refuse_ignored_flags(
                 f"{', '.join(dict.fromkeys(ignored))} only {verb} with --advantage_estimator gd2po or gdpo; with "
                 f"OpenRLHF's {estimator} they would be ignored: drop them, or switch the estimator"
             )
-    elif settings is not None and settings.filter != "snr":
+        return
+    if settings is not None and not settings.dynamic_sampling:
+        ignored = [
+            name
+            for dest, name, _ in given
+            if dest in ("gd2po.dynamic_sampling_min_kept", "gd2po.dynamic_sampling_max_prompts_factor")
+        ]
+        if ignored:
+            parser.error(
+                f"{', '.join(dict.fromkeys(ignored))} only act with --gd2po.dynamic_sampling: add it or drop them"
+            )
+    if settings is not None and settings.filter != "snr":
         ignored = [name for dest, name, _ in given if dest in ("gd2po.snr_threshold", "gd2po.snr_eps")]
         verb = "acts" if len(set(ignored)) == 1 else "act"
         without = (

@@ -4,6 +4,7 @@
 in ``openrlhf.trainer.ppo_trainer`` (the driver, the PPOTrainer actor and the async TrainingActor). Every estimator
 but gd2po/gdpo goes to OpenRLHF untouched. For gd2po/gdpo, one step of ``make_experience_batch`` is:
 
+0. ``split_rollout_samples``: OpenRLHF's micro-batches; the dynamic-sampling counts that came with the rollouts;
 1. ``make_experience``: OpenRLHF's forwards, plus one ``info["reward/<key>"]`` column per reward/cost model group
    (remote dimensions arrived with the rollouts: ``openrlhf_patches._process_response_into_experience``);
 2. ``compute_advantages_and_returns``, a pipeline:
@@ -16,7 +17,6 @@ but gd2po/gdpo goes to OpenRLHF untouched. For gd2po/gdpo, one step of ``make_ex
 from __future__ import annotations
 
 import copy
-import dataclasses
 import itertools
 import json
 import math
@@ -31,8 +31,9 @@ from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
 from openrlhf.trainer.ray.launcher import RayActorGroup, RewardModelActor
 from openrlhf.utils.logging_utils import init_logger
 
-from ..estimator import GD2POResult, compute_rollout_advantages
+from ..estimator import compute_rollout_advantages
 from ..rewards import MAX_ABS_REWARD
+from .dynamic_sampling import COUNTS_ATTRIBUTE, SamplingCounts, sampling_metrics
 from .rollout_selection import rollouts_to_train, select_rollouts
 from .settings import GD2PO_ESTIMATORS, MODEL_SOURCES, REMOTE_SOURCES, RunSettings, resolve_settings
 
@@ -58,6 +59,7 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
         self.settings: Optional[RunSettings] = None
         self.gd2po_model_groups: Dict[str, RayActorGroup] = {}
         self._step_report: Optional[StepReport] = None
+        self._sampling_counts: Optional[SamplingCounts] = None  # --gd2po.dynamic_sampling: this step's batch
         if self.advantage_estimator not in GD2PO_ESTIMATORS:
             return
         self.settings = resolve_settings(self.args)
@@ -163,6 +165,10 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
 
     def split_rollout_samples(self, rollout_samples: List[Experience]) -> List[Experience]:
         if self.settings is not None:
+            # --gd2po.dynamic_sampling: the samples generator's counts ride on the rollouts (the async trainer's
+            # generator runs in another actor); a batch served from its buffer may carry none, or several.
+            counts = [vars(s)[COUNTS_ATTRIBUTE] for s in rollout_samples if COUNTS_ATTRIBUTE in vars(s)]
+            self._sampling_counts = sum(counts, SamplingCounts()) if counts else None
             # A rollout whose reward failed (kept for --gd2po.on_bad_reward drop_group) lacks its reward source's
             # extra_logs. OpenRLHF's concat would then build shorter info columns that misalign every later row:
             # give it zeros instead (its group is dropped before anything reads them).
@@ -227,7 +233,9 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
         rewards, dropped = self._drop_bad_groups(experiences, rewards, indices, groups)
         good = ~dropped
         weighted_total = (rewards * torch.tensor(self.settings.reward_weights, dtype=rewards.dtype)).sum(dim=1)
-        result = self._estimate(rewards[good], weighted_total[good], groups[good], lengths[good])
+        # The estimator on the valid rollouts (with --gd2po.sum_rewards, on their weighted sum).
+        estimator_rewards, config = self.settings.estimator_inputs(rewards[good])
+        result = compute_rollout_advantages(estimator_rewards, groups[good], lengths[good], config)
         rollout_advantages = torch.zeros(len(indices), dtype=result.rollout_advantages.dtype)
         rollout_advantages[good] = result.rollout_advantages
         keep = torch.zeros(len(indices), dtype=torch.bool)
@@ -237,6 +245,9 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
         metrics = {f"gd2po/{name}": value for name, value in result.metrics.items()}
         if self.settings.on_bad_reward == "drop_group":
             metrics["gd2po/dropped_bad_groups"] = float(groups[dropped].unique().numel())
+        if self._sampling_counts is not None:
+            metrics.update(sampling_metrics(self._sampling_counts, int((good & keep).sum())))
+            self._sampling_counts = None
         generated = trained = experiences
         if self.settings.drop_filtered or dropped.any():
             micro_batch_size, pad_token_id = self.args.rollout.micro_batch_size, self.tokenizer.pad_token_id
@@ -325,17 +336,6 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
                 {f"reward/{key}": row_rewards[:, k].float() for k, key in enumerate(self.settings.reward_keys)}
             )
         return cleaned, dropped
-
-    def _estimate(
-        self, rewards: torch.Tensor, weighted_total: torch.Tensor, groups: torch.Tensor, lengths: torch.Tensor
-    ) -> GD2POResult:
-        """The estimator on the valid rollouts; with --gd2po.sum_rewards (the GRPO baseline) the weighted sum, in
-        float64 as the columns, is the one dimension that gets normalised."""
-        config = self.settings.gd2po_config
-        if self.settings.sum_rewards:
-            rewards = weighted_total.unsqueeze(1)
-            config = dataclasses.replace(config, weights=(1.0,), reward_keys=("weighted_sum",))
-        return compute_rollout_advantages(rewards, groups, lengths, config)
 
     def _write_advantages(
         self, experiences: List[Experience], rollout_advantages: torch.Tensor, keep: torch.Tensor, totals: torch.Tensor

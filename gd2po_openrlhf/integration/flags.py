@@ -121,6 +121,33 @@ def add_gd2po_arguments(parser: argparse.ArgumentParser) -> None:
         "(logged as a warning, counted in gd2po/dropped_bad_groups)",
     )
     group.add_argument(
+        "--gd2po.dynamic_sampling",
+        action="store_true",
+        default=DEFAULTS.dynamic_sampling,
+        help="conflict-aware dynamic sampling: test each prompt group as its rollouts arrive with the estimator's "
+        "group-local part (per-dimension normalisation, weights, conflict filter, κ) and replace a group in which "
+        "fewer than --gd2po.dynamic_sampling_min_kept rollouts survive with a non-zero score by a fresh prompt "
+        "(OpenRLHF's dynamic-filtering loop). Needs reward dimensions from a reward file, server or agent; replaces "
+        "--algo.dynamic_filtering_enable. Costs extra generation when few groups pass (gd2po/dynamic_sampling/*)",
+    )
+    group.add_argument(
+        "--gd2po.dynamic_sampling_min_kept",
+        type=int,
+        metavar="N",
+        default=DEFAULTS.dynamic_sampling_min_kept,
+        help=f"rollouts of a group that must survive with a non-zero score (default "
+        f"{DEFAULTS.dynamic_sampling_min_kept})",
+    )
+    group.add_argument(
+        "--gd2po.dynamic_sampling_max_prompts_factor",
+        type=float,
+        metavar="F",
+        default=DEFAULTS.dynamic_sampling_max_prompts_factor,
+        help="the most prompts one batch may draw, as a multiple of its prompts (default "
+        f"{DEFAULTS.dynamic_sampling_max_prompts_factor:g}); at the limit the batch trains on the groups that "
+        "passed, with a warning naming the pass rate",
+    )
+    group.add_argument(
         "--gd2po.resume_with_flags",
         action="store_true",
         default=DEFAULTS.resume_with_flags,

@@ -11,6 +11,7 @@ actors). Each replacement runs OpenRLHF's original (kept in ``UPSTREAM``) and ad
 | trainer/ppo_trainer.py: ``BasePPOTrainer.save_logs_and_checkpoints``   | ``save_logs_and_checkpoints``          |
 | trainer/ppo_trainer.py: ``BasePPOTrainer.init_checkpoint_states``      | ``init_checkpoint_states``             |
 | trainer/ppo_utils/samples_generator.py: ``SamplesGenerator._process_response_into_experience`` | same name  |
+| trainer/ppo_utils/samples_generator.py: ``SamplesGenerator._generate_vllm`` | same name (dynamic sampling) |
 | utils/agent.py: ``SingleTurnAgentExecutor._fetch_rewards_via_http``    | ``_fetch_rewards_via_http``            |
 | utils/agent.py: ``SingleTurnAgentExecutor._fetch_rewards_via_func``    | ``_fetch_rewards_via_func``            |
 
@@ -24,17 +25,19 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import math
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from openrlhf.utils.logging_utils import init_logger
 
 from ..rewards import dimensions_from_payload
+from .dynamic_sampling import COUNTS_ATTRIBUTE, GroupTally
 from .hook import AGENT_MODULE, SAMPLES_MODULE, TRAINER_MODULE
 from .resume import checkpoint_settings, restore_checkpoint_settings
 from .reward_client import REWARD_ERROR_KEY, failed_rewards, post_with_retries
-from .settings import GD2PO_ESTIMATORS, resolve_settings
+from .settings import GD2PO_ESTIMATORS, RunSettings, resolve_settings
 
 logger = init_logger(__name__)
 
@@ -48,6 +51,7 @@ WRITTEN_AGAINST = {
     "openrlhf.trainer.ppo_utils.samples_generator:SamplesGenerator._process_response_into_experience": "f99fc0dd86a8ebb5",  # noqa: E501
     "openrlhf.utils.agent:SingleTurnAgentExecutor._fetch_rewards_via_http": "80fa86e093c31474",
     "openrlhf.utils.agent:SingleTurnAgentExecutor._fetch_rewards_via_func": "d95c3341afe015a5",
+    "openrlhf.trainer.ppo_utils.samples_generator:SamplesGenerator._generate_vllm": "e31c2c4b19657950",
     # overridden by GD2POExperienceMaker, or the order of calls it relies on
     "openrlhf.trainer.ppo_utils.experience_maker:RemoteExperienceMaker.__init__": "71047508ccbdc2b3",
     "openrlhf.trainer.ppo_utils.experience_maker:RemoteExperienceMaker.make_experience_batch": "d8cad5d9cfb7c012",
@@ -56,6 +60,9 @@ WRITTEN_AGAINST = {
     "openrlhf.trainer.ppo_utils.experience_maker:RemoteExperienceMaker.compute_advantages_and_returns": "43a58ae8e1c4aea2",  # noqa: E501
     "openrlhf.trainer.ppo_utils.experience_maker:RemoteExperienceMaker._dispatch_forward": "4339cdd888efc46b",
     "openrlhf.trainer.ppo_trainer:BasePPOTrainer.train_step": "82f2cc733e64f4a4",
+    # dynamic sampling: which _generate_vllm call is a training batch, and what a short batch does
+    "openrlhf.trainer.ppo_utils.samples_generator:SamplesGenerator.generate_samples": "7bf3f3e95631452b",
+    "openrlhf.trainer.ppo_utils.samples_generator:SamplesGenerator.generate_eval_samples": "d5b5ff27b1a7e157",
     # copied field by field by rollout_selection.select_rollouts
     "openrlhf.trainer.ppo_utils.experience:Experience": "97bf8975b9f48f13",
     # settings.parse_launcher_args stops where train() asks for its strategy
@@ -108,9 +115,8 @@ def patch_module(module) -> None:
         for name in ("_compute_rollout_stats", "save_logs_and_checkpoints", "init_checkpoint_states"):
             replace_method(module.BasePPOTrainer, name, globals()[name], module)
     elif module.__name__ == SAMPLES_MODULE:
-        replace_method(
-            module.SamplesGenerator, "_process_response_into_experience", _process_response_into_experience, module
-        )
+        for name in ("_process_response_into_experience", "_generate_vllm"):
+            replace_method(module.SamplesGenerator, name, globals()[name], module)
     elif module.__name__ == AGENT_MODULE:
         for name in ("_fetch_rewards_via_http", "_fetch_rewards_via_func"):
             replace_method(module.SingleTurnAgentExecutor, name, globals()[name], module)
@@ -163,6 +169,58 @@ def init_checkpoint_states(self):
 # ---- trainer process: openrlhf/trainer/ppo_utils/samples_generator.py, SamplesGenerator ----
 
 
+def _generator_settings(self) -> Optional[RunSettings]:
+    """The run's settings in this samples generator (resolved once); None for OpenRLHF's own estimators."""
+    if self.args.algo.advantage.estimator not in GD2PO_ESTIMATORS:
+        return None
+    if not hasattr(self, "gd2po_settings"):
+        self.gd2po_settings = resolve_settings(self.args)
+    return self.gd2po_settings
+
+
+def _generate_vllm(self, dataloader_iter, num_prompts: int, dynamic_filtering, **generate_kwargs):
+    """Mirrors ``SamplesGenerator._generate_vllm`` (one batch of prompt groups from the rollout actors): with
+    --gd2po.dynamic_sampling, a training batch runs OpenRLHF's own loop with dynamic filtering on, each group judged
+    by a ``dynamic_sampling.GroupTally`` and each rejected one replaced by a fresh prompt, drawing at most
+    ⌈factor × ``num_prompts``⌉ prompts. At that limit the groups that passed train, with a warning; the dataloader
+    is reported exhausted only when it is. The batch's counts ride on its first rollout (``COUNTS_ATTRIBUTE``)."""
+    upstream = UPSTREAM["SamplesGenerator._generate_vllm"]
+    settings = _generator_settings(self)
+    # generate_samples passes its training iterator; generate_eval_samples another one (never resampled).
+    training = dataloader_iter is getattr(self, "_dataloader_iter", None)
+    if settings is None or not settings.dynamic_sampling or not training:
+        return upstream(self, dataloader_iter, num_prompts, dynamic_filtering, **generate_kwargs)
+    max_prompts = math.ceil(settings.dynamic_sampling_max_prompts_factor * num_prompts)
+    n_samples = generate_kwargs.get("n_samples_per_prompt", self.args.rollout.n_samples_per_prompt)
+    tally = self.gd2po_group_tally = GroupTally(settings, n_samples, self.args.algo.dynamic_filtering_range)
+    try:
+        experiences, consumed, exhausted = upstream(
+            self, itertools.islice(dataloader_iter, max_prompts), num_prompts, True, **generate_kwargs
+        )
+    finally:
+        self.gd2po_group_tally = None
+    counts = tally.counts
+    counts.prompts_consumed = consumed
+    at_limit = consumed >= max_prompts
+    if at_limit and counts.passed < num_prompts:
+        logger.warning(
+            f"--gd2po.dynamic_sampling drew its limit of {max_prompts} prompts "
+            f"(--gd2po.dynamic_sampling_max_prompts_factor {settings.dynamic_sampling_max_prompts_factor:g} × "
+            f"{num_prompts}) and {counts.passed} of {num_prompts} prompt groups passed (pass rate "
+            f"{counts.passed / max(counts.judged, 1):.1%}: {counts.rejected_constant} constant, "
+            f"{counts.rejected_filtered} filtered, {counts.rejected_bad_reward} with a bad reward): training on the "
+            "groups that passed"
+        )
+    if experiences:
+        setattr(experiences[0], COUNTS_ATTRIBUTE, counts)
+    else:
+        logger.warning(
+            f"--gd2po.dynamic_sampling: none of {counts.judged} prompt groups passed; this batch trains nothing"
+        )
+    # islice ends at the limit as if the dataloader had: OpenRLHF would end the epoch there.
+    return experiences, consumed, exhausted and not at_limit
+
+
 def _process_response_into_experience(self, response, **generate_kwargs):
     """Mirrors ``SamplesGenerator._process_response_into_experience`` (one rollout's Experience from the rollout
     actor's response): the remote reward dimensions of a gd2po/gdpo run, from ``{"rewards": {key: value}}`` or
@@ -176,9 +234,8 @@ def _process_response_into_experience(self, response, **generate_kwargs):
             logger.warning(f"no reward for prompt {response.get('prompt')!r:.200}: {reward_error}")
             response = {**response, "extra_logs": {k: v for k, v in extra_logs.items() if k != REWARD_ERROR_KEY}}
         return upstream(self, response, **generate_kwargs)
-    if not hasattr(self, "gd2po_settings"):
-        self.gd2po_settings = resolve_settings(self.args)
-    remote = self.gd2po_settings.remote_dimensions
+    settings = _generator_settings(self)
+    remote = settings.remote_dimensions
     if not remote:
         # OpenRLHF turns every extra_logs value into a tensor: the client's message must never get there.
         if reward_error is not None:
@@ -202,7 +259,7 @@ def _process_response_into_experience(self, response, **generate_kwargs):
         payload = {"rewards": response.get("reward"), "extra_logs": extra_logs}
         values = {key: column[0] for key, column in dimensions_from_payload(payload, 1, remote_keys, where).items()}
     except ValueError as error:
-        if self.gd2po_settings.on_bad_reward != "drop_group":
+        if settings.on_bad_reward != "drop_group":
             raise
         # NaN marks the rollout: the experience maker drops its whole group from the step.
         logger.warning(f"bad reward, its prompt group will be dropped (--gd2po.on_bad_reward drop_group): {error}")
@@ -221,6 +278,9 @@ def _process_response_into_experience(self, response, **generate_kwargs):
     experience = upstream(self, response, **generate_kwargs)
     for key, value in values.items():
         experience.info[f"reward/{key}"] = torch.tensor([value], dtype=torch.float32)
+    tally = getattr(self, "gd2po_group_tally", None)
+    if tally is not None:  # a --gd2po.dynamic_sampling training batch: _generate_vllm tests the group's scores
+        tally.add(experience)
     return experience
 
 

@@ -23,7 +23,13 @@ RESUMED_FLAGS = (
     "sum_rewards",
 )
 # Saved and compared, but acting outside the experience maker (set up before a checkpoint is read): reported only.
-REPORTED_FLAGS = ("on_bad_reward", "reward_chat_template")
+REPORTED_FLAGS = (
+    "on_bad_reward",
+    "reward_chat_template",
+    "dynamic_sampling",
+    "dynamic_sampling_min_kept",
+    "dynamic_sampling_max_prompts_factor",
+)
 
 
 def checkpoint_settings(settings: RunSettings) -> dict:
@@ -44,8 +50,8 @@ def restore_checkpoint_settings(settings: RunSettings, saved: dict) -> Tuple[Run
 
     The checkpoint's ``RESUMED_FLAGS`` replace the command line's, except with --gd2po.resume_with_flags or when the
     estimator or the reward keys changed (the checkpoint's weights would then belong to other dimensions). Other
-    differences (reward sources, the bad-reward policy, the reward chat template) are reported: they act outside
-    the experience maker, in processes and actor groups set up before a checkpoint is read.
+    differences (reward sources, the bad-reward policy, the reward chat template, dynamic sampling) are reported:
+    they act outside the experience maker, in processes and actor groups set up before a checkpoint is read.
     """
     current = checkpoint_settings(settings)
     differences = {name: (saved.get(name), value) for name, value in current.items() if saved.get(name) != value}

@@ -65,6 +65,9 @@ class RunSettings:
     reward_model_key: str = "reward_model"
     cost_model_key: str = "cost"
     resume_with_flags: bool = False
+    dynamic_sampling: bool = False
+    dynamic_sampling_min_kept: int = 1
+    dynamic_sampling_max_prompts_factor: float = 4.0
     preset: Optional[str] = None
 
     @property
@@ -88,6 +91,15 @@ class RunSettings:
             weights=self.reward_weights,
             reward_keys=self.reward_keys,
         )
+
+    def estimator_inputs(self, rewards):
+        """The reward matrix [B, K'] and configuration the estimator runs on: the dimensions' rewards [B, K], or
+        with --gd2po.sum_rewards (the GRPO baseline) their weighted sum Σ_k w_k r_k as the one dimension."""
+        config = self.gd2po_config
+        if not self.sum_rewards:
+            return rewards, config
+        weighted_sum = (rewards * rewards.new_tensor(self.reward_weights)).sum(dim=1, keepdim=True)
+        return weighted_sum, dataclasses.replace(config, weights=(1.0,), reward_keys=("weighted_sum",))
 
     def dimension(self, key: str) -> RewardDimension:
         return next(dim for dim in self.dimensions if dim.key == key)
@@ -159,6 +171,14 @@ def resolve_settings(args) -> RunSettings:
                 "(examples/data/prepare_safe_alignment.py writes it as 'label')"
             )
 
+    dynamic_sampling = bool(_arg(args, "gd2po.dynamic_sampling", defaults.dynamic_sampling))
+    min_kept = _arg(args, "gd2po.dynamic_sampling_min_kept", defaults.dynamic_sampling_min_kept)
+    max_prompts_factor = _arg(
+        args, "gd2po.dynamic_sampling_max_prompts_factor", defaults.dynamic_sampling_max_prompts_factor
+    )
+    if dynamic_sampling:
+        _check_dynamic_sampling(args, dimensions, n_samples, min_kept, max_prompts_factor)
+
     settings = RunSettings(
         estimator=estimator,
         n_samples_per_prompt=n_samples,
@@ -176,10 +196,41 @@ def resolve_settings(args) -> RunSettings:
         reward_model_key=_arg(args, "gd2po.reward_model_key", defaults.reward_model_key),
         cost_model_key=_arg(args, "gd2po.cost_model_key", defaults.cost_model_key),
         resume_with_flags=bool(_arg(args, "gd2po.resume_with_flags", defaults.resume_with_flags)),
+        dynamic_sampling=dynamic_sampling,
+        dynamic_sampling_min_kept=min_kept,
+        dynamic_sampling_max_prompts_factor=max_prompts_factor,
         preset=_arg(args, "gd2po.config"),
     )
     settings.gd2po_config  # GD2POConfig validates τ, ε and the weights: refused here, at parse time
     return settings
+
+
+def _check_dynamic_sampling(args, dimensions, n_samples: int, min_kept, max_prompts_factor) -> None:
+    """--gd2po.dynamic_sampling's flags fit together; raises ValueError naming the flag."""
+    if _arg(args, "algo.dynamic_filtering_enable"):
+        raise ValueError(
+            "--gd2po.dynamic_sampling and --algo.dynamic_filtering_enable both resample prompt groups: use one. "
+            "--gd2po.dynamic_sampling tests every reward dimension with the estimator (a group trains when a rollout "
+            "survives the conflict filter with a non-zero score); OpenRLHF's tests the mean of the summed reward"
+        )
+    models = [dim for dim in dimensions if dim.source in MODEL_SOURCES]
+    if models:
+        raise ValueError(
+            "--gd2po.dynamic_sampling tests each prompt group when its rollouts arrive from the rollout actors, "
+            f"before the reward/cost model groups score them; reward key {models[0].key!r} comes from the "
+            f"{models[0].source.replace('_', ' ')} {models[0].location}. Use it with dimensions from a reward file, "
+            "server or agent (--reward.remote_url, --train.agent_func_path) only, as OpenRLHF's dynamic filtering"
+        )
+    if isinstance(min_kept, bool) or not isinstance(min_kept, int) or not 1 <= min_kept <= n_samples:
+        raise ValueError(
+            f"--gd2po.dynamic_sampling_min_kept must be an integer in [1, --rollout.n_samples_per_prompt = "
+            f"{n_samples}], got {min_kept!r}"
+        )
+    if not isinstance(max_prompts_factor, (int, float)) or not 1 <= max_prompts_factor < float("inf"):
+        raise ValueError(
+            "--gd2po.dynamic_sampling_max_prompts_factor must be a finite number >= 1 (the most prompts one batch "
+            f"may draw, as a multiple of its prompts), got {max_prompts_factor!r}"
+        )
 
 
 def resolve_dimensions(args) -> Tuple[RewardDimension, ...]:
@@ -326,6 +377,12 @@ def describe(args, settings: RunSettings) -> str:
         f"  drop filtered     {filtered}",
         f"  KL                {kl}",
         f"  on bad reward     {settings.on_bad_reward}",
+        f"  dynamic sampling  a prompt group trains when at least {settings.dynamic_sampling_min_kept} of its "
+        f"{settings.n_samples_per_prompt} rollouts survive the filter with a non-zero score "
+        f"(|κ Σ_k w_k A_k|·L > 1e-8); a rejected group is replaced by a fresh prompt, at most "
+        f"{settings.dynamic_sampling_max_prompts_factor:g} × the batch's prompts drawn per batch"
+        if settings.dynamic_sampling
+        else "  dynamic sampling  off",
         f"  reward models see {rendering}"
         if any(dim.source in MODEL_SOURCES for dim in settings.dimensions)
         else None,

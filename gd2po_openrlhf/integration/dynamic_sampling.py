@@ -1,0 +1,124 @@
+"""Conflict-aware dynamic sampling (``--gd2po.dynamic_sampling``), run inside OpenRLHF's dynamic-filtering loop.
+
+OpenRLHF's ``SamplesGenerator._generate_vllm`` turns each prompt's rollouts into Experiences together, as they come
+back from the rollout actors (one list comprehension of ``_process_response_into_experience``). With dynamic
+filtering on, it then drops the group unless the mean of its ``Experience.scores`` (OpenRLHF's "binary score for
+dynamic sampling") lies strictly inside ``--algo.dynamic_filtering_range``, and dispatches a fresh prompt in its
+place. The plugin runs that loop unchanged:
+
+1. ``openrlhf_patches._generate_vllm`` runs it with filtering on for a training batch, drawing at most
+   ⌈``--gd2po.dynamic_sampling_max_prompts_factor`` × the batch's prompts⌉ prompts;
+2. ``openrlhf_patches._process_response_into_experience`` hands each rollout to the :class:`GroupTally`, which
+   judges a group at its last rollout (:func:`judge_group`, i.e. ``estimator.group_verdicts``) and writes the
+   verdict into the group's scores: the range's midpoint if it passes, its lower bound if not (``low < mean``
+   fails);
+3. the batch's :class:`SamplingCounts` ride on its first rollout to the experience maker, which logs them
+   (:func:`sampling_metrics`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from ..estimator import group_verdicts
+from ..rewards import MAX_ABS_REWARD
+from .settings import RunSettings
+
+VERDICTS = ("passed", "rejected_constant", "rejected_filtered", "rejected_bad_reward")
+# The Experience attribute that carries a batch's SamplingCounts from the samples generator to the experience maker.
+COUNTS_ATTRIBUTE = "gd2po_sampling_counts"
+
+
+@dataclass
+class SamplingCounts:
+    """Prompt groups judged while one batch was sampled, by verdict, and what they cost."""
+
+    prompts_consumed: int = 0
+    passed: int = 0
+    rejected_constant: int = 0  # every weighted dimension constant within the group
+    rejected_filtered: int = 0  # varying, but fewer than min_kept rollouts survive with a non-zero score
+    rejected_bad_reward: int = 0  # a reward arrived bad (--gd2po.on_bad_reward drop_group)
+    generated_rollouts: int = 0
+
+    def __add__(self, other: "SamplingCounts") -> "SamplingCounts":
+        return SamplingCounts(
+            *(getattr(self, f.name) + getattr(other, f.name) for f in dataclasses.fields(SamplingCounts))
+        )
+
+    @property
+    def judged(self) -> int:
+        return self.passed + self.rejected_constant + self.rejected_filtered + self.rejected_bad_reward
+
+
+def judge_group(group: List, settings: RunSettings) -> str:
+    """The verdict (one of ``VERDICTS``) on one prompt's rollouts, Experiences with ``info["reward/<key>"]``."""
+    rewards = torch.stack(
+        [torch.cat([e.info[f"reward/{key}"].reshape(-1) for e in group]).double() for key in settings.reward_keys],
+        dim=1,
+    )
+    if not bool((torch.isfinite(rewards) & (rewards.abs() <= MAX_ABS_REWARD)).all()):
+        return "rejected_bad_reward"
+    lengths = torch.cat([e.action_mask.sum(dim=-1) for e in group])
+    estimator_rewards, config = settings.estimator_inputs(rewards)
+    verdict = group_verdicts(
+        estimator_rewards,
+        torch.zeros(len(rewards), dtype=torch.int64),
+        lengths,
+        config,
+        settings.dynamic_sampling_min_kept,
+    )
+    if bool(verdict.passed[0]):
+        return "passed"
+    return "rejected_constant" if bool(verdict.constant[0]) else "rejected_filtered"
+
+
+class GroupTally:
+    """Collects the rollouts of each prompt as OpenRLHF processes them, judges each complete group and writes the
+    verdict into its ``scores`` for OpenRLHF's range test (``score_range``: ``--algo.dynamic_filtering_range``)."""
+
+    def __init__(self, settings: RunSettings, n_samples: int, score_range: Tuple[float, float]):
+        self.settings = settings
+        self.n_samples = n_samples
+        low, high = score_range
+        self.pass_score, self.reject_score = (low + high) / 2, low
+        self.counts = SamplingCounts()
+        self.pending: List = []
+
+    def add(self, experience) -> Optional[str]:
+        """Take one rollout's Experience; returns the group's verdict at its last rollout, None before."""
+        self.pending.append(experience)
+        if len(self.pending) < self.n_samples:
+            return None
+        group, self.pending = self.pending, []
+        prompts = {repr(e.prompts[0]) for e in group}
+        if len(prompts) > 1:
+            raise RuntimeError(
+                f"--gd2po.dynamic_sampling judges {self.n_samples} consecutive rollouts as one prompt's group, but "
+                f"they belong to {len(prompts)} prompts: this OpenRLHF no longer processes a prompt's rollouts "
+                "together in SamplesGenerator._generate_vllm (see gd2po_openrlhf/integration/dynamic_sampling.py)"
+            )
+        verdict = judge_group(group, self.settings)
+        setattr(self.counts, verdict, getattr(self.counts, verdict) + 1)
+        self.counts.generated_rollouts += len(group)
+        score = self.pass_score if verdict == "passed" else self.reject_score
+        for experience in group:
+            experience.scores = torch.tensor([score], dtype=torch.float32)
+        return verdict
+
+
+def sampling_metrics(counts: SamplingCounts, trained_rollouts: int) -> Dict[str, float]:
+    """``gd2po/dynamic_sampling/*`` of one step. ``trained_rollouts``: the step's rollouts the filter kept.
+
+    pass_rate = passed groups / judged groups; generated_per_trained_rollout = generated rollouts (passed and
+    rejected groups) / ``trained_rollouts``: the generation one trained rollout cost.
+    """
+    prefix = "gd2po/dynamic_sampling/"
+    metrics = {prefix + name: float(getattr(counts, name)) for name in ("prompts_consumed",) + VERDICTS[1:]}
+    metrics[prefix + "pass_rate"] = counts.passed / max(counts.judged, 1)
+    metrics[prefix + "generated_rollouts"] = float(counts.generated_rollouts)
+    metrics[prefix + "generated_per_trained_rollout"] = counts.generated_rollouts / max(trained_rollouts, 1)
+    return metrics

@@ -77,10 +77,34 @@ def test_dry_run_reward_file(reward_file):
     assert result.returncode == 0, result.stderr
     assert "filter            snr (τ = 0.8, ε = 1e-08)" in result.stdout
     assert "on bad reward     error" in result.stdout
+    assert "dynamic sampling  off" in result.stdout
     for key in ("correctness", "format", "length"):
         assert f"reward/{key}" in result.stdout
     assert result.stdout.count(f"reward_function  {reward_file}  weight +1") == 3
     assert "exiting before Ray starts" in result.stdout
+
+
+@pytest.mark.subprocess
+def test_dry_run_prints_the_dynamic_sampling_predicate(reward_file):
+    result = launcher_subprocess(
+        VALID_GD2PO
+        + [
+            "--reward.remote_url",
+            reward_file,
+            "--gd2po.dynamic_sampling",
+            "--gd2po.dynamic_sampling_min_kept",
+            "2",
+            "--gd2po.dynamic_sampling_max_prompts_factor",
+            "3",
+        ],
+        env={"GD2PO_DRY_RUN": "1"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert (
+        "dynamic sampling  a prompt group trains when at least 2 of its 4 rollouts survive the filter with a non-zero "
+        "score (|κ Σ_k w_k A_k|·L > 1e-8); a rejected group is replaced by a fresh prompt, at most 3 × the batch's "
+        "prompts drawn per batch"
+    ) in result.stdout
 
 
 @pytest.mark.subprocess
@@ -138,6 +162,33 @@ def test_dry_run_reward_and_cost_model_with_explicit_entry_point():
             "--reward.remote_url '' has an empty entry",
         ),
         (["--reward.remote_url", "http://127.0.0.1:5000/get_reward,"], "has an empty entry"),
+        (
+            ["--gd2po.dynamic_sampling", "--algo.dynamic_filtering_enable"],
+            "--gd2po.dynamic_sampling and --algo.dynamic_filtering_enable both resample prompt groups: use one",
+        ),
+        (
+            [
+                "--gd2po.dynamic_sampling",
+                "--reward.model_name_or_path",
+                "org/rm",
+                "--gd2po.reward_keys",
+                "correctness",
+                "reward_model",
+            ],
+            "reward key 'reward_model' comes from the reward model org/rm",
+        ),
+        (
+            ["--gd2po.dynamic_sampling", "--gd2po.dynamic_sampling_min_kept", "5"],
+            "--gd2po.dynamic_sampling_min_kept must be an integer in [1, --rollout.n_samples_per_prompt = 4], got 5",
+        ),
+        (
+            ["--gd2po.dynamic_sampling", "--gd2po.dynamic_sampling_max_prompts_factor", "0.5"],
+            "--gd2po.dynamic_sampling_max_prompts_factor must be a finite number >= 1",
+        ),
+        (
+            ["--gd2po.dynamic_sampling", "--gd2po.dynamic_sampling_max_prompts_factor", "inf"],
+            "--gd2po.dynamic_sampling_max_prompts_factor must be a finite number >= 1",
+        ),
     ],
 )
 def test_parse_time_errors(reward_file, argv, message, capsys):
@@ -233,6 +284,14 @@ def test_a_stock_estimator_dry_run_runs_openrlhfs_checks_too(reward_file):
         (
             VALID_GD2PO + ["--algo.advantage.estimator", "group_norm"],
             "the estimator is given twice: --advantage_estimator gd2po, --algo.advantage.estimator group_norm",
+        ),
+        (
+            VALID_GD2PO + ["--gd2po.dynamic_sampling_min_kept", "2"],
+            "--gd2po.dynamic_sampling_min_kept only act with --gd2po.dynamic_sampling: add it or drop them",
+        ),
+        (
+            ["--algo.advantage.estimator", "group_norm", "--gd2po.dynamic_sampling"],
+            "--gd2po.dynamic_sampling only acts with --advantage_estimator gd2po or gdpo",
         ),
         (
             VALID_GD2PO + ["--gd2po.filter", "hard", "--gd2po.snr_threshold", "0.5"],

@@ -277,6 +277,56 @@ def test_c_async_trainer(e2e):
     assert_trained_and_synced(result, assets, syncs=2)
 
 
+@pytest.mark.parametrize("trainer", ["sync", "async"])
+def test_g_dynamic_sampling_with_drop_filtered(e2e, trainer):
+    """--gd2po.dynamic_sampling in OpenRLHF's own replacement loop, in the sync trainer actor or the async
+    GenerateSamplesActor: every group that trains passed the GD²PO test, rejected ones were replaced, and
+    gd2po/dynamic_sampling/* reach TensorBoard (from the async generator, with the rollouts)."""
+    assets, head, root = e2e
+    run_dir = root / f"g_{trainer}"
+    flags = (
+        harness.base_flags(assets, run_dir)
+        + [
+            "--advantage_estimator",
+            "gd2po",
+            "--reward.remote_url",
+            str(assets.reward_file),
+            "--gd2po.reward_keys",
+            *TASK_KEYS,
+            "--gd2po.dynamic_sampling",
+            "--gd2po.dynamic_sampling_min_kept",
+            "2",
+            "--gd2po.dynamic_sampling_max_prompts_factor",
+            "2",
+            "--gd2po.drop_filtered",
+            "--data.max_samples",
+            "32",  # room for replacements: up to 2 × 8 prompts per step
+        ]
+        + (["--train.async_enable"] if trainer == "async" else [])
+    )
+    result = harness.run_launcher(f"g: --gd2po.dynamic_sampling, {trainer}", flags, run_dir, head).check()
+    scalars = result.scalars()
+    prefix = "train/gd2po/dynamic_sampling/"
+    steps = len(scalars[prefix + "pass_rate"])
+    assert steps >= 2, f"g: {steps} steps logged"
+    for step in range(steps):
+        consumed = scalars[prefix + "prompts_consumed"][step]
+        passed = scalars[prefix + "pass_rate"][step] * consumed
+        rejected = sum(scalars[prefix + f"rejected_{why}"][step] for why in ("constant", "filtered", "bad_reward"))
+        # 8 prompts, plus one per rejected group, at most 2 × 8; the last step may find the dataset short.
+        assert (8 <= consumed or step == steps - 1) and consumed <= 16
+        assert passed + rejected == pytest.approx(consumed)
+        assert scalars[prefix + "generated_rollouts"][step] == 4 * consumed
+        # OpenRLHF's rollout statistics describe the rollouts of the groups that passed, and only those.
+        assert scalars["train/rollout/num_samples"][step] == pytest.approx(4 * passed)
+        assert scalars[prefix + "generated_per_trained_rollout"][step] >= 1.0
+    assert sum(scalars[prefix + "rejected_constant"]) + sum(scalars[prefix + "rejected_filtered"]) > 0, (
+        "g: no group was rejected, the replacement loop was not exercised"
+    )
+    assert "Filtered out: avg_reward=0.00, threshold=(0.00, 1.00)" in result.log  # OpenRLHF's loop dropped them
+    assert "[gd2po e2e stand-in] torch.cuda shim active" in result.log
+
+
 def test_d_two_data_parallel_actor_ranks_and_a_logged_only_dimension(e2e):
     """2 actor ranks; brevity has weight 0: logged (train/reward/brevity) but not trained on."""
     assets, head, root = e2e

@@ -209,7 +209,8 @@ def _generate_vllm(self, dataloader_iter, num_prompts: int, dynamic_filtering, *
             f"{num_prompts}) and {counts.passed} of {num_prompts} prompt groups passed (pass rate "
             f"{counts.passed / max(counts.judged, 1):.1%}: {counts.rejected_constant} constant, "
             f"{counts.rejected_filtered} filtered, {counts.rejected_bad_reward} with a bad reward): training on the "
-            "groups that passed"
+            "groups that passed. A batch of fewer rollouts than --train.batch_size leaves DeepSpeed's gradient "
+            "accumulation mid-window, as any short batch in OpenRLHF: raise the factor if this recurs"
         )
     if experiences:
         setattr(experiences[0], COUNTS_ATTRIBUTE, counts)

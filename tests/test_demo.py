@@ -10,7 +10,7 @@ import sys
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-ESTIMATORS = ["grpo", "gdpo", "gd2po_hard", "gd2po_snr"]
+ESTIMATORS = ["grpo", "gdpo", "gd2po_hard", "gd2po_snr", "gdpo_ds", "gd2po_snr_ds"]
 STEPS = 3
 
 
@@ -44,7 +44,7 @@ def demo_output(tmp_path_factory):
 
 
 @pytest.mark.subprocess
-def test_table_lists_the_four_estimators(demo_output):
+def test_table_lists_every_arm(demo_output):
     out, stdout = demo_output
     with open(out / "summary.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -63,6 +63,9 @@ def test_table_lists_the_four_estimators(demo_output):
     assert "| collapsed to `[EOS]` |" in markdown.splitlines()[2] and all(
         row["collapsed"].endswith("/1") for row in rows
     )
+    assert "| generated rollouts to target |" in markdown.splitlines()[2]
+    assert [row["mean pass rate"] == "" for row in rows] == [not row["estimator"].endswith("_ds") for row in rows]
+    assert all(0 < float(row["mean pass rate"]) <= 1 for row in rows if row["estimator"].endswith("_ds"))
     assert "| gd2po_snr |" in stdout  # the table is printed too
     assert "--advantage_estimator gd2po --gd2po.filter snr" in stdout  # the equivalent cluster command
 
@@ -99,6 +102,15 @@ def test_results_file_records_versions_seeds_settings_and_curves(demo_output):
     assert results["curves"]["grpo"][0]["gd2po/keep_ratio"] == [1.0] * STEPS
     assert results["curves"]["gdpo"][0]["gd2po/keep_ratio"] == [1.0] * STEPS
     assert "--gd2po.filter" in results["command_lines"]["gd2po_snr"]
+    # Without dynamic sampling every step generates its 4 prompts × 4 rollouts; with it, at least that many when
+    # groups were rejected and replaced (at most 4 × 4 prompts), fewer only if it hit the limit.
+    for name in ("grpo", "gdpo", "gd2po_hard", "gd2po_snr"):
+        assert results["curves"][name][0]["generated_rollouts"] == [16.0] * STEPS
+    for name in ("gdpo_ds", "gd2po_snr_ds"):
+        (curves,) = results["curves"][name]
+        assert "--gd2po.dynamic_sampling" in results["command_lines"][name]
+        assert all(16 <= generated <= 64 for generated in curves["generated_rollouts"])
+        assert len(curves["gd2po/dynamic_sampling/pass_rate"]) == STEPS
 
 
 @pytest.mark.subprocess
@@ -121,6 +133,8 @@ def test_tensorboard_logs_carry_the_cluster_tags(demo_output):
         logged = [event.value for event in events.Scalars("train/reward")]
         assert [event.step for event in events.Scalars("train/reward")] == list(range(1, STEPS + 1))
         assert logged == pytest.approx(results["curves"][name][0]["reward"])
+        if name.endswith("_ds"):
+            assert {"train/gd2po/dynamic_sampling/pass_rate", "train/generated_rollouts"} <= tags
         if name.startswith("gd2po"):
             # the plugin's experience maker produced these, as in a cluster run
             assert {

@@ -40,11 +40,18 @@ def summarize(curves: Curves, target: float) -> List[dict]:
         row = {"estimator": name, "seeds": len(runs)}
         for key in [f"reward/{k}" for k in REWARD_KEYS] + ["reward"]:
             row[f"final {key}"] = statistics.fmean(statistics.fmean(run[key][-WINDOW:]) for run in runs)
-        reached = [steps for steps in (steps_to_target(run["reward"], target) for run in runs) if steps is not None]
+        steps = [steps_to_target(run["reward"], target) for run in runs]
+        reached = [s for s in steps if s is not None]
+        # Generation is what dynamic sampling spends: the rollouts generated up to the step the target was reached.
+        generated = [sum(run["generated_rollouts"][:s]) for run, s in zip(runs, steps) if s is not None]
         row["target"] = target
         row["reached"] = f"{len(reached)}/{len(runs)}"
         row["steps to target mean"] = statistics.fmean(reached) if reached else None
         row["steps to target std"] = statistics.pstdev(reached) if reached else None
+        row["generated rollouts to target mean"] = statistics.fmean(generated) if generated else None
+        row["generated rollouts to target std"] = statistics.pstdev(generated) if generated else None
+        pass_rates = [value for run in runs for value in run.get("gd2po/dynamic_sampling/pass_rate", [])]
+        row["mean pass rate"] = statistics.fmean(pass_rates) if pass_rates else None
         collapsed = sum(
             statistics.fmean(run["reward/brevity"][-WINDOW:]) >= COLLAPSED_BREVITY
             and statistics.fmean(run["reward/correctness"][-WINDOW:]) <= COLLAPSED_CORRECTNESS
@@ -73,23 +80,30 @@ def write_report(rows: List[dict], curves: Curves, settings, out: Path) -> str:
     headers = (
         ["estimator"]
         + [f"final {k}" for k in REWARD_KEYS]
-        + ["final total", "steps to target", "reached", "collapsed to `[EOS]`", "mean abs adv", "conflict", "kept"]
+        + ["final total", "steps to target", "generated rollouts to target", "reached", "collapsed to `[EOS]`"]
+        + ["mean abs adv", "conflict", "kept", "pass rate"]
     )
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
         steps = row["steps to target mean"]
         steps_cell = "—" if steps is None else f"{steps:.1f} ± {row['steps to target std']:.1f}"
+        generated = row["generated rollouts to target mean"]
+        generated_cell = (
+            "—" if generated is None else f"{generated:.0f} ± {row['generated rollouts to target std']:.0f}"
+        )
         cells = (
             [row["estimator"]]
             + [_cell(row[f"final reward/{k}"]) for k in REWARD_KEYS]
             + [
                 _cell(row["final reward"]),
                 steps_cell,
+                generated_cell,
                 row["reached"],
                 row["collapsed"],
                 _cell(row["mean advantage_abs_mean"]),
                 _cell(row["mean gd2po/conflict_ratio"]),
                 _cell(row["mean gd2po/keep_ratio"]),
+                _cell(row["mean pass rate"]),
             ]
         )
         lines.append("| " + " | ".join(cells) + " |")
@@ -101,7 +115,10 @@ def write_report(rows: List[dict], curves: Curves, settings, out: Path) -> str:
         f"first step whose {WINDOW}-step moving average of the total reward reaches {settings.target} (mean ± std "
         "over "
         f"the seeds that reached it); conflict = share of rollouts with mixed-sign per-dimension advantages; kept = "
-        f"share of rollouts the filter kept; collapsed = seeds whose last {WINDOW} steps have brevity >= "
+        f"share of rollouts the filter kept (of the trained batch); generated rollouts to target = rollouts generated "
+        "up to that step (with dynamic sampling, rejected groups included); pass rate = share of prompt groups that "
+        "passed dynamic sampling's test; rewards are means over every rollout generated in a step; "
+        f"collapsed = seeds whose last {WINDOW} steps have brevity >= "
         f"{COLLAPSED_BREVITY} and correctness <= {COLLAPSED_CORRECTNESS} (the empty answer).\n"
     )
     (out / "summary.md").write_text(note + "\n" + table + "\n")

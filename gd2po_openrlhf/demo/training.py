@@ -1,5 +1,6 @@
 """The demo's training loop, one cluster-run step at a time, with transformers' ``generate`` in place of vLLM:
-  1. P prompts × G rollouts sampled from the policy with ``generate``;
+  1. P prompts × G rollouts sampled from the policy with ``generate`` (with --gd2po.dynamic_sampling, rounds of
+     OpenRLHF's dynamic-filtering loop: ``sample_dynamically``);
   2. each rollout goes through OpenRLHF's ``SingleTurnAgentExecutor`` (what the vLLM rollout actors
      run), which calls the reward file ``task.py``: one value per reward dimension;
   3. OpenRLHF's ``SamplesGenerator`` turns each response into an ``Experience`` (the plugin's patch puts
@@ -16,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import functools
+import math
 import random
 import sys
 from pathlib import Path
@@ -28,7 +30,8 @@ from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from gd2po_openrlhf import GD2POConfig, compute_rollout_advantages
-from gd2po_openrlhf.integration.settings import parse_launcher_args
+from gd2po_openrlhf.integration.dynamic_sampling import COUNTS_ATTRIBUTE, GroupTally
+from gd2po_openrlhf.integration.settings import RunSettings, parse_launcher_args
 
 from . import task
 
@@ -50,6 +53,9 @@ ESTIMATORS = {
         *KEYS,
     ],
 }
+# The same with --gd2po.dynamic_sampling: a step trains on groups that passed its test, replacements drawn as needed.
+ESTIMATORS["gdpo_ds"] = ESTIMATORS["gdpo"] + ["--gd2po.dynamic_sampling"]
+ESTIMATORS["gd2po_snr_ds"] = ESTIMATORS["gd2po_snr"] + ["--gd2po.dynamic_sampling"]
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
@@ -152,6 +158,47 @@ def sample_rollouts(policy, tokenizer, executor, samples_generator, prompts, lab
     return [samples_generator._process_response_into_experience(response, max_len=max_len) for response in responses]
 
 
+def sample_dynamically(
+    policy,
+    tokenizer,
+    executor,
+    samples_generator,
+    settings: RunSettings,
+    prompt_rng,
+    num_prompts: int,
+    group_size: int,
+):
+    """OpenRLHF's dynamic-filtering loop (``SamplesGenerator._generate_vllm``) as the demo runs it, in rounds: the
+    plugin's ``GroupTally`` judges each group while ``_process_response_into_experience`` builds its Experiences,
+    OpenRLHF's range test on their scores keeps it or not, and every rejected group is replaced by a fresh prompt,
+    at most ⌈factor × ``num_prompts``⌉ prompts in all. Rounds instead of one prompt at a time give the same groups:
+    the policy does not change while a batch is sampled.
+
+    Returns every rollout generated and the rollouts of the groups that passed (the batch).
+    """
+    max_prompts = math.ceil(settings.dynamic_sampling_max_prompts_factor * num_prompts)
+    low, high = samples_generator.args.algo.dynamic_filtering_range
+    tally = samples_generator.gd2po_group_tally = GroupTally(settings, group_size, (low, high))
+    generated, batch, drawn = [], [], 0
+    try:
+        while len(batch) < num_prompts * group_size and drawn < max_prompts:
+            wanted = min(num_prompts - len(batch) // group_size, max_prompts - drawn)
+            prompts, labels = zip(*(task.make_prompt(prompt_rng) for _ in range(wanted)))
+            drawn += wanted
+            samples = sample_rollouts(policy, tokenizer, executor, samples_generator, prompts, labels, group_size)
+            generated += samples
+            for start in range(0, len(samples), group_size):
+                group = samples[start : start + group_size]
+                if low < sum(float(e.scores[0]) for e in group) / group_size < high:
+                    batch += group
+    finally:
+        samples_generator.gd2po_group_tally = None
+    tally.counts.prompts_consumed = drawn
+    if batch:
+        setattr(batch[0], COUNTS_ATTRIBUTE, tally.counts)
+    return generated, batch
+
+
 def ppo_update(policy, optimizer, policy_loss, experiences, num_mini_batches: int) -> List[float]:
     """The actor's update: consecutive micro-batches form ``num_mini_batches`` mini-batches, one optimiser
     step each (gradients averaged over the mini-batch's micro-batches, clipped at norm 1)."""
@@ -205,17 +252,44 @@ def run_estimator(name: str, settings, warm_policy, tokenizer, seed: int, writer
     diagnostics = GD2POConfig(filter="none", reward_keys=tuple(KEYS))  # GRPO's conflict ratio, measured alike
     curves: Dict[str, List[float]] = {}
     progress = tqdm(range(1, settings.steps + 1), desc=f"{name:<10} seed {seed}", file=sys.stdout, mininterval=1.0)
+    dynamic = maker.settings is not None and maker.settings.dynamic_sampling
     for step in progress:
-        prompts, labels = zip(*(task.make_prompt(prompt_rng) for _ in range(settings.prompts_per_step)))
-        samples = sample_rollouts(policy, tokenizer, executor, samples_generator, prompts, labels, group_size)
-        experiences = maker.split_rollout_samples(samples)
+        if dynamic:
+            generated, batch = sample_dynamically(
+                policy,
+                tokenizer,
+                executor,
+                samples_generator,
+                maker.settings,
+                prompt_rng,
+                settings.prompts_per_step,
+                group_size,
+            )
+        else:
+            prompts, labels = zip(*(task.make_prompt(prompt_rng) for _ in range(settings.prompts_per_step)))
+            generated = batch = sample_rollouts(
+                policy, tokenizer, executor, samples_generator, prompts, labels, group_size
+            )
+        # The policy's rewards: over every rollout generated this step (with dynamic sampling, rejected groups too).
+        rewards = torch.stack([torch.cat([e.info[f"reward/{key}"] for e in generated]).double() for key in KEYS], 1)
+        values = {f"reward/{key}": float(rewards[:, k].mean()) for k, key in enumerate(KEYS)}
+        values["reward"] = float(rewards.sum(1).mean())
+        values["response_length"] = float(torch.cat([e.response_length for e in generated]).double().mean())
+        values["generated_rollouts"] = float(len(generated))
+        if not batch:  # dynamic sampling: no group passed (e.g. a collapsed policy, every group constant)
+            metrics = {"gd2po/conflict_ratio": 0.0, "gd2po/keep_ratio": 0.0, "gd2po/dynamic_sampling/pass_rate": 0.0}
+            values.update(advantage_abs_mean=0.0, policy_loss=0.0, **metrics)
+            for key, value in values.items():
+                curves.setdefault(key, []).append(value)
+                writer.add_scalar(f"train/{key}", value, step)
+            continue
+        experiences = maker.split_rollout_samples(batch)
         with torch.no_grad():
             for experience in experiences:
                 experience.action_log_probs = action_log_probs(policy, experience)
                 experience.kl = torch.zeros_like(experience.action_log_probs)
         experiences = maker.compute_advantages_and_returns(experiences)
 
-        rewards = torch.stack([torch.cat([e.info[f"reward/{key}"] for e in experiences]).double() for key in KEYS], 1)
         lengths = torch.cat([e.action_mask.sum(-1) for e in experiences])
         if name == "grpo":
             group_ids = torch.tensor([i for e in experiences for i in e.index]) // group_size
@@ -227,9 +301,6 @@ def run_estimator(name: str, settings, warm_policy, tokenizer, seed: int, writer
 
         losses = ppo_update(policy, optimizer, policy_loss, experiences, settings.updates_per_step)
 
-        values = {f"reward/{key}": float(rewards[:, k].mean()) for k, key in enumerate(KEYS)}
-        values["reward"] = float(rewards.sum(1).mean())
-        values["response_length"] = float(lengths.double().mean())
         values["advantage_abs_mean"] = advantage_abs
         values["policy_loss"] = sum(losses) / len(losses)
         values.update(metrics)

@@ -111,3 +111,22 @@ def test_preset_values_are_validated(tmp_path):
     path.write_text(json.dumps({"filter": "snr", "snr_threshold": 2}))
     with pytest.raises(ValueError, match="must lie in"):
         GD2POConfig.from_json(str(path))
+
+
+def test_a_preset_turns_dynamic_sampling_on(tmp_path):
+    preset = tmp_path / "dynamic.yaml"
+    preset.write_text(
+        f"gd2po:\n  dynamic_sampling: true\n  dynamic_sampling_min_kept: 2\n  reward_keys: [correctness]\n"
+        f"reward:\n  remote_url: {CONFIGS.parent / 'examples' / 'rewards' / 'tool_calling.py'}\n"
+    )
+    args = parse_launcher_args(
+        ["--advantage_estimator", "gd2po", "--rollout.n_samples_per_prompt", "4", "--gd2po.config", str(preset)]
+    )
+    settings = resolve_settings(args)
+    assert (settings.dynamic_sampling, settings.dynamic_sampling_min_kept) == (True, 2)
+    assert settings.dynamic_sampling_max_prompts_factor == 4.0
+    with pytest.raises(SystemExit):  # a preset's value is checked as a flag's would be
+        preset.write_text(preset.read_text().replace("min_kept: 2", "min_kept: 9"))
+        parse_launcher_args(
+            ["--advantage_estimator", "gd2po", "--rollout.n_samples_per_prompt", "4", "--gd2po.config", str(preset)]
+        )

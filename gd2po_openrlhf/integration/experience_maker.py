@@ -8,7 +8,8 @@ but gd2po/gdpo goes to OpenRLHF untouched. For gd2po/gdpo, one step of ``make_ex
 1. ``make_experience``: OpenRLHF's forwards, plus one ``info["reward/<key>"]`` column per reward/cost model group
    (remote dimensions arrived with the rollouts: ``openrlhf_patches._process_response_into_experience``);
 2. ``compute_advantages_and_returns``, a pipeline:
-   stack the rewards [B, K] → drop groups with a bad reward → estimate (``estimator.compute_rollout_advantages``) →
+   stack the rewards [B, K] → drop groups with a bad reward → the step's weights (--cost.budget's λ,
+   --gd2po.reward_weight_schedule: ``_step_settings``) → estimate (``estimator.compute_rollout_advantages``) →
    write the token advantages (+ KL returns) → select the rollouts to train (``rollout_selection``);
 3. ``take_step_report``: the step's ``gd2po/*`` metrics and the rollouts OpenRLHF's statistics describe, read once
    by the patched ``BasePPOTrainer._compute_rollout_stats``.
@@ -31,11 +32,19 @@ from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
 from openrlhf.trainer.ray.launcher import RayActorGroup, RewardModelActor
 from openrlhf.utils.logging_utils import init_logger
 
+from ..constraints import dual_ascent
 from ..estimator import compute_rollout_advantages
 from ..rewards import MAX_ABS_REWARD
 from .dynamic_sampling import COUNTS_ATTRIBUTE, SamplingCounts, sampling_metrics
 from .rollout_selection import rollouts_to_train, select_rollouts
-from .settings import GD2PO_ESTIMATORS, MODEL_SOURCES, REMOTE_SOURCES, RunSettings, resolve_settings
+from .settings import (
+    GD2PO_ESTIMATORS,
+    MODEL_SOURCES,
+    REMOTE_SOURCES,
+    RunSettings,
+    replace_weights,
+    resolve_settings,
+)
 
 logger = init_logger(__name__)
 
@@ -60,9 +69,15 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
         self.gd2po_model_groups: Dict[str, RayActorGroup] = {}
         self._step_report: Optional[StepReport] = None
         self._sampling_counts: Optional[SamplingCounts] = None  # --gd2po.dynamic_sampling: this step's batch
+        # Steps whose advantages this maker computed (OpenRLHF's global step; a resumed run sets it from the
+        # checkpoint): the position of --gd2po.reward_weight_schedule.
+        self.completed_steps = 0
+        self.constraint_lambda: Optional[float] = None  # --cost.budget: λ after the last step (checkpointed)
         if self.advantage_estimator not in GD2PO_ESTIMATORS:
             return
         self.settings = resolve_settings(self.args)
+        if self.settings.cost_budget is not None:
+            self.constraint_lambda = self.settings.lambda_init
         remote_used = bool(self.settings.remote_dimensions)
         # Tokenizers of the model groups that score their own chat template's rendering, by reward key.
         self.gd2po_model_tokenizers = {}
@@ -232,9 +247,10 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
         lengths = torch.cat([exp.action_mask.sum(dim=-1) for exp in experiences])
         rewards, dropped = self._drop_bad_groups(experiences, rewards, indices, groups)
         good = ~dropped
-        weighted_total = (rewards * torch.tensor(self.settings.reward_weights, dtype=rewards.dtype)).sum(dim=1)
+        settings, weight_metrics = self._step_settings(rewards[good])
+        weighted_total = (rewards * torch.tensor(settings.reward_weights, dtype=rewards.dtype)).sum(dim=1)
         # The estimator on the valid rollouts (with --gd2po.sum_rewards, on their weighted sum).
-        estimator_rewards, config = self.settings.estimator_inputs(rewards[good])
+        estimator_rewards, config = settings.estimator_inputs(rewards[good])
         result = compute_rollout_advantages(estimator_rewards, groups[good], lengths[good], config)
         rollout_advantages = torch.zeros(len(indices), dtype=result.rollout_advantages.dtype)
         rollout_advantages[good] = result.rollout_advantages
@@ -243,6 +259,7 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
         self._write_advantages(experiences, rollout_advantages, keep, weighted_total.float())
 
         metrics = {f"gd2po/{name}": value for name, value in result.metrics.items()}
+        metrics.update(weight_metrics)
         if self.settings.on_bad_reward == "drop_group":
             metrics["gd2po/dropped_bad_groups"] = float(groups[dropped].unique().numel())
         if self._sampling_counts is not None:
@@ -260,6 +277,37 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
             metrics["gd2po/trained_ratio"] = int(selected.sum()) / len(indices)
         self._step_report = StepReport(generated=generated, metrics=metrics)
         return trained
+
+    def _step_settings(self, rewards: torch.Tensor) -> Tuple[RunSettings, Dict[str, float]]:
+        """This step's settings and their metrics; counts the step.
+
+        With --cost.budget, λ takes one dual-ascent step (``constraints.dual_ascent``) on the batch mean of the
+        budgeted dimension over ``rewards`` (the valid rollouts [B, K]) before the estimator sees it; with
+        --gd2po.reward_weight_schedule, each scheduled weight is read at this step. Unchanged settings otherwise.
+        """
+        settings, step = self.settings, self.completed_steps
+        self.completed_steps += 1
+        if not settings.weights_move:
+            return settings, {}
+        metrics = {}
+        if settings.cost_budget is not None:
+            key = settings.constraint_key
+            batch_mean = float(rewards[:, settings.reward_keys.index(key)].mean())
+            self.constraint_lambda, violation = dual_ascent(
+                self.constraint_lambda,
+                batch_mean,
+                settings.cost_budget,
+                is_cost=settings.dimension(key).weight < 0,
+                learning_rate=settings.lambda_lr,
+                max_multiplier=settings.lambda_max,
+                log_space=settings.lambda_log_space,
+            )
+            metrics[f"gd2po/lambda/{key}"] = self.constraint_lambda
+            metrics[f"gd2po/constraint_violation/{key}"] = violation
+            metrics[f"gd2po/constraint_mean/{key}"] = batch_mean
+        weights = settings.step_weights(step, self.constraint_lambda)
+        metrics.update({f"gd2po/weight/{key}": weight for key, weight in zip(settings.reward_keys, weights)})
+        return replace_weights(settings, weights), metrics
 
     def _stack_rewards(self, experiences: List[Experience]) -> torch.Tensor:
         """The rewards [B, K] (float64, rollouts in the experiences' order, one column per reward key); a batch

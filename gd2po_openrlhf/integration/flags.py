@@ -148,6 +148,22 @@ def add_gd2po_arguments(parser: argparse.ArgumentParser) -> None:
         "passed, with a warning naming the pass rate",
     )
     group.add_argument(
+        "--gd2po.reward_weight_schedule",
+        nargs="+",
+        action="extend",
+        metavar="KEY=START:END:STEPS[:SHAPE]",
+        default=None,
+        help="move a reward key's weight from START to END over STEPS global steps, then keep END; SHAPE is linear "
+        "(default), cosine or step (START until STEPS, then END). Repeatable, one per key; logged as "
+        "train/gd2po/weight/<key> and restored on resume. E.g. length=0:1:100:cosine",
+    )
+    group.add_argument(
+        "--gd2po.constraint_key",
+        default=None,
+        metavar="KEY",
+        help="the reward key --cost.budget constrains (default: the cost model's, --gd2po.cost_model_key)",
+    )
+    group.add_argument(
         "--gd2po.resume_with_flags",
         action="store_true",
         default=DEFAULTS.resume_with_flags,
@@ -201,6 +217,46 @@ def add_gd2po_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         default=COST_GROUP_DEFAULTS["cost.normalize_enable"],
         help="use the cost model's stored mean/std normalisation",
+    )
+
+
+    cost.add_argument(
+        "--cost.budget",
+        type=float,
+        default=DEFAULTS.cost_budget,
+        metavar="D",
+        help="a budget on the batch mean of the cost dimension (the cost model's, or --gd2po.constraint_key) instead "
+        "of a fixed weight: its weight becomes -λ (reward weight -1 given: a cost, the budget is a ceiling) or +λ "
+        "(+1 given: a safety score, the budget is a floor), λ updated each step by projected dual ascent, "
+        "λ ← clip(λ + lr·violation, 0, λ_max). Logged as train/gd2po/lambda/<key> and "
+        "train/gd2po/constraint_violation/<key>; saved in checkpoints",
+    )
+    cost.add_argument(
+        "--cost.lambda_init",
+        type=float,
+        default=DEFAULTS.lambda_init,
+        metavar="L",
+        help=f"λ at the first step (default {DEFAULTS.lambda_init:g})",
+    )
+    cost.add_argument(
+        "--cost.lambda_lr",
+        type=float,
+        default=DEFAULTS.lambda_lr,
+        metavar="LR",
+        help=f"dual ascent step size of λ per unit of violation (default {DEFAULTS.lambda_lr:g})",
+    )
+    cost.add_argument(
+        "--cost.lambda_max",
+        type=float,
+        default=DEFAULTS.lambda_max,
+        metavar="L",
+        help=f"upper clip of λ (default {DEFAULTS.lambda_max:g})",
+    )
+    cost.add_argument(
+        "--cost.lambda_log_space",
+        action="store_true",
+        default=DEFAULTS.lambda_log_space,
+        help="dual ascent on log λ (λ ← λ·exp(lr·violation), as Safe RLHF): λ moves by factors and never reaches 0",
     )
 
 

@@ -142,7 +142,9 @@ def save_logs_and_checkpoints(self, global_step, logs_dict=None, client_states=N
     client state, saved and loaded with every checkpoint."""
     settings = getattr(self.experience_maker, "settings", None)
     if settings is not None:
-        client_states = {**(client_states or {}), "gd2po": checkpoint_settings(settings)}
+        # The run's state beside its settings: --cost.budget's λ (the schedule's position is the global step).
+        state = {"constraint_lambda": self.experience_maker.constraint_lambda}
+        client_states = {**(client_states or {}), "gd2po": checkpoint_settings(settings), "gd2po_state": state}
     return UPSTREAM["BasePPOTrainer.save_logs_and_checkpoints"](self, global_step, logs_dict, client_states)
 
 
@@ -153,6 +155,7 @@ def init_checkpoint_states(self):
     maker = self.experience_maker
     if getattr(maker, "settings", None) is None or not states.get("global_step"):
         return states  # not a GD²PO run, or not resuming
+    maker.completed_steps = states["global_step"]  # where --gd2po.reward_weight_schedule goes on
     if "gd2po" not in states:
         logger.warning(
             "the checkpoint holds no GD²PO settings (saved without the plugin, or by another estimator): "
@@ -162,7 +165,20 @@ def init_checkpoint_states(self):
     maker.settings, warning = restore_checkpoint_settings(maker.settings, states["gd2po"])
     if warning:
         logger.warning(warning)
-    logger.info(f"GD²PO settings after resuming: {checkpoint_settings(maker.settings)}")
+    settings = maker.settings
+    if settings.cost_budget is not None:
+        saved_lambda = states.get("gd2po_state", {}).get("constraint_lambda")
+        same_key = states["gd2po"].get("gd2po.constraint_key") == settings.constraint_key
+        if saved_lambda is not None and same_key:
+            maker.constraint_lambda = min(max(float(saved_lambda), 0.0), settings.lambda_max)
+            logger.info(f"--cost.budget: λ of reward/{settings.constraint_key} resumes at {maker.constraint_lambda:g}")
+        else:
+            maker.constraint_lambda = settings.lambda_init
+            logger.warning(
+                f"--cost.budget: the checkpoint holds no λ for reward/{settings.constraint_key}: starting from "
+                f"--cost.lambda_init {settings.lambda_init:g}"
+            )
+    logger.info(f"GD²PO settings after resuming: {checkpoint_settings(settings)}")
     return states
 
 

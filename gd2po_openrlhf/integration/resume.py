@@ -11,34 +11,41 @@ from typing import Optional, Tuple
 
 from .settings import RunSettings, replace_weights
 
-# The settings that define the advantages a run trains on: a resumed run restores the checkpoint's.
-RESUMED_FLAGS = (
-    "filter",
-    "snr_threshold",
-    "snr_eps",
-    "reward_weights",
-    "no_reweight",
-    "no_whiten",
-    "drop_filtered",
-    "sum_rewards",
-)
+# The settings that define the advantages a run trains on, by flag: a resumed run restores the checkpoint's.
+RESUMED_FLAGS = {
+    "gd2po.filter": "filter",
+    "gd2po.snr_threshold": "snr_threshold",
+    "gd2po.snr_eps": "snr_eps",
+    "gd2po.reward_weights": "reward_weights",
+    "gd2po.no_reweight": "no_reweight",
+    "gd2po.no_whiten": "no_whiten",
+    "gd2po.drop_filtered": "drop_filtered",
+    "gd2po.sum_rewards": "sum_rewards",
+    "gd2po.reward_weight_schedule": "reward_weight_schedule",
+    "gd2po.constraint_key": "constraint_key",
+    "cost.budget": "cost_budget",
+    "cost.lambda_init": "lambda_init",
+    "cost.lambda_lr": "lambda_lr",
+    "cost.lambda_max": "lambda_max",
+    "cost.lambda_log_space": "lambda_log_space",
+}
 # Saved and compared, but acting outside the experience maker (set up before a checkpoint is read): reported only.
-REPORTED_FLAGS = (
-    "on_bad_reward",
-    "reward_chat_template",
-    "dynamic_sampling",
-    "dynamic_sampling_min_kept",
-    "dynamic_sampling_max_prompts_factor",
-)
+REPORTED_FLAGS = {
+    "gd2po.on_bad_reward": "on_bad_reward",
+    "gd2po.reward_chat_template": "reward_chat_template",
+    "gd2po.dynamic_sampling": "dynamic_sampling",
+    "gd2po.dynamic_sampling_min_kept": "dynamic_sampling_min_kept",
+    "gd2po.dynamic_sampling_max_prompts_factor": "dynamic_sampling_max_prompts_factor",
+}
 
 
 def checkpoint_settings(settings: RunSettings) -> dict:
     """The run's GD²PO settings as saved with each OpenRLHF checkpoint (plain Python values).
 
-    ``gd2po.<flag>`` entries hold the flags' resolved values; ``dimensions`` lists each reward dimension as
-    [key, source, location].
+    ``gd2po.<flag>`` and ``cost.<flag>`` entries hold the flags' resolved values; ``dimensions`` lists each reward
+    dimension as [key, source, location].
     """
-    saved = {f"gd2po.{name}": getattr(settings, name) for name in RESUMED_FLAGS + REPORTED_FLAGS}
+    saved = {flag: getattr(settings, name) for flag, name in {**RESUMED_FLAGS, **REPORTED_FLAGS}.items()}
     saved["gd2po.reward_weights"] = list(settings.reward_weights)
     saved["estimator"] = settings.estimator
     saved["dimensions"] = [[dim.key, dim.source, dim.location] for dim in settings.dimensions]
@@ -54,13 +61,16 @@ def restore_checkpoint_settings(settings: RunSettings, saved: dict) -> Tuple[Run
     they act outside the experience maker, in processes and actor groups set up before a checkpoint is read.
     """
     current = checkpoint_settings(settings)
+    # A flag the checkpoint lacks came with a later plugin version: the checkpoint's run had the flag's default.
+    defaults = checkpoint_settings(RunSettings())
+    saved = {**{flag: defaults[flag] for flag in RESUMED_FLAGS.keys() | REPORTED_FLAGS.keys()}, **saved}
     differences = {name: (saved.get(name), value) for name, value in current.items() if saved.get(name) != value}
     if not differences:
         return settings, None
     same_keys = [d[0] for d in saved.get("dimensions", [])] == [d[0] for d in current["dimensions"]]
     restore = same_keys and saved.get("estimator") == current["estimator"] and not settings.resume_with_flags
-    restored = [name for name in differences if restore and name.removeprefix("gd2po.") in RESUMED_FLAGS]
-    values = {name.removeprefix("gd2po."): differences[name][0] for name in restored}
+    restored = [name for name in differences if restore and name in RESUMED_FLAGS]
+    values = {RESUMED_FLAGS[name]: differences[name][0] for name in restored}
     weights = values.pop("reward_weights", None)
     settings = dataclasses.replace(settings, **values)
     if weights is not None:
@@ -69,7 +79,7 @@ def restore_checkpoint_settings(settings: RunSettings, saved: dict) -> Tuple[Run
     def listed(names):
         return "; ".join(
             f"--{name} checkpoint {differences[name][0]!r}, command line {differences[name][1]!r}"
-            if name.startswith("gd2po.")
+            if name.startswith(("gd2po.", "cost."))
             else f"{name}: checkpoint {differences[name][0]!r}, command line {differences[name][1]!r}"
             for name in names
         )

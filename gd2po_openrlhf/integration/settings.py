@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
-from ..config import GD2POConfig
+from ..config import MAX_ABS_WEIGHT, GD2POConfig
+from ..constraints import WeightSchedule
 
 GD2PO_ESTIMATORS = ("gd2po", "gdpo")
 REMOTE_SOURCES = ("reward_function", "reward_server", "agent")
@@ -68,6 +70,14 @@ class RunSettings:
     dynamic_sampling: bool = False
     dynamic_sampling_min_kept: int = 1
     dynamic_sampling_max_prompts_factor: float = 4.0
+    # --cost.budget: λ of ``constraint_key``'s dimension by dual ascent (``constraints.dual_ascent``).
+    constraint_key: Optional[str] = None  # resolved: --gd2po.constraint_key, else the cost model's key
+    cost_budget: Optional[float] = None
+    lambda_init: float = 1.0
+    lambda_lr: float = 0.1
+    lambda_max: float = 10.0
+    lambda_log_space: bool = False
+    reward_weight_schedule: Tuple[str, ...] = ()  # --gd2po.reward_weight_schedule KEY=START:END:STEPS[:SHAPE]
     preset: Optional[str] = None
 
     @property
@@ -100,6 +110,24 @@ class RunSettings:
             return rewards, config
         weighted_sum = (rewards * rewards.new_tensor(self.reward_weights)).sum(dim=1, keepdim=True)
         return weighted_sum, dataclasses.replace(config, weights=(1.0,), reward_keys=("weighted_sum",))
+
+    @property
+    def weight_schedules(self) -> Tuple[WeightSchedule, ...]:
+        return tuple(WeightSchedule.parse(text) for text in self.reward_weight_schedule)
+
+    @property
+    def weights_move(self) -> bool:
+        """Whether a budget or a schedule changes the weights from step to step."""
+        return self.cost_budget is not None or bool(self.reward_weight_schedule)
+
+    def step_weights(self, step: int, multiplier: Optional[float]) -> Tuple[float, ...]:
+        """The weights of global step ``step`` (steps already trained): a scheduled dimension's ``weight_at(step)``,
+        the budgeted one's ±λ (the sign of its --gd2po.reward_weights entry: −λ for a cost, +λ for a safety score),
+        the others' fixed weights."""
+        scheduled = {schedule.key: schedule.weight_at(step) for schedule in self.weight_schedules}
+        if self.cost_budget is not None:
+            scheduled[self.constraint_key] = math.copysign(multiplier, self.dimension(self.constraint_key).weight)
+        return tuple(scheduled.get(dim.key, dim.weight) for dim in self.dimensions)
 
     def dimension(self, key: str) -> RewardDimension:
         return next(dim for dim in self.dimensions if dim.key == key)
@@ -179,6 +207,16 @@ def resolve_settings(args) -> RunSettings:
     if dynamic_sampling:
         _check_dynamic_sampling(args, dimensions, n_samples, min_kept, max_prompts_factor)
 
+    constraint_key, budget_settings = _resolve_budget(args, dimensions)
+    schedules = tuple(_arg(args, "gd2po.reward_weight_schedule") or ())
+    _check_schedules(args, dimensions, schedules, constraint_key)
+    if dynamic_sampling and (constraint_key or schedules):
+        raise ValueError(
+            "--gd2po.dynamic_sampling tests each prompt group with the run's fixed weights where its rollouts are "
+            "generated, which never sees a step's λ or scheduled weights: drop --gd2po.dynamic_sampling, or "
+            + ("--cost.budget" if constraint_key else "--gd2po.reward_weight_schedule")
+        )
+
     settings = RunSettings(
         estimator=estimator,
         n_samples_per_prompt=n_samples,
@@ -199,6 +237,9 @@ def resolve_settings(args) -> RunSettings:
         dynamic_sampling=dynamic_sampling,
         dynamic_sampling_min_kept=min_kept,
         dynamic_sampling_max_prompts_factor=max_prompts_factor,
+        constraint_key=constraint_key,
+        **budget_settings,
+        reward_weight_schedule=schedules,
         preset=_arg(args, "gd2po.config"),
     )
     settings.gd2po_config  # GD2POConfig validates τ, ε and the weights: refused here, at parse time
@@ -231,6 +272,94 @@ def _check_dynamic_sampling(args, dimensions, n_samples: int, min_kept, max_prom
             "--gd2po.dynamic_sampling_max_prompts_factor must be a finite number >= 1 (the most prompts one batch "
             f"may draw, as a multiple of its prompts), got {max_prompts_factor!r}"
         )
+
+
+def _resolve_budget(args, dimensions) -> Tuple[Optional[str], dict]:
+    """The budgeted reward key (None without --cost.budget) and the --cost.budget/lambda_* values; raises ValueError
+    naming the flag that does not fit."""
+    defaults = RunSettings()
+    budget = _arg(args, "cost.budget")
+    values = {
+        "cost_budget": budget,
+        "lambda_init": _arg(args, "cost.lambda_init", defaults.lambda_init),
+        "lambda_lr": _arg(args, "cost.lambda_lr", defaults.lambda_lr),
+        "lambda_max": _arg(args, "cost.lambda_max", defaults.lambda_max),
+        "lambda_log_space": bool(_arg(args, "cost.lambda_log_space", defaults.lambda_log_space)),
+    }
+    given_key = _arg(args, "gd2po.constraint_key")
+    if budget is None:
+        flags = [f"--cost.{name}" for name in ("lambda_init", "lambda_lr", "lambda_max", "lambda_log_space")]
+        given = [flag for flag, (name, value) in zip(flags, list(values.items())[1:]) if value != getattr(defaults, name)]
+        given += ["--gd2po.constraint_key"] if given_key else []
+        if given:
+            raise ValueError(f"{', '.join(given)} only act with --cost.budget: add it or drop them")
+        return None, values
+    cost_models = [dim.key for dim in dimensions if dim.source == "cost_model"]
+    key = given_key or (cost_models[0] if cost_models else None)
+    keys = [dim.key for dim in dimensions]
+    if key is None:
+        raise ValueError(
+            "--cost.budget needs the dimension it constrains: a cost model (--cost.model_name_or_path) or "
+            f"--gd2po.constraint_key naming one of the reward keys {keys}"
+        )
+    if key not in keys:
+        raise ValueError(f"--gd2po.constraint_key {key!r} is not one of the reward keys {keys}")
+    if _arg(args, "gd2po.reward_weights") is None:
+        raise ValueError(
+            f"--cost.budget on reward key {key!r}: give its sign in --gd2po.reward_weights. -1 for a cost (higher is "
+            "more harmful, e.g. a Beaver cost model): the budget is a ceiling and the step's weight is -λ. +1 for a "
+            "score (higher is safer, e.g. the GD²PO authors' safety model): the budget is a floor, weight +λ"
+        )
+    weight = next(dim.weight for dim in dimensions if dim.key == key)
+    if abs(weight) != 1:
+        raise ValueError(
+            f"--gd2po.reward_weights gives the budgeted reward key {key!r} the weight {weight:g}; λ replaces its "
+            "magnitude each step, so give only its sign: -1 (a cost, the budget is a ceiling) or +1 (a score, the "
+            "budget is a floor)"
+        )
+    for name, value in values.items():
+        if name != "lambda_log_space" and (isinstance(value, bool) or not math.isfinite(value)):
+            raise ValueError(f"--cost.{name.removeprefix('cost_')} must be a finite number, got {value!r}")
+    if not 0 < values["lambda_max"] <= MAX_ABS_WEIGHT:
+        raise ValueError(f"--cost.lambda_max must lie in (0, {MAX_ABS_WEIGHT:g}], got {values['lambda_max']!r}")
+    low = 0 if not values["lambda_log_space"] else math.nextafter(0, 1)
+    if not low <= values["lambda_init"] <= values["lambda_max"]:
+        raise ValueError(
+            f"--cost.lambda_init must lie in [0, --cost.lambda_max = {values['lambda_max']:g}]"
+            + (" and be > 0 with --cost.lambda_log_space (λ moves by factors)" if values["lambda_log_space"] else "")
+            + f", got {values['lambda_init']!r}"
+        )
+    if values["lambda_lr"] < 0:
+        raise ValueError(f"--cost.lambda_lr must be >= 0, got {values['lambda_lr']!r}")
+    return key, values
+
+
+def _check_schedules(args, dimensions, schedules, constraint_key: Optional[str]) -> None:
+    """--gd2po.reward_weight_schedule entries parse, name a reward key once each, stay off the budgeted key and
+    start where an explicit --gd2po.reward_weights puts the key; raises ValueError naming the entry."""
+    keys = [dim.key for dim in dimensions]
+    given_weights = _arg(args, "gd2po.reward_weights")
+    seen = set()
+    for text in schedules:
+        schedule = WeightSchedule.parse(text)
+        if schedule.key not in keys:
+            raise ValueError(f"--gd2po.reward_weight_schedule {text!r}: {schedule.key!r} is not one of {keys}")
+        if schedule.key in seen:
+            raise ValueError(f"--gd2po.reward_weight_schedule schedules reward key {schedule.key!r} twice")
+        seen.add(schedule.key)
+        if schedule.key == constraint_key:
+            raise ValueError(
+                f"--gd2po.reward_weight_schedule {text!r} and --cost.budget both set the weight of {schedule.key!r}: "
+                "the budget's λ moves it; use one"
+            )
+        if max(abs(schedule.start), abs(schedule.end)) > MAX_ABS_WEIGHT:
+            raise ValueError(f"--gd2po.reward_weight_schedule {text!r}: weights must satisfy |w| <= {MAX_ABS_WEIGHT:g}")
+        fixed = next(dim.weight for dim in dimensions if dim.key == schedule.key)
+        if given_weights is not None and fixed != schedule.start:
+            raise ValueError(
+                f"--gd2po.reward_weight_schedule {text!r} starts at {schedule.start:g} but --gd2po.reward_weights "
+                f"gives {schedule.key!r} the weight {fixed:g}: make them agree"
+            )
 
 
 def resolve_dimensions(args) -> Tuple[RewardDimension, ...]:
@@ -383,6 +512,12 @@ def describe(args, settings: RunSettings) -> str:
         f"{settings.dynamic_sampling_max_prompts_factor:g} × the batch's prompts drawn per batch"
         if settings.dynamic_sampling
         else "  dynamic sampling  off",
+        _budget_line(settings),
+        *(
+            f"  weight schedule   reward/{s.key} {s.start:g} → {s.end:g} over {s.steps} global steps ({s.shape}), then "
+            f"{s.end:g}"
+            for s in settings.weight_schedules
+        ),
         f"  reward models see {rendering}"
         if any(dim.source in MODEL_SOURCES for dim in settings.dimensions)
         else None,
@@ -393,9 +528,33 @@ def describe(args, settings: RunSettings) -> str:
         if dim.source in MODEL_SOURCES:
             group = "cost" if dim.source == "cost_model" else "reward"
             where += f" on {_arg(args, f'{group}.num_nodes', 1)}x{_arg(args, f'{group}.num_gpus_per_node', 1)} GPUs"
-        logged_only = "  (logged, not trained)" if dim.weight == 0 else ""
-        lines.append(f"    reward/{dim.key:<20} {dim.source:<16} {where}  weight {dim.weight:+g}{logged_only}")
+        schedule = next((s for s in settings.weight_schedules if s.key == dim.key), None)
+        if dim.key == settings.constraint_key:
+            weight = f"weight {'-' if dim.weight < 0 else '+'}λ (budget)"
+        elif schedule is not None:
+            weight = f"weight {schedule.start:+g} → {schedule.end:+g} (schedule)"
+        else:
+            weight = f"weight {dim.weight:+g}" + ("  (logged, not trained)" if dim.weight == 0 else "")
+        lines.append(f"    reward/{dim.key:<20} {dim.source:<16} {where}  {weight}")
     return "\n".join(line for line in lines if line is not None)
+
+
+def _budget_line(settings: RunSettings) -> Optional[str]:
+    """The dry run's line for --cost.budget: the constraint, its sign convention and λ's update."""
+    if settings.cost_budget is None:
+        return None
+    is_cost = settings.dimension(settings.constraint_key).weight < 0
+    convention = (
+        "a cost (weight -1 given: higher is more harmful), so the budget is a ceiling and the weight is -λ"
+        if is_cost
+        else "a score (weight +1 given: higher is safer), so the budget is a floor and the weight is +λ"
+    )
+    update = "log λ += lr·violation" if settings.lambda_log_space else "λ += lr·violation"
+    return (
+        f"  cost budget       batch mean of reward/{settings.constraint_key} {'<=' if is_cost else '>='} "
+        f"{settings.cost_budget:g}: {convention}; each step {update} (λ_0 = {settings.lambda_init:g}, "
+        f"lr {settings.lambda_lr:g}, clipped to [0, {settings.lambda_max:g}])"
+    )
 
 
 def parse_launcher_args(argv: List[str]) -> argparse.Namespace:

@@ -66,7 +66,10 @@ def test_command_line_flags_override_the_preset():
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("gd2po:\n  snr_treshold: 0.5\n", "unknown key 'gd2po.snr_treshold'; allowed: cost.budget, cost.lambda_init, "),
+        (
+            "gd2po:\n  snr_treshold: 0.5\n",
+            "unknown key 'gd2po.snr_treshold'; allowed: cost.budget, cost.lambda_init, ",
+        ),
         ("reward:\n  num_gpus_per_node: 2\n", "unknown key 'reward.num_gpus_per_node'"),
         ("actor:\n  model_name_or_path: x\n", "unknown key 'actor.model_name_or_path'"),
         ("gd2po:\n  filter: strict\n", "gd2po.filter: expected one of ['none', 'hard', 'snr'], got 'strict'"),

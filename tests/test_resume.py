@@ -6,6 +6,7 @@ from types import SimpleNamespace
 from unittest import mock
 
 import openrlhf.trainer.ppo_trainer as ppo_trainer
+import pytest
 import ray
 import torch
 from gd2po_testing import openrlhf_strategy, rollout_experiences
@@ -73,9 +74,12 @@ def resume(base):
         return base.init_checkpoint_states()
 
 
-def advantages(base, seed=0):
+def advantages(base, seed=0, b=None):
+    """One step of the base's experience maker on random rewards (b's column set to ``b`` if given)."""
     generator = torch.Generator().manual_seed(seed)
     rewards = torch.randint(0, 3, (6 * N, 2), generator=generator).float()
+    if b is not None:
+        rewards[:, 1] = b
     lengths = torch.randint(1, 9, (6 * N,), generator=generator)
     samples = rollout_experiences(rewards, lengths, N, 4, reward_keys=["a", "b"])
     for i, sample in enumerate(samples):
@@ -185,3 +189,85 @@ def test_a_checkpoint_without_settings_is_reported(tmp_path, reward_file, caplog
     assert "gd2po" not in torch.load(tmp_path / "_actor" / "global_step3" / "client_states.pt", weights_only=False)
     resume(trainer(tmp_path, reward_file, "--ckpt.load_enable"))
     assert "the checkpoint holds no GD²PO settings" in caplog.text
+
+
+BUDGET = ("--gd2po.reward_weights", "1", "-1", "--cost.budget", "0.25", "--gd2po.constraint_key", "b")
+
+
+def test_resume_restores_lambda_and_the_schedule_position(tmp_path, reward_file, caplog):
+    # b = 0 on every rollout: its batch mean is 0, so λ falls by 0.1 · 0.25 a step.
+    flags = BUDGET + ("--cost.lambda_lr", "0.1", "--gd2po.reward_weight_schedule", "a=1:3:4")
+    original = trainer(tmp_path, reward_file, *flags)
+    for seed in range(3):
+        advantages(original, seed, b=0.0)
+    assert original.experience_maker.constraint_lambda == pytest.approx(1.0 - 3 * 0.025)
+    save(original, step=3)
+    states = torch.load(tmp_path / "_actor" / "global_step3" / "client_states.pt", weights_only=False)
+    assert states["gd2po_state"] == {"constraint_lambda": pytest.approx(0.925)}
+    assert states["gd2po"]["cost.budget"] == 0.25 and states["gd2po"]["gd2po.reward_weight_schedule"] == ("a=1:3:4",)
+
+    resumed = trainer(tmp_path, reward_file, *flags, "--ckpt.load_enable")
+    resume(resumed)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    maker = resumed.experience_maker
+    assert (maker.constraint_lambda, maker.completed_steps) == (pytest.approx(0.925), 3)
+    advantages(resumed, 3, b=0.0)
+    metrics = maker.take_step_report().metrics
+    # The fourth step (t = 3): a's weight 1 + 2 · 3/4, λ one more step down; the same as the original's fourth.
+    assert metrics["gd2po/weight/a"] == 2.5 and metrics["gd2po/lambda/b"] == pytest.approx(0.9)
+    advantages(original, 3, b=0.0)
+    assert original.experience_maker.take_step_report().metrics == metrics
+
+
+def test_a_changed_budget_warns_and_the_checkpoints_is_restored(tmp_path, reward_file, caplog):
+    original = trainer(tmp_path, reward_file, *BUDGET)
+    advantages(original, b=0.0)
+    save(original)
+    resumed = trainer(
+        tmp_path,
+        reward_file,
+        *BUDGET[:-4],
+        "--cost.budget",
+        "0.75",
+        "--gd2po.constraint_key",
+        "b",
+        "--ckpt.load_enable",
+    )
+    resume(resumed)
+    assert "Restored from the checkpoint: --cost.budget checkpoint 0.25, command line 0.75" in caplog.text
+    assert resumed.experience_maker.settings.cost_budget == 0.25
+    assert resumed.experience_maker.constraint_lambda == pytest.approx(1.0 - 0.1 * 0.25)
+
+
+def test_a_budget_added_on_resume_starts_from_lambda_init(tmp_path, reward_file, caplog):
+    save(trainer(tmp_path, reward_file, "--gd2po.reward_weights", "1", "-1"))
+    resumed = trainer(
+        tmp_path, reward_file, *BUDGET, "--cost.lambda_init", "2", "--gd2po.resume_with_flags", "--ckpt.load_enable"
+    )
+    resume(resumed)
+    assert (
+        "Kept from the command line (--gd2po.resume_with_flags): --gd2po.constraint_key checkpoint None" in caplog.text
+    )
+    assert "--cost.budget checkpoint None, command line 0.25" in caplog.text
+    assert "the checkpoint holds no λ for reward/b: starting from --cost.lambda_init 2" in caplog.text
+    assert resumed.experience_maker.constraint_lambda == 2.0
+
+
+def test_a_checkpoint_saved_before_budgets_existed_resumes_silently(tmp_path, reward_file, caplog):
+    save(trainer(tmp_path, reward_file))
+    path = tmp_path / "_actor" / "global_step3" / "client_states.pt"
+    states = torch.load(path, weights_only=False)
+    for flag in (
+        "gd2po.reward_weight_schedule",
+        "gd2po.constraint_key",
+        "cost.budget",
+        "cost.lambda_init",
+        "cost.lambda_lr",
+        "cost.lambda_max",
+        "cost.lambda_log_space",
+    ):
+        del states["gd2po"][flag]
+    del states["gd2po_state"]
+    torch.save(states, path)
+    resume(trainer(tmp_path, reward_file, "--ckpt.load_enable"))
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]

@@ -219,7 +219,6 @@ def add_gd2po_arguments(parser: argparse.ArgumentParser) -> None:
         help="use the cost model's stored mean/std normalisation",
     )
 
-
     cost.add_argument(
         "--cost.budget",
         type=float,

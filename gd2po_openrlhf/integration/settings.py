@@ -289,7 +289,9 @@ def _resolve_budget(args, dimensions) -> Tuple[Optional[str], dict]:
     given_key = _arg(args, "gd2po.constraint_key")
     if budget is None:
         flags = [f"--cost.{name}" for name in ("lambda_init", "lambda_lr", "lambda_max", "lambda_log_space")]
-        given = [flag for flag, (name, value) in zip(flags, list(values.items())[1:]) if value != getattr(defaults, name)]
+        given = [
+            flag for flag, (name, value) in zip(flags, list(values.items())[1:]) if value != getattr(defaults, name)
+        ]
         given += ["--gd2po.constraint_key"] if given_key else []
         if given:
             raise ValueError(f"{', '.join(given)} only act with --cost.budget: add it or drop them")
@@ -353,7 +355,9 @@ def _check_schedules(args, dimensions, schedules, constraint_key: Optional[str])
                 "the budget's λ moves it; use one"
             )
         if max(abs(schedule.start), abs(schedule.end)) > MAX_ABS_WEIGHT:
-            raise ValueError(f"--gd2po.reward_weight_schedule {text!r}: weights must satisfy |w| <= {MAX_ABS_WEIGHT:g}")
+            raise ValueError(
+                f"--gd2po.reward_weight_schedule {text!r}: weights must satisfy |w| <= {MAX_ABS_WEIGHT:g}"
+            )
         fixed = next(dim.weight for dim in dimensions if dim.key == schedule.key)
         if given_weights is not None and fixed != schedule.start:
             raise ValueError(

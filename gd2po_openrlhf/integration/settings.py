@@ -518,8 +518,8 @@ def describe(args, settings: RunSettings) -> str:
         else "  dynamic sampling  off",
         _budget_line(settings),
         *(
-            f"  weight schedule   reward/{s.key} {s.start:g} → {s.end:g} over {s.steps} global steps ({s.shape}), then "
-            f"{s.end:g}"
+            f"  weight schedule   reward/{s.key} {s.start:g} → {s.end:g} over {s.steps} global steps ({s.shape}), "
+            f"then {s.end:g}"
             for s in settings.weight_schedules
         ),
         f"  reward models see {rendering}"

@@ -69,6 +69,7 @@ class Assets:
     reward_model: Path  # value head stored as score_head (--ds.value_head_prefix score_head)
     cost_model: Path  # likewise
     own_template_reward_model: Path  # another tokenizer (vocabulary order and chat template) than the policy's
+    length_cost_model: Path  # cost = LENGTH_COST_SCALE · r / (prompt tokens + r) for a response of r tokens
     prompts: Path
     reward_file: Path
 
@@ -117,6 +118,56 @@ def _score_model(tokenizer, seed: int, path: Path, head: str = "score") -> Path:
     return path
 
 
+LENGTH_COST_SCALE = 10.0
+
+
+def _length_cost_model(tokenizer, path: Path, marker: str = "max") -> Path:
+    """A cost model whose cost tracks response length: a 1-layer Llama with hand-set weights, saved with its value
+    head as ``score_head``. Every prompt starts with ``marker``; the query and key projections are zero, so
+    attention averages over the n tokens, and the marker's share of them, 1/n, reaches the value head:
+    cost = LENGTH_COST_SCALE · (1 − P/n) = LENGTH_COST_SCALE · r / (P + r) for a prompt of P tokens (6 here) and
+    a response of r, within 0.05 in float32 (checked by the e2e module against OpenRLHF's own reward model)."""
+    from safetensors.torch import load_file, save_file
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from gd2po_openrlhf.demo import task
+
+    hidden, carrier = 32, 100.0  # a large constant dimension makes each RMSNorm a fixed scale of 1/carrier
+    prompt_tokens = len(task.make_prompt(random.Random(0))[0].split())
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+        num_labels=1,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    model = LlamaForSequenceClassification(config)
+    layer = model.model.layers[0]
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.zero_()
+        for norm in (layer.input_layernorm, layer.post_attention_layernorm, model.model.norm):
+            norm.weight.fill_(1.0)
+        model.model.embed_tokens.weight[:, 1] = carrier
+        model.model.embed_tokens.weight[tokenizer.convert_tokens_to_ids(marker), 2] = 1.0
+        layer.self_attn.v_proj.weight[0, 2] = 1.0  # the marker, normalised to ≈ sqrt(hidden)/carrier ...
+        layer.self_attn.o_proj.weight[0, 0] = carrier**2 / hidden  # ... averaged (1/n) into dimension 0
+        model.score.weight[0, 1] = LENGTH_COST_SCALE / hidden**0.5  # the constant dimension: the scale
+        model.score.weight[0, 0] = -LENGTH_COST_SCALE * prompt_tokens  # minus scale · P/n
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    weights = load_file(str(path / "model.safetensors"))
+    weights["score_head.weight"] = weights.pop("score.weight")
+    save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
+    return path
+
+
 def build_assets(root: Path, num_prompts: int = 32) -> Assets:
     """The demo's task as a launcher run: a warm-started 2-layer Llama policy, reward and cost models, prompts."""
     from gd2po_openrlhf.demo import task
@@ -143,6 +194,7 @@ def build_assets(root: Path, num_prompts: int = 32) -> Assets:
             3,
             root / "own_template_reward_model",
         ),
+        length_cost_model=_length_cost_model(tokenizer, root / "length_cost_model"),
         prompts=root / "prompts.jsonl",
         reward_file=Path(TASK_FILE),
     )

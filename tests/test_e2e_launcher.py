@@ -403,3 +403,95 @@ def test_f_plugin_disabled_runs_stock_group_norm(e2e, tmp_path):
     # The reward file's dimensions reach OpenRLHF as its own extra_logs, unchanged by the plugin.
     assert all(len(scalars[f"train/reward/{key}"]) == 2 for key in TASK_KEYS)
     assert_trained_and_synced(result, assets, syncs=2)
+
+
+def test_the_length_cost_model_scores_length(e2e):
+    """The asset scenario h relies on, through OpenRLHF's own reward model class: cost = 10 · r / (6 + r)."""
+    from openrlhf.models import get_llm_for_sequence_regression
+    from transformers import AutoTokenizer
+
+    assets, _, _ = e2e
+    model = get_llm_for_sequence_regression(
+        str(assets.length_cost_model), "reward", value_head_prefix="score_head", attn_implementation="eager"
+    ).eval()
+    tokenizer = AutoTokenizer.from_pretrained(str(assets.length_cost_model))
+    responses = ["", "[EOS]", "<a> 8 </a> [EOS]", "hmm hmm <a> 3 </a> [EOS]", " ".join(["hmm"] * 11) + " [EOS]"]
+    texts = ["max of 3 8 1 : " + response for response in responses]
+    tokenizer.padding_side = "left"  # a padded batch, as the model groups receive it
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.no_grad():
+        costs = model(batch.input_ids, attention_mask=batch.attention_mask).tolist()
+    lengths = [len(response.split()) for response in responses]
+    expected = [harness.LENGTH_COST_SCALE * r / (6 + r) for r in lengths]
+    assert costs == pytest.approx(expected, abs=0.05)
+
+
+def test_h_cost_budget_on_a_cost_model_group_with_a_schedule_and_resume(e2e):
+    """--cost.budget on a cost model group whose cost tracks response length (Beaver convention, weight -1), with
+    --gd2po.reward_weight_schedule on format: λ follows dual ascent on the logged batch mean cost, the weights reach
+    TensorBoard, and a resumed run continues λ and the schedule from the checkpoint."""
+    assets, head, root = e2e
+    run_dir = root / "h"
+    budget = 2.0  # about 1.5 response tokens: the warm-started policy writes ~6, so λ rises
+    flags = [
+        "--advantage_estimator",
+        "gd2po",
+        "--gd2po.snr_threshold",
+        "0.3",
+        "--reward.remote_url",
+        str(assets.reward_file),
+        "--cost.model_name_or_path",
+        str(assets.length_cost_model),
+        "--ds.value_head_prefix",
+        "score_head",
+        "--gd2po.reward_keys",
+        *TASK_KEYS,
+        "cost",
+        "--gd2po.reward_weights",
+        "1",
+        "1",
+        "0",
+        "-1",
+        "--cost.budget",
+        str(budget),
+        "--cost.lambda_lr",
+        "0.5",
+        "--gd2po.reward_weight_schedule",
+        "format=1:0:2",
+    ]
+    result = harness.run_launcher(
+        "h: --cost.budget on a length cost model", harness.base_flags(assets, run_dir) + flags, run_dir, head
+    ).check()
+    scalars = result.scalars()
+    means, lambdas = scalars["train/gd2po/constraint_mean/cost"], scalars["train/gd2po/lambda/cost"]
+    assert len(means) == len(lambdas) == 2
+    # Dual ascent from λ_0 = 1 on the batch mean cost, step by step (λ ← clip(λ + 0.5 · (mean − 2), 0, 10)).
+    expected, lam = [], 1.0
+    for mean in means:
+        lam = min(max(lam + 0.5 * (mean - budget), 0.0), 10.0)
+        expected.append(lam)
+    assert lambdas == pytest.approx(expected, rel=1e-5)
+    assert all(mean > budget for mean in means) and lambdas[1] > lambdas[0] > 1.0, "λ rises while over budget"
+    assert scalars["train/gd2po/constraint_violation/cost"] == pytest.approx([m - budget for m in means], rel=1e-5)
+    assert scalars["train/gd2po/weight/cost"] == pytest.approx([-lam for lam in lambdas], rel=1e-5)
+    assert scalars["train/gd2po/weight/format"] == pytest.approx([1.0, 0.5])
+    assert scalars["train/gd2po/weight/correctness"] == [1.0, 1.0]
+    # The cost tracks length: the mean of 10·r/(6+r) is at most its value at the mean length (concave).
+    for mean, length in zip(means, scalars["train/rollout/response_length_mean"]):
+        assert 0 < mean <= harness.LENGTH_COST_SCALE * length / (6 + length) + 0.05
+    (states_file,) = glob.glob(str(run_dir / "ckpt" / "_actor" / "global_step2" / "mp_rank_00_model_states.pt"))
+    client_state = torch.load(states_file, map_location="cpu", weights_only=False)
+    assert client_state["gd2po_state"]["constraint_lambda"] == pytest.approx(lambdas[1], rel=1e-5)
+    assert client_state["gd2po"]["cost.budget"] == budget
+
+    resume_flags = harness.base_flags(assets, run_dir, steps=3) + flags
+    resume_flags += ["--ckpt.load_enable", "--logger.tensorboard_dir", str(run_dir / "tensorboard_resumed")]
+    resumed = harness.run_launcher("h (resume)", resume_flags, run_dir, head).check()
+    assert f"--cost.budget: λ of reward/cost resumes at {lambdas[1]:g}" in resumed.log
+    resumed_scalars = {
+        tag: [value for _, value in _scalar_files(run_dir / "tensorboard_resumed", f"train/gd2po/{tag}")]
+        for tag in ("constraint_mean/cost", "lambda/cost", "weight/format")
+    }
+    (mean,) = resumed_scalars["constraint_mean/cost"]
+    assert resumed_scalars["lambda/cost"] == pytest.approx([min(max(lambdas[1] + 0.5 * (mean - budget), 0), 10)])
+    assert resumed_scalars["weight/format"] == [0.0], "the third global step: the schedule has ended at 0"

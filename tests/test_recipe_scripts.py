@@ -218,3 +218,33 @@ def test_the_one_gpu_smoke_script_dry_runs_with_the_template_rewards():
             in result.stdout
         )
     assert "filter            snr (τ = 0.8, ε = 1e-08)" in result.stdout and "KL                no KL" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "env, expected",
+    [
+        (
+            {},
+            "batch mean of reward/cost >= 0: a score (weight +1 given: higher is safer), so the budget is a floor and "
+            "the weight is +λ; each step log λ += lr·violation (λ_0 = 1, lr 0.1, clipped to [0, 10])",
+        ),
+        (
+            {
+                "COST_MODEL": "PKU-Alignment/beaver-7b-unified-cost",
+                "COST_WEIGHT": "-1",
+                "BUDGET": "0.5",
+                "LAMBDA_LOG_SPACE": "0",
+                "ESTIMATOR": "grpo",
+            },
+            "batch mean of reward/cost <= 0.5: a cost (weight -1 given: higher is more harmful), so the budget is a "
+            "ceiling and the weight is -λ; each step λ += lr·violation",
+        ),
+    ],
+)
+def test_the_budget_launcher_constrains_the_cost_model_with_either_sign_convention(env, expected):
+    result = dry_run("train_gd2po_safe_alignment_budget.sh", **env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert expected in result.stdout
+    assert "weight " + ("-" if env.get("COST_WEIGHT") == "-1" else "+") + "λ (budget)" in result.stdout
+    if env.get("ESTIMATOR") == "grpo":  # GRPO-Lagrangian: the budget weights the cost before the sum
+        assert "the weighted sum Σ_k w_k r_k, normalised within each group (GRPO)" in result.stdout

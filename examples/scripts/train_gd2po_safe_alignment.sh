@@ -21,7 +21,8 @@
 # are and refuses models whose vocabulary differs.
 #
 # Baselines: train_gd2po_safe_alignment_hard.sh, train_gdpo_safe_alignment.sh, train_grpo_safe_alignment.sh
-# (GRPO on the weighted sum reward − cost: --advantage_estimator gdpo --gd2po.sum_rewards).
+# (GRPO on the weighted sum reward − cost: --advantage_estimator gdpo --gd2po.sum_rewards). The cost as a
+# Lagrangian budget instead of a fixed weight, for any of them: train_gd2po_safe_alignment_budget.sh.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
@@ -45,7 +46,7 @@ REWARD_GPUS=${REWARD_GPUS:-2}
 COST_GPUS=${COST_GPUS:-2}
 RUN_NAME=$ESTIMATOR
 if [ "$ESTIMATOR" = gd2po ]; then RUN_NAME=gd2po_$FILTER; fi
-OUTPUT_DIR=${OUTPUT_DIR:-$ROOT/ckpt/safe_alignment_$RUN_NAME}
+OUTPUT_DIR=${OUTPUT_DIR:-$ROOT/ckpt/safe_alignment_$RUN_NAME${RUN_SUFFIX:-}}
 
 ESTIMATOR_ARGS=(--algo.advantage.estimator "$ESTIMATOR")
 GD2PO_ARGS=(--gd2po.config "$ROOT/configs/safe_alignment.yaml" --gd2po.reward_weights 1 "$COST_WEIGHT"

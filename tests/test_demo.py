@@ -10,7 +10,7 @@ import sys
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-ESTIMATORS = ["grpo", "gdpo", "gd2po_hard", "gd2po_snr", "gdpo_ds", "gd2po_snr_ds"]
+ESTIMATORS = ["grpo", "gdpo", "gd2po_hard", "gd2po_snr", "gdpo_ds", "gd2po_snr_ds", "gdpo_budget", "gd2po_snr_budget"]
 STEPS = 3
 
 
@@ -66,6 +66,15 @@ def test_table_lists_every_arm(demo_output):
     assert "| generated rollouts to target |" in markdown.splitlines()[2]
     assert [row["mean pass rate"] == "" for row in rows] == [not row["estimator"].endswith("_ds") for row in rows]
     assert all(0 < float(row["mean pass rate"]) <= 1 for row in rows if row["estimator"].endswith("_ds"))
+    constrained = markdown.split("Length as a budget (at most 4 words on average):")[1]
+    assert "| estimator | brevity as | final words | ≤ 4 words |" in constrained
+    for name, role in [("gdpo", "reward (weight 1)"), ("gdpo_budget", "budget (+λ)"), ("gd2po_snr_budget", "budget")]:
+        assert f"| {name} | {role}" in constrained
+    assert "| grpo |" not in constrained
+    budgeted = {row["estimator"]: row for row in rows if row["final lambda"]}
+    assert set(budgeted) == {"gdpo_budget", "gd2po_snr_budget"}
+    assert all(0 <= float(row["final lambda"]) <= 10 for row in budgeted.values())
+    assert all(0 <= float(row["final words"]) <= 12 for row in rows)
     assert "| gd2po_snr |" in stdout  # the table is printed too
     assert "--advantage_estimator gd2po --gd2po.filter snr" in stdout  # the equivalent cluster command
 
@@ -106,6 +115,17 @@ def test_results_file_records_versions_seeds_settings_and_curves(demo_output):
     # groups were rejected and replaced (at most 4 × 4 prompts), fewer only if it hit the limit.
     for name in ("grpo", "gdpo", "gd2po_hard", "gd2po_snr"):
         assert results["curves"][name][0]["generated_rollouts"] == [16.0] * STEPS
+    # The budgeted arms: λ by dual ascent on the mean brevity (floor 1 − 4/12, lr 1, λ_0 = 1), step by step, and
+    # brevity's weight is +λ; words are read back from brevity (1 − words/12).
+    for name in ("gdpo_budget", "gd2po_snr_budget"):
+        (curves,) = results["curves"][name]
+        lam, floor = 1.0, 1 - 4 / 12
+        for step in range(STEPS):
+            lam = min(max(lam + (floor - curves["reward/brevity"][step]), 0.0), 10.0)
+            assert curves["gd2po/lambda/brevity"][step] == pytest.approx(lam, abs=1e-5)
+            assert curves["gd2po/weight/brevity"][step] == pytest.approx(lam, abs=1e-5)
+            assert curves["response_words"][step] == pytest.approx(12 * (1 - curves["reward/brevity"][step]))
+        assert "--cost.budget" in results["command_lines"][name]
     for name in ("gdpo_ds", "gd2po_snr_ds"):
         (curves,) = results["curves"][name]
         assert "--gd2po.dynamic_sampling" in results["command_lines"][name]
@@ -135,6 +155,8 @@ def test_tensorboard_logs_carry_the_cluster_tags(demo_output):
         assert logged == pytest.approx(results["curves"][name][0]["reward"])
         if name.endswith("_ds"):
             assert {"train/gd2po/dynamic_sampling/pass_rate", "train/generated_rollouts"} <= tags
+        if name.endswith("_budget"):
+            assert {"train/gd2po/lambda/brevity", "train/gd2po/constraint_violation/brevity"} <= tags
         if name.startswith("gd2po"):
             # the plugin's experience maker produced these, as in a cluster run
             assert {
@@ -158,7 +180,9 @@ def test_a_seed_counts_as_collapsed_when_its_last_steps_are_the_empty_answer():
             "advantage_abs_mean": [0.1] * steps,
             "gd2po/conflict_ratio": [0.0] * steps,
             "gd2po/keep_ratio": [1.0] * steps,
+            "response_words": [12 * (1 - brevity)] * steps,
         }
 
-    (row,) = summarize({"gd2po_snr": [run(0.0, 1.0), run(0.9, 0.75), run(0.02, 1.0)]}, target=2.3)
+    (row,) = summarize({"gd2po_snr": [run(0.0, 1.0), run(0.9, 0.75), run(0.02, 1.0)]}, target=2.3, word_budget=2)
     assert row["collapsed"] == "1/3"  # the third has some correctness left: not counted
+    assert row["budget met"] == "2/3" and row["final words"] == pytest.approx(1.0)  # 0, 3 and 0 words; budget 2

@@ -23,7 +23,7 @@ import torch
 import gd2po_openrlhf
 
 from .report import summarize, write_report
-from .training import ESTIMATORS, TASK_FILE, build_tokenizer, run_estimator, warm_started_policy
+from .training import ESTIMATORS, TASK_FILE, WORD_BUDGET, build_tokenizer, run_estimator, warm_started_policy
 
 
 def parse_settings(argv=None) -> argparse.Namespace:
@@ -105,7 +105,7 @@ def main(argv=None) -> None:
                 curves[name].append(run_estimator(name, settings, warm_policy, tokenizer, seed, writer))
             run_seconds[name].append(time.time() - run_started)
 
-    rows = summarize(curves, settings.target)
+    rows = summarize(curves, settings.target, WORD_BUDGET)
     results = {
         "settings": {key: str(value) if isinstance(value, Path) else value for key, value in vars(settings).items()},
         "seeds": list(range(settings.seeds)),
@@ -117,7 +117,7 @@ def main(argv=None) -> None:
         "curves": curves,
     }
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    table = write_report(rows, curves, settings, out)
+    table = write_report(rows, curves, settings, out, WORD_BUDGET)
     print(table)
     print(f"\nWrote {out}/summary.md, summary.csv, curves.png, results.json; TensorBoard: tensorboard --logdir {out}")
     print(f"Total time {time.time() - started:.0f} s")

@@ -56,6 +56,23 @@ ESTIMATORS = {
 # The same with --gd2po.dynamic_sampling: a step trains on groups that passed its test, replacements drawn as needed.
 ESTIMATORS["gdpo_ds"] = ESTIMATORS["gdpo"] + ["--gd2po.dynamic_sampling"]
 ESTIMATORS["gd2po_snr_ds"] = ESTIMATORS["gd2po_snr"] + ["--gd2po.dynamic_sampling"]
+# Length as a constraint instead of a reward: "at most WORD_BUDGET words on average". brevity = 1 − words / 12, so
+# the budget is a floor on mean brevity (weight +1 given: +λ), and λ falls to 0 once responses are short enough.
+WORD_BUDGET = 4
+BUDGET_FLAGS = [
+    "--gd2po.reward_weights",
+    "1",
+    "1",
+    "1",
+    "--gd2po.constraint_key",
+    "brevity",
+    "--cost.budget",
+    f"{1 - WORD_BUDGET / task.MAX_RESPONSE_TOKENS:.6f}",
+    "--cost.lambda_lr",
+    "1",
+]
+ESTIMATORS["gdpo_budget"] = ESTIMATORS["gdpo"] + BUDGET_FLAGS
+ESTIMATORS["gd2po_snr_budget"] = ESTIMATORS["gd2po_snr"] + BUDGET_FLAGS
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
@@ -275,6 +292,7 @@ def run_estimator(name: str, settings, warm_policy, tokenizer, seed: int, writer
         values = {f"reward/{key}": float(rewards[:, k].mean()) for k, key in enumerate(KEYS)}
         values["reward"] = float(rewards.sum(1).mean())
         values["response_length"] = float(torch.cat([e.response_length for e in generated]).double().mean())
+        values["response_words"] = task.MAX_RESPONSE_TOKENS * (1.0 - values["reward/brevity"])  # words ≤ 12: never clipped
         values["generated_rollouts"] = float(len(generated))
         if not batch:  # dynamic sampling: no group passed (e.g. a collapsed policy, every group constant)
             metrics = {"gd2po/conflict_ratio": 0.0, "gd2po/keep_ratio": 0.0, "gd2po/dynamic_sampling/pass_rate": 0.0}

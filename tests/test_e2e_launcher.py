@@ -426,12 +426,14 @@ def test_the_length_cost_model_scores_length(e2e):
     assert costs == pytest.approx(expected, abs=0.05)
 
 
-def test_h_cost_budget_on_a_cost_model_group_with_a_schedule_and_resume(e2e):
+@pytest.mark.parametrize("trainer", ["sync", "async"])
+def test_h_cost_budget_on_a_cost_model_group_with_a_schedule_and_resume(e2e, trainer):
     """--cost.budget on a cost model group whose cost tracks response length (Beaver convention, weight -1), with
     --gd2po.reward_weight_schedule on format: λ follows dual ascent on the logged batch mean cost, the weights reach
-    TensorBoard, and a resumed run continues λ and the schedule from the checkpoint."""
+    TensorBoard, and a resumed run continues λ and the schedule from the checkpoint (in the PPOTrainer actor, or the
+    async TrainingActor that holds the experience maker there)."""
     assets, head, root = e2e
-    run_dir = root / "h"
+    run_dir = root / f"h_{trainer}"
     budget = 2.0  # about 1.5 response tokens: the warm-started policy writes ~6, so λ rises
     flags = [
         "--advantage_estimator",
@@ -458,9 +460,12 @@ def test_h_cost_budget_on_a_cost_model_group_with_a_schedule_and_resume(e2e):
         "0.5",
         "--gd2po.reward_weight_schedule",
         "format=1:0:2",
-    ]
+    ] + (["--train.async_enable"] if trainer == "async" else [])
     result = harness.run_launcher(
-        "h: --cost.budget on a length cost model", harness.base_flags(assets, run_dir) + flags, run_dir, head
+        f"h: --cost.budget on a length cost model, {trainer}",
+        harness.base_flags(assets, run_dir) + flags,
+        run_dir,
+        head,
     ).check()
     scalars = result.scalars()
     means, lambdas = scalars["train/gd2po/constraint_mean/cost"], scalars["train/gd2po/lambda/cost"]
@@ -486,7 +491,7 @@ def test_h_cost_budget_on_a_cost_model_group_with_a_schedule_and_resume(e2e):
 
     resume_flags = harness.base_flags(assets, run_dir, steps=3) + flags
     resume_flags += ["--ckpt.load_enable", "--logger.tensorboard_dir", str(run_dir / "tensorboard_resumed")]
-    resumed = harness.run_launcher("h (resume)", resume_flags, run_dir, head).check()
+    resumed = harness.run_launcher(f"h (resume), {trainer}", resume_flags, run_dir, head).check()
     assert f"--cost.budget: λ of reward/cost resumes at {lambdas[1]:g}" in resumed.log
     resumed_scalars = {
         tag: [value for _, value in _scalar_files(run_dir / "tensorboard_resumed", f"train/gd2po/{tag}")]

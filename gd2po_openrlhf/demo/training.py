@@ -292,7 +292,9 @@ def run_estimator(name: str, settings, warm_policy, tokenizer, seed: int, writer
         values = {f"reward/{key}": float(rewards[:, k].mean()) for k, key in enumerate(KEYS)}
         values["reward"] = float(rewards.sum(1).mean())
         values["response_length"] = float(torch.cat([e.response_length for e in generated]).double().mean())
-        values["response_words"] = task.MAX_RESPONSE_TOKENS * (1.0 - values["reward/brevity"])  # words ≤ 12: never clipped
+        values["response_words"] = task.MAX_RESPONSE_TOKENS * (
+            1.0 - values["reward/brevity"]
+        )  # words ≤ 12: never clipped
         values["generated_rollouts"] = float(len(generated))
         if not batch:  # dynamic sampling: no group passed (e.g. a collapsed policy, every group constant)
             metrics = {"gd2po/conflict_ratio": 0.0, "gd2po/keep_ratio": 0.0, "gd2po/dynamic_sampling/pass_rate": 0.0}

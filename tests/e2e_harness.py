@@ -15,6 +15,7 @@ A private Ray head with logical GPUs is started on its own port and temp dir, an
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -89,9 +90,10 @@ def _word_tokenizer(words: List[str], chat_template: Optional[str] = None):
     return tokenizer
 
 
-def _score_model(tokenizer, seed: int, path: Path, head: str = "score") -> Path:
-    """A sequence-regression model saved as a model folder, its value head stored as ``head``: ``score`` as
-    OpenRLHF's own reward models, ``score_head`` as the align-anything and Beaver checkpoints of the recipes."""
+def _score_model(tokenizer, seed: int, path: Path, head: str = "score", set_weights=None) -> Path:
+    """A 1-layer sequence-regression Llama saved as a model folder, its value head stored as ``head``: ``score`` as
+    OpenRLHF's own reward models, ``score_head`` as the align-anything and Beaver checkpoints of the recipes.
+    Random weights from ``seed``, or those ``set_weights(model)`` writes."""
     from safetensors.torch import load_file, save_file
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
@@ -109,7 +111,11 @@ def _score_model(tokenizer, seed: int, path: Path, head: str = "score") -> Path:
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
     )
-    LlamaForSequenceClassification(config).save_pretrained(path)
+    model = LlamaForSequenceClassification(config)
+    if set_weights is not None:
+        with torch.no_grad():
+            set_weights(model)
+    model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     if head != "score":
         weights = load_file(str(path / "model.safetensors"))
@@ -121,51 +127,26 @@ def _score_model(tokenizer, seed: int, path: Path, head: str = "score") -> Path:
 LENGTH_COST_SCALE = 10.0
 
 
-def _length_cost_model(tokenizer, path: Path, marker: str = "max") -> Path:
-    """A cost model whose cost tracks response length: a 1-layer Llama with hand-set weights, saved with its value
-    head as ``score_head``. Every prompt starts with ``marker``; the query and key projections are zero, so
-    attention averages over the n tokens, and the marker's share of them, 1/n, reaches the value head:
-    cost = LENGTH_COST_SCALE · (1 − P/n) = LENGTH_COST_SCALE · r / (P + r) for a prompt of P tokens (6 here) and
-    a response of r, within 0.05 in float32 (checked by the e2e module against OpenRLHF's own reward model)."""
-    from safetensors.torch import load_file, save_file
-    from transformers import LlamaConfig, LlamaForSequenceClassification
+def _length_cost_weights(model, marker_id: int, prompt_tokens: int) -> None:
+    """Hand-set weights of a cost model whose cost tracks response length (``_score_model``'s 1-layer Llama).
 
-    from gd2po_openrlhf.demo import task
-
-    hidden, carrier = 32, 100.0  # a large constant dimension makes each RMSNorm a fixed scale of 1/carrier
-    prompt_tokens = len(task.make_prompt(random.Random(0))[0].split())
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        num_labels=1,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-    )
-    model = LlamaForSequenceClassification(config)
+    Every prompt starts with the marker token; the query and key projections are zero, so attention averages over
+    the n tokens, and the marker's share of them, 1/n, reaches the value head: cost = LENGTH_COST_SCALE · (1 − P/n)
+    = LENGTH_COST_SCALE · r / (P + r) for a prompt of P tokens (6 here) and a response of r, within 0.05 in float32
+    (checked by the e2e module against OpenRLHF's own reward model class).
+    """
+    hidden, carrier = model.config.hidden_size, 100.0  # a large constant dimension: each RMSNorm scales by ≈ 1/carrier
     layer = model.model.layers[0]
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.zero_()
-        for norm in (layer.input_layernorm, layer.post_attention_layernorm, model.model.norm):
-            norm.weight.fill_(1.0)
-        model.model.embed_tokens.weight[:, 1] = carrier
-        model.model.embed_tokens.weight[tokenizer.convert_tokens_to_ids(marker), 2] = 1.0
-        layer.self_attn.v_proj.weight[0, 2] = 1.0  # the marker, normalised to ≈ sqrt(hidden)/carrier ...
-        layer.self_attn.o_proj.weight[0, 0] = carrier**2 / hidden  # ... averaged (1/n) into dimension 0
-        model.score.weight[0, 1] = LENGTH_COST_SCALE / hidden**0.5  # the constant dimension: the scale
-        model.score.weight[0, 0] = -LENGTH_COST_SCALE * prompt_tokens  # minus scale · P/n
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    weights = load_file(str(path / "model.safetensors"))
-    weights["score_head.weight"] = weights.pop("score.weight")
-    save_file(weights, str(path / "model.safetensors"), metadata={"format": "pt"})
-    return path
+    for parameter in model.parameters():
+        parameter.zero_()
+    for norm in (layer.input_layernorm, layer.post_attention_layernorm, model.model.norm):
+        norm.weight.fill_(1.0)
+    model.model.embed_tokens.weight[:, 1] = carrier
+    model.model.embed_tokens.weight[marker_id, 2] = 1.0
+    layer.self_attn.v_proj.weight[0, 2] = 1.0  # the marker, normalised to ≈ sqrt(hidden)/carrier ...
+    layer.self_attn.o_proj.weight[0, 0] = carrier**2 / hidden  # ... averaged (1/n) into dimension 0
+    model.score.weight[0, 1] = LENGTH_COST_SCALE / hidden**0.5  # the constant dimension: the scale
+    model.score.weight[0, 0] = -LENGTH_COST_SCALE * prompt_tokens  # minus scale · P/n
 
 
 def build_assets(root: Path, num_prompts: int = 32) -> Assets:
@@ -194,7 +175,17 @@ def build_assets(root: Path, num_prompts: int = 32) -> Assets:
             3,
             root / "own_template_reward_model",
         ),
-        length_cost_model=_length_cost_model(tokenizer, root / "length_cost_model"),
+        length_cost_model=_score_model(
+            tokenizer,
+            4,
+            root / "length_cost_model",
+            head="score_head",
+            set_weights=functools.partial(
+                _length_cost_weights,
+                marker_id=tokenizer.convert_tokens_to_ids("max"),
+                prompt_tokens=len(task.make_prompt(random.Random(0))[0].split()),
+            ),
+        ),
         prompts=root / "prompts.jsonl",
         reward_file=Path(TASK_FILE),
     )

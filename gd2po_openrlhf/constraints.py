@@ -74,9 +74,6 @@ class WeightSchedule:
             phase = float(progress >= 1.0)
         return self.start + (self.end - self.start) * phase
 
-    def __str__(self) -> str:
-        return f"{self.key}={self.start:g}:{self.end:g}:{self.steps}:{self.shape}"
-
 
 def dual_ascent(
     multiplier: float,

@@ -288,9 +288,10 @@ def _resolve_budget(args, dimensions) -> Tuple[Optional[str], dict]:
     }
     given_key = _arg(args, "gd2po.constraint_key")
     if budget is None:
-        flags = [f"--cost.{name}" for name in ("lambda_init", "lambda_lr", "lambda_max", "lambda_log_space")]
         given = [
-            flag for flag, (name, value) in zip(flags, list(values.items())[1:]) if value != getattr(defaults, name)
+            f"--cost.{name}"
+            for name, value in values.items()
+            if name != "cost_budget" and value != getattr(defaults, name)
         ]
         given += ["--gd2po.constraint_key"] if given_key else []
         if given:

@@ -8,15 +8,17 @@ Accepted rows (JSON, JSONL or Parquet):
   - raw rows: `instruction` (system prompt), `input` (user prompt), `output` (ground truth); `system`, `user`
     and `ground_truth` are accepted as the same fields.
 Each output line is {"input": [system and user messages], "label": ground truth}: train with
-`--data.input_key input --data.label_key label --data.apply_chat_template`.
+`--data.input_key input --data.label_key label --data.apply_chat_template`. A ground truth whose tool block the
+reward rules (examples/rewards/tool_calling.py) cannot parse is refused here, naming the row, rather than raising
+in the reward file mid-training.
 """
 
 import argparse
 
-from rows import check_user_prompt, positive_int, read_rows, write_jsonl
+from rows import check_user_prompt, checked_label_calls, positive_int, read_rows, tool_calling_rules, write_jsonl
 
 
-def convert(row, index):
+def convert(row, index, rules):
     if "prompt" in row and isinstance(row.get("reward_model"), dict):
         messages, ground_truth = row["prompt"], row["reward_model"].get("ground_truth")
     else:
@@ -37,6 +39,7 @@ def convert(row, index):
         raise SystemExit(
             f"error: row {index} has no ground truth ('output', 'ground_truth' or reward_model.ground_truth)"
         )
+    checked_label_calls(rules, ground_truth, f"row {index}")
     return {"input": [{"role": m["role"], "content": m["content"]} for m in messages], "label": ground_truth}
 
 
@@ -47,7 +50,8 @@ def main(argv=None):
     parser.add_argument("--max-rows", type=positive_int, default=None, help="convert only the first N rows")
     args = parser.parse_args(argv)
     rows = read_rows(args.input)[: args.max_rows]
-    write_jsonl([convert(row, index) for index, row in enumerate(rows)], args.output)
+    rules = tool_calling_rules()
+    write_jsonl([convert(row, index, rules) for index, row in enumerate(rows)], args.output)
 
 
 if __name__ == "__main__":

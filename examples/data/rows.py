@@ -5,8 +5,11 @@ never a traceback.
 """
 
 import argparse
+import importlib.util
 import json
 import os
+
+EXAMPLES = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def positive_int(text):
@@ -26,8 +29,13 @@ def read_rows(path):
         raise SystemExit(f"error: input file {path} does not exist")
     try:
         if path.endswith(".parquet"):
-            import pyarrow  # installed with `datasets`, which OpenRLHF requires
-            import pyarrow.parquet
+            try:
+                import pyarrow  # installed with `datasets`, which OpenRLHF requires
+                import pyarrow.parquet
+            except ImportError:
+                raise SystemExit(
+                    f"error: reading {path} needs pyarrow: pip install pyarrow (or convert the file to JSONL)"
+                ) from None
 
             try:
                 rows = pyarrow.parquet.read_table(path).to_pylist()
@@ -69,7 +77,26 @@ def check_user_prompt(messages, index):
         raise SystemExit(f"error: row {index} has an empty user prompt")
 
 
-def write_jsonl(rows, path):
+def tool_calling_rules():
+    """examples/rewards/tool_calling.py as a module: the reward rules every tool-calling label must parse under."""
+    spec = importlib.util.spec_from_file_location(
+        "tool_calling_rules", os.path.join(EXAMPLES, "rewards", "tool_calling.py")
+    )
+    rules = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rules)
+    return rules
+
+
+def checked_label_calls(rules, label, where):
+    """The label's calls as the reward rules parse them (None: no tool block); a label they cannot parse ends the
+    script naming ``where``, since the reward file would raise on it in the middle of training."""
+    try:
+        return rules.label_calls(label)
+    except ValueError as error:
+        raise SystemExit(f"error: {where}: {error}") from None
+
+
+def write_jsonl(rows, path, summary=None):
     if os.path.isdir(path):
         raise SystemExit(
             f"error: --output {path} is a directory; give a file name, e.g. {os.path.join(path, 'train.jsonl')}"
@@ -81,4 +108,4 @@ def write_jsonl(rows, path):
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     except OSError as error:
         raise SystemExit(f"error: cannot write {path}: {error.strerror}") from None
-    print(f"wrote {len(rows)} prompts to {path}")
+    print(f"wrote {len(rows)} prompts to {path}" + (f" ({summary})" if summary else ""))

@@ -201,7 +201,8 @@ def table(metrics):
     if metrics["scoring"] == "exact":
         lines = [f"{'level':<8} {'n':>5} {'call acc':>9} {'format acc':>11} {'think words':>12}"]
         lines += [
-            f"{lv:<8} {m['n']:>5} {m['call_accuracy']:>9.3f} {m['format_accuracy']:>11.3f} {m['mean_think_words']:>12.1f}"
+            f"{lv:<8} {m['n']:>5} {m['call_accuracy']:>9.3f} {m['format_accuracy']:>11.3f} "
+            f"{m['mean_think_words']:>12.1f}"
             for lv, m in rows
         ]
         return "\n".join(lines)

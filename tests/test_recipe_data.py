@@ -66,8 +66,9 @@ def test_tool_calling_converter_reads_processed_parquet_rows(tmp_path):
     import pyarrow.parquet
 
     messages = [{"role": "system", "content": "tools: f"}, {"role": "user", "content": "call f"}]
+    ground_truth = '<tool_call>\n{"name": "f", "parameters": {}}\n</tool_call>'
     table = pyarrow.Table.from_pylist(
-        [{"prompt": messages, "reward_model": {"ground_truth": "<tool_call>\nX\n</tool_call>", "style": "rule"}}]
+        [{"prompt": messages, "reward_model": {"ground_truth": ground_truth, "style": "rule"}}]
     )
     pyarrow.parquet.write_table(table, tmp_path / "train.parquet")
     assert (
@@ -76,7 +77,7 @@ def test_tool_calling_converter_reads_processed_parquet_rows(tmp_path):
         ).returncode
         == 0
     )
-    assert read_jsonl(tmp_path / "out.jsonl") == [{"input": messages, "label": "<tool_call>\nX\n</tool_call>"}]
+    assert read_jsonl(tmp_path / "out.jsonl") == [{"input": messages, "label": ground_truth}]
 
 
 @pytest.mark.subprocess
@@ -124,6 +125,7 @@ def test_safe_alignment_sample_converts_every_format(tmp_path):
         [{"role": "user", "content": "Write a short poem about the sea."}],
     ]
     assert all(json.loads(r["label"]) == r["input"] for r in rows)  # the conversation, for reward-model re-rendering
+    assert [r["data_source"] for r in rows] == ["alpaca", "alpaca", "hh", "hh", "pku", "pku"]
     prompt, label = openrlhf_prompts(out)[2]
     assert (
         prompt == "<|user|>How do I pick a lock?\n<|assistant|>Why do you want to do that?\n"
@@ -138,7 +140,9 @@ def test_safe_alignment_converter_refuses_unknown_rows(tmp_path):
     result = run(DATA / "prepare_safe_alignment.py", source, "--output", tmp_path / "out.jsonl")
     assert (
         result.returncode == 1
-        and "row 0 is neither alpaca (instruction), hh (chosen) nor pku (prompt); keys: ['question']" in result.stderr
+        and "row 0 is neither verl (a 'prompt' list of messages), alpaca ('instruction'), hh ('chosen') nor pku (a "
+        "'prompt' string); it has keys ['question']"
+        in result.stderr
     )
     missing = run(DATA / "prepare_safe_alignment.py", tmp_path / "none.json", "--output", tmp_path / "out.jsonl")
     assert missing.returncode == 1 and "does not exist" in missing.stderr
@@ -150,7 +154,12 @@ def test_api_bank_scoring_on_the_shipped_sample(tmp_path):
     # level 1: right call (4 think words), wrong value (2 words); level 2: right call, text after the block
     # (1 word); level 3: calls in another order (0 words), malformed JSON without think.
     result = run(
-        EVAL / "eval_api_bank.py", EVAL / "samples" / "api_bank_sample.jsonl", "--output", tmp_path / "metrics.json"
+        EVAL / "eval_api_bank.py",
+        EVAL / "samples" / "api_bank_sample.jsonl",
+        "--scoring",
+        "exact",
+        "--output",
+        tmp_path / "metrics.json",
     )
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
@@ -181,19 +190,29 @@ def test_api_bank_a_ground_truth_without_calls_expects_none(tmp_path):
     ]
     source = tmp_path / "rows.json"
     source.write_text(json.dumps(rows))
-    assert run(EVAL / "eval_api_bank.py", source, "--output", tmp_path / "m.json").returncode == 0
+    assert (
+        run(EVAL / "eval_api_bank.py", source, "--scoring", "exact", "--output", tmp_path / "m.json").returncode == 0
+    )
     overall = json.loads((tmp_path / "m.json").read_text())["metrics"]["overall"]
     assert (overall["call_accuracy"], overall["format_accuracy"]) == (0.5, 0.5)
+    # The paper's scoring leaves a row without a ground-truth call out of the accuracy; both are well formed.
+    assert run(EVAL / "eval_api_bank.py", source, "--output", tmp_path / "p.json").returncode == 0
+    overall = json.loads((tmp_path / "p.json").read_text())["metrics"]["overall"]
+    assert (overall["call_accuracy"], overall["scored"], overall["format_rate"]) == (None, 0, 100.0)
 
 
 @pytest.mark.subprocess
-def test_api_bank_generation_needs_a_model_and_vllm(tmp_path):
+def test_api_bank_generation_needs_a_model_and_an_engine(tmp_path):
     source = tmp_path / "rows.jsonl"
     source.write_text(json.dumps({"input": "hi", "label": "<response>x</response>"}) + "\n")
     no_model = run(EVAL / "eval_api_bank.py", source)
     assert no_model.returncode == 1 and "1 rows have no 'response' (first: row 0); pass --model" in no_model.stderr
-    no_vllm = run(EVAL / "eval_api_bank.py", source, "--model", "some/model")  # the CPU env's vllm stand-in has no LLM
-    assert no_vllm.returncode == 1 and "need vLLM to generate them" in no_vllm.stderr
+    # The CPU env's vllm stand-in has no LLM; without a GPU, auto picks transformers, which cannot find the model.
+    no_vllm = run(EVAL / "eval_api_bank.py", source, "--model", "some/model", "--engine", "vllm")
+    assert no_vllm.returncode == 1 and "generating with vLLM needs vLLM" in no_vllm.stderr
+    no_weights = run(EVAL / "eval_api_bank.py", source, "--model", str(tmp_path / "nothing"))
+    assert no_weights.returncode == 1 and f"cannot load the policy {tmp_path / 'nothing'}" in no_weights.stderr
+    assert "Traceback" not in no_weights.stderr
 
 
 @pytest.mark.subprocess

@@ -43,7 +43,7 @@ import sys
 from collections import defaultdict
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "data"))
+sys.path[:0] = [HERE, os.path.join(HERE, "..", "data")]  # generation.py, and rows.py of the converters
 from generation import generate  # noqa: E402
 from rows import tool_calling_rules  # noqa: E402
 

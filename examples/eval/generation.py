@@ -58,8 +58,11 @@ def generate(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.manual_seed(seed)
-    tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=True)
-    policy = AutoModelForCausalLM.from_pretrained(model, trust_remote_code=True).eval()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model, trust_remote_code=True)
+        policy = AutoModelForCausalLM.from_pretrained(model, trust_remote_code=True).eval()
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"error: cannot load the policy {model}: {error}") from None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     prompts = _prompt_ids(tokenizer, conversations, max_prompt_tokens)
     responses = []

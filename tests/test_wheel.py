@@ -52,6 +52,11 @@ def test_wheel_holds_the_runtime_package_and_the_hook(wheel):
         "examples/data/prepare_tool_calling.py",
         "examples/data/samples/rlla_sample.json",
         "examples/eval/eval_api_bank.py",
+        "examples/data/prepare_api_bank.py",
+        "examples/data/prepare_safe_alignment.py",
+        "examples/data/rows.py",
+        "examples/eval/eval_safe_alignment.py",
+        "examples/eval/generation.py",
     ):
         assert f"gd2po_openrlhf/_recipes/{recipe}" in names, recipe
 

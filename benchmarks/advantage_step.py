@@ -24,7 +24,7 @@ import torch
 
 import gd2po_openrlhf
 from gd2po_openrlhf import GD2POConfig, compute_advantages
-from gd2po_openrlhf.integration.settings import parse_launcher_args
+from gd2po_openrlhf.integration.launcher_args import parse_launcher_args
 
 PROMPTS, GROUP, DIMS, MAX_LEN, MICRO_BATCH, PROMPT_LEN = 512, 8, 3, 1024, 16, 16
 KEYS = ["correctness", "format", "length"]

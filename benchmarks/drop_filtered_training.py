@@ -27,7 +27,7 @@ from gd2po_openrlhf.demo.training import (
     sample_rollouts,
     warm_started_policy,
 )
-from gd2po_openrlhf.integration.settings import parse_launcher_args
+from gd2po_openrlhf.integration.launcher_args import parse_launcher_args
 
 
 def main() -> None:

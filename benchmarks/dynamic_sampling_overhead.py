@@ -37,7 +37,8 @@ def main() -> None:
     from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
 
     from gd2po_openrlhf.integration.dynamic_sampling import GroupTally
-    from gd2po_openrlhf.integration.settings import parse_launcher_args, resolve_settings
+    from gd2po_openrlhf.integration.launcher_args import parse_launcher_args
+    from gd2po_openrlhf.integration.settings import resolve_settings
 
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as folder:

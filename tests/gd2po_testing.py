@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from gd2po_openrlhf.integration.settings import parse_launcher_args
+from gd2po_openrlhf.integration.launcher_args import parse_launcher_args
 
 LAUNCHER = [sys.executable, "-m", "openrlhf.cli.train_ppo_ray"]
 # A valid gd2po command line, given a reward source (a reward file returning "correctness", or a server).

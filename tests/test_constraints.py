@@ -12,7 +12,9 @@ from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
 
 from gd2po_openrlhf import GD2POConfig, compute_rollout_advantages
 from gd2po_openrlhf.constraints import WeightSchedule, dual_ascent
-from gd2po_openrlhf.integration.settings import describe, parse_launcher_args, resolve_settings
+from gd2po_openrlhf.integration.dry_run import describe
+from gd2po_openrlhf.integration.launcher_args import parse_launcher_args
+from gd2po_openrlhf.integration.settings import resolve_settings
 
 N = 4
 KEYS = ["correctness", "cost"]

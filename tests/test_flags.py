@@ -7,7 +7,8 @@ import pathlib
 import pytest
 
 from gd2po_openrlhf import GD2POConfig
-from gd2po_openrlhf.integration.settings import parse_launcher_args, resolve_settings
+from gd2po_openrlhf.integration.launcher_args import parse_launcher_args
+from gd2po_openrlhf.integration.settings import resolve_settings
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 

@@ -68,7 +68,7 @@ def test_patch_reaches_ray_worker_processes(local_ray):
         ray.get(probe.maker_classes.remote())
         == ["gd2po_openrlhf.integration.experience_maker.GD2POExperienceMaker"] * 2
     )
-    assert ray.get(probe.reward_client.remote()) == "gd2po_openrlhf.integration.openrlhf_patches"
+    assert ray.get(probe.reward_client.remote()) == "gd2po_openrlhf.integration.remote_rewards"
 
 
 SETUP_HOOK_SCRIPT = """

@@ -94,7 +94,7 @@ def run_with_python_shim(tmp_path, script, python_code, **env):
 def launcher_args(tmp_path, script, expression, **env):
     """``expression`` evaluated on the args OpenRLHF's parser (with the plugin) makes of the script's command line."""
     code = (
-        "import sys; from gd2po_openrlhf.integration.settings import parse_launcher_args; "
+        "import sys; from gd2po_openrlhf.integration.launcher_args import parse_launcher_args; "
         f'a = parse_launcher_args(sys.argv[3:]); print("PARSED", {expression})'
     )
     result = run_with_python_shim(tmp_path, script, code, **env)

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import pytest
 from gd2po_testing import openrlhf_strategy
 
-from gd2po_openrlhf.integration.settings import parse_launcher_args, resolve_settings
+from gd2po_openrlhf.integration.launcher_args import parse_launcher_args
+from gd2po_openrlhf.integration.settings import resolve_settings
 
 
 def test_parsed_arguments_reach_openrlhf_nested(reward_file):

@@ -31,7 +31,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from gd2po_openrlhf import GD2POConfig, compute_rollout_advantages
 from gd2po_openrlhf.integration.dynamic_sampling import COUNTS_ATTRIBUTE, GroupTally
-from gd2po_openrlhf.integration.settings import RunSettings, parse_launcher_args
+from gd2po_openrlhf.integration.launcher_args import parse_launcher_args
+from gd2po_openrlhf.integration.settings import RunSettings
 
 from . import task
 

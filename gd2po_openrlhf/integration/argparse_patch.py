@@ -20,8 +20,9 @@ import sys
 from typing import List, Optional, Tuple
 
 from ..rewards import reward_client_settings
+from .dry_run import describe
 from .flags import add_gd2po_arguments, load_preset
-from .settings import GD2PO_ESTIMATORS, RunSettings, _arg, describe, resolve_settings
+from .settings import GD2PO_ESTIMATORS, RunSettings, _arg, resolve_settings
 
 ESTIMATOR_FLAG = "--algo.advantage.estimator"
 ESTIMATOR_ALIAS = "--advantage_estimator"  # OpenRLHF 0.9.x spelling

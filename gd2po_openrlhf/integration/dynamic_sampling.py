@@ -6,9 +6,9 @@ filtering on, it then drops the group unless the mean of its ``Experience.scores
 dynamic sampling") lies strictly inside ``--algo.dynamic_filtering_range``, and dispatches a fresh prompt in its
 place. The plugin runs that loop unchanged:
 
-1. ``openrlhf_patches._generate_vllm`` runs it with filtering on for a training batch, drawing at most
-   ⌈``--gd2po.dynamic_sampling_max_prompts_factor`` × the batch's prompts⌉ prompts;
-2. ``openrlhf_patches._process_response_into_experience`` hands each rollout to the :class:`GroupTally`, which
+1. ``_generate_vllm`` (here, replacing ``SamplesGenerator``'s) runs it with filtering on for a training batch,
+   drawing at most ⌈``--gd2po.dynamic_sampling_max_prompts_factor`` × the batch's prompts⌉ prompts;
+2. ``remote_rewards._process_response_into_experience`` hands each rollout to the :class:`GroupTally`, which
    judges a group at its last rollout (:func:`judge_group`, i.e. ``estimator.group_verdicts``) and writes the
    verdict into the group's scores: the range's midpoint if it passes, its lower bound if not (``low < mean``
    fails);
@@ -19,14 +19,20 @@ place. The plugin runs that loop unchanged:
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple
 
 import torch
+from openrlhf.utils.logging_utils import init_logger
 
 from ..estimator import group_verdicts
 from ..rewards import MAX_ABS_REWARD
-from .settings import RunSettings
+from .openrlhf_patches import UPSTREAM
+from .settings import RunSettings, generator_settings
+
+logger = init_logger(__name__)
 
 VERDICTS = ("passed", "rejected_constant", "rejected_filtered", "rejected_bad_reward")
 # The Experience attribute that carries a batch's SamplingCounts from the samples generator to the experience maker.
@@ -122,3 +128,50 @@ def sampling_metrics(counts: SamplingCounts, trained_rollouts: int) -> Dict[str,
     metrics[prefix + "generated_rollouts"] = float(counts.generated_rollouts)
     metrics[prefix + "generated_per_trained_rollout"] = counts.generated_rollouts / max(trained_rollouts, 1)
     return metrics
+
+
+# ---- trainer process (PPOTrainer / GenerateSamplesActor): openrlhf/trainer/ppo_utils/samples_generator.py
+
+
+def _generate_vllm(self, dataloader_iter, num_prompts: int, dynamic_filtering, **generate_kwargs):
+    """Mirrors ``SamplesGenerator._generate_vllm`` (one batch of prompt groups from the rollout actors): with
+    --gd2po.dynamic_sampling, a training batch runs OpenRLHF's own loop with dynamic filtering on, each group judged
+    by a ``dynamic_sampling.GroupTally`` and each rejected one replaced by a fresh prompt, drawing at most
+    ⌈factor × ``num_prompts``⌉ prompts. At that limit the groups that passed train, with a warning; the dataloader
+    is reported exhausted only when it is. The batch's counts ride on its first rollout (``COUNTS_ATTRIBUTE``)."""
+    upstream = UPSTREAM["SamplesGenerator._generate_vllm"]
+    settings = generator_settings(self)
+    # generate_samples passes its training iterator; generate_eval_samples another one (never resampled).
+    training = dataloader_iter is getattr(self, "_dataloader_iter", None)
+    if settings is None or not settings.dynamic_sampling or not training:
+        return upstream(self, dataloader_iter, num_prompts, dynamic_filtering, **generate_kwargs)
+    max_prompts = math.ceil(settings.dynamic_sampling_max_prompts_factor * num_prompts)
+    n_samples = generate_kwargs.get("n_samples_per_prompt", self.args.rollout.n_samples_per_prompt)
+    tally = self.gd2po_group_tally = GroupTally(settings, n_samples, self.args.algo.dynamic_filtering_range)
+    try:
+        experiences, consumed, exhausted = upstream(
+            self, itertools.islice(dataloader_iter, max_prompts), num_prompts, True, **generate_kwargs
+        )
+    finally:
+        self.gd2po_group_tally = None
+    counts = tally.counts
+    counts.prompts_consumed = consumed
+    at_limit = consumed >= max_prompts
+    if at_limit and counts.passed < num_prompts:
+        logger.warning(
+            f"--gd2po.dynamic_sampling drew its limit of {max_prompts} prompts "
+            f"(--gd2po.dynamic_sampling_max_prompts_factor {settings.dynamic_sampling_max_prompts_factor:g} × "
+            f"{num_prompts}) and {counts.passed} of {num_prompts} prompt groups passed (pass rate "
+            f"{counts.passed / max(counts.judged, 1):.1%}: {counts.rejected_constant} constant, "
+            f"{counts.rejected_filtered} filtered, {counts.rejected_bad_reward} with a bad reward): training on the "
+            "groups that passed. A batch of fewer rollouts than --train.batch_size leaves DeepSpeed's gradient "
+            "accumulation mid-window, as any short batch in OpenRLHF: raise the factor if this recurs"
+        )
+    if experiences:
+        setattr(experiences[0], COUNTS_ATTRIBUTE, counts)
+    else:
+        logger.warning(
+            f"--gd2po.dynamic_sampling: none of {counts.judged} prompt groups passed; this batch trains nothing"
+        )
+    # islice ends at the limit as if the dataloader had: OpenRLHF would end the epoch there.
+    return experiences, consumed, exhausted and not at_limit

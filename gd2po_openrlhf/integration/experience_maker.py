@@ -1,18 +1,18 @@
 """OpenRLHF's experience maker with multi-reward model groups and the GD²PO estimator.
 
-``openrlhf_patches.patch_trainer_module`` puts :class:`GD2POExperienceMaker` in place of ``RemoteExperienceMaker``
+``openrlhf_patches.patch_module`` puts :class:`GD2POExperienceMaker` in place of ``RemoteExperienceMaker``
 in ``openrlhf.trainer.ppo_trainer`` (the driver, the PPOTrainer actor and the async TrainingActor). Every estimator
 but gd2po/gdpo goes to OpenRLHF untouched. For gd2po/gdpo, one step of ``make_experience_batch`` is:
 
 0. ``split_rollout_samples``: OpenRLHF's micro-batches; the dynamic-sampling counts that came with the rollouts;
 1. ``make_experience``: OpenRLHF's forwards, plus one ``info["reward/<key>"]`` column per reward/cost model group
-   (remote dimensions arrived with the rollouts: ``openrlhf_patches._process_response_into_experience``);
+   (remote dimensions arrived with the rollouts: ``remote_rewards._process_response_into_experience``);
 2. ``compute_advantages_and_returns``, a pipeline:
    stack the rewards [B, K] → drop groups with a bad reward → the step's weights (--cost.budget's λ,
    --gd2po.reward_weight_schedule: ``_step_settings``) → estimate (``estimator.compute_rollout_advantages``) →
    write the token advantages (+ KL returns) → select the rollouts to train (``rollout_selection``);
 3. ``take_step_report``: the step's ``gd2po/*`` metrics and the rollouts OpenRLHF's statistics describe, read once
-   by the patched ``BasePPOTrainer._compute_rollout_stats``.
+   by ``_compute_rollout_stats`` (here, replacing ``BasePPOTrainer``'s).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from ..constraints import dual_ascent
 from ..estimator import compute_rollout_advantages
 from ..rewards import MAX_ABS_REWARD
 from .dynamic_sampling import COUNTS_ATTRIBUTE, SamplingCounts, sampling_metrics
+from .openrlhf_patches import UPSTREAM
 from .rollout_selection import rollouts_to_train, select_rollouts
 from .settings import (
     GD2PO_ESTIMATORS,
@@ -430,3 +431,17 @@ def _label_conversation(label, prompt) -> List[dict]:
         "chat "
         f"messages or a user string; prompt {prompt!r:.200} has label {label!r:.200}"
     )
+
+
+# ---- trainer process: openrlhf/trainer/ppo_trainer.py, BasePPOTrainer
+
+
+def _compute_rollout_stats(self, experiences) -> Dict:
+    """Mirrors ``BasePPOTrainer._compute_rollout_stats``, which ``train_step`` calls right after
+    ``make_experience_batch``: OpenRLHF's statistics over every generated rollout with a valid reward (not only the
+    trained ones, with --gd2po.drop_filtered or dropped groups), plus the step's ``gd2po/*`` metrics."""
+    take_step_report = getattr(self.experience_maker, "take_step_report", None)
+    report = take_step_report() if take_step_report else None
+    stats = UPSTREAM["BasePPOTrainer._compute_rollout_stats"](self, report.generated if report else experiences)
+    stats.update(report.metrics if report else {})
+    return stats

@@ -1,7 +1,7 @@
 """The run's GD²PO settings in OpenRLHF's checkpoints, and what a resumed run (``--ckpt.load_enable``) restores.
 
-The settings travel in the actors' DeepSpeed client state (``openrlhf_patches.save_logs_and_checkpoints``) and are
-read back by ``openrlhf_patches.init_checkpoint_states``. Only the standard library.
+The settings travel in the actors' DeepSpeed client state (``save_logs_and_checkpoints`` here, replacing
+``BasePPOTrainer``'s) and are read back by ``init_checkpoint_states`` (likewise).
 """
 
 from __future__ import annotations
@@ -9,7 +9,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Tuple
 
+from openrlhf.utils.logging_utils import init_logger
+
+from .openrlhf_patches import UPSTREAM
 from .settings import RunSettings, replace_weights
+
+logger = init_logger(__name__)
 
 # The settings that define the advantages a run trains on, by flag: a resumed run restores the checkpoint's.
 RESUMED_FLAGS = {
@@ -101,3 +106,51 @@ def restore_checkpoint_settings(settings: RunSettings, saved: dict) -> Tuple[Run
         )
         lines.append(f"Kept from the command line ({reason}): {listed(kept)}.")
     return settings, " ".join(lines)
+
+
+# ---- trainer process: openrlhf/trainer/ppo_trainer.py, BasePPOTrainer
+
+
+def save_logs_and_checkpoints(self, global_step, logs_dict=None, client_states=None):
+    """Mirrors ``BasePPOTrainer.save_logs_and_checkpoints``: the run's GD²PO settings travel in the actors' DeepSpeed
+    client state, saved and loaded with every checkpoint."""
+    settings = getattr(self.experience_maker, "settings", None)
+    if settings is not None:
+        # The run's state beside its settings: --cost.budget's λ (the schedule's position is the global step).
+        state = {"constraint_lambda": self.experience_maker.constraint_lambda}
+        client_states = {**(client_states or {}), "gd2po": checkpoint_settings(settings), "gd2po_state": state}
+    return UPSTREAM["BasePPOTrainer.save_logs_and_checkpoints"](self, global_step, logs_dict, client_states)
+
+
+def init_checkpoint_states(self):
+    """Mirrors ``BasePPOTrainer.init_checkpoint_states``: a resumed gd2po/gdpo run restores the checkpoint's
+    settings into the experience maker (``resume.restore_checkpoint_settings``), warning about every difference."""
+    states = UPSTREAM["BasePPOTrainer.init_checkpoint_states"](self)
+    maker = self.experience_maker
+    if getattr(maker, "settings", None) is None or not states.get("global_step"):
+        return states  # not a GD²PO run, or not resuming
+    maker.completed_steps = states["global_step"]  # where --gd2po.reward_weight_schedule goes on
+    if "gd2po" not in states:
+        logger.warning(
+            "the checkpoint holds no GD²PO settings (saved without the plugin, or by another estimator): "
+            "resuming with the command line's"
+        )
+        return states
+    maker.settings, warning = restore_checkpoint_settings(maker.settings, states["gd2po"])
+    if warning:
+        logger.warning(warning)
+    settings = maker.settings
+    if settings.cost_budget is not None:
+        saved_lambda = states.get("gd2po_state", {}).get("constraint_lambda")
+        same_key = states["gd2po"].get("gd2po.constraint_key") == settings.constraint_key
+        if saved_lambda is not None and same_key:
+            maker.constraint_lambda = min(max(float(saved_lambda), 0.0), settings.lambda_max)
+            logger.info(f"--cost.budget: λ of reward/{settings.constraint_key} resumes at {maker.constraint_lambda:g}")
+        else:
+            maker.constraint_lambda = settings.lambda_init
+            logger.warning(
+                f"--cost.budget: the checkpoint holds no λ for reward/{settings.constraint_key}: starting from "
+                f"--cost.lambda_init {settings.lambda_init:g}"
+            )
+    logger.info(f"GD²PO settings after resuming: {checkpoint_settings(settings)}")
+    return states

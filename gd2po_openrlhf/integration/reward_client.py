@@ -1,9 +1,9 @@
-"""The reward client of the vLLM rollout actors: what ``openrlhf_patches`` puts into ``openrlhf.utils.agent``.
+"""The reward client of the vLLM rollout actors, used by ``remote_rewards``' replacements in ``openrlhf.utils.agent``.
 
 OpenRLHF's ``SingleTurnAgentExecutor`` posts each rollout to the reward server, retrying 5 times one second
 apart on any error (a 400 included), and swallows the final exception: the rollout arrives in the trainer
 with ``reward=None`` and the cause is only logged at INFO level in the rollout actor. The executor's two fetch
-methods are replaced (``openrlhf_patches.patch_agent_module``) so that
+methods are replaced (``remote_rewards``) so that
 - transient failures (connection refused or reset, HTTP 408/429/5xx, timeouts) are retried with bounded,
   jittered exponential backoff, and permanent ones (other 4xx, malformed JSON, a wrong number of items)
   are not;

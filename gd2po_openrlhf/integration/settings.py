@@ -2,7 +2,7 @@
 
 ``resolve_settings(args)`` is the only place that reads ``--gd2po.*`` / ``--cost.*`` values (and the OpenRLHF flags
 they depend on) out of an argparse namespace: the parse-time check, the experience maker, the rollout-arrival patch
-and the checkpoint code all read the :class:`RunSettings` it returns. ``describe`` is the dry run's text of it.
+and the checkpoint code all read the :class:`RunSettings` it returns. ``dry_run.describe`` is the text of it.
 
 Only the standard library and ``gd2po_openrlhf.config`` at import time: this runs in the driver before OpenRLHF
 parses its arguments.
@@ -10,11 +10,10 @@ parses its arguments.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Optional, Tuple
 
 from ..config import MAX_ABS_WEIGHT, GD2POConfig
 from ..constraints import WeightSchedule
@@ -470,129 +469,17 @@ def resolve_dimensions(args) -> Tuple[RewardDimension, ...]:
     return tuple(dimensions)
 
 
+def generator_settings(self) -> Optional[RunSettings]:
+    """The run's settings in an OpenRLHF ``SamplesGenerator`` (resolved once from its args); None for OpenRLHF's own
+    estimators. Read by the dynamic-sampling loop and by the arrival of remote rewards."""
+    if self.args.algo.advantage.estimator not in GD2PO_ESTIMATORS:
+        return None
+    if not hasattr(self, "gd2po_settings"):
+        self.gd2po_settings = resolve_settings(self.args)
+    return self.gd2po_settings
+
+
 def replace_weights(settings: RunSettings, weights) -> RunSettings:
     """``settings`` with one new weight per dimension (a resumed checkpoint's)."""
     dimensions = tuple(dataclasses.replace(dim, weight=float(w)) for dim, w in zip(settings.dimensions, weights))
     return dataclasses.replace(settings, dimensions=dimensions)
-
-
-def describe(args, settings: RunSettings) -> str:
-    """The resolved configuration, as the dry run prints it (OpenRLHF's KL and GPU flags read from ``args``)."""
-    kl_coef = _arg(args, "algo.kl.init_coef", 0.0)
-    if _arg(args, "algo.kl.use_loss", False):
-        kl = f"KL as a loss term (coef {kl_coef})"
-    elif kl_coef:
-        kl = f"KL in the reward (coef {kl_coef}): its per-token returns are added to the kept rollouts' advantages"
-    else:
-        kl = "no KL"
-    config = settings.gd2po_config
-    filtered = (
-        "True (filtered rollouts are not sent to the actors)"
-        if settings.drop_filtered
-        else "False (filtered rollouts train with advantage 0)"
-    )
-    rendering = (
-        "their own chat template's rendering of each conversation"
-        if settings.reward_chat_template == "own"
-        else "the policy's tokens"
-    )
-    lines = [
-        f"GD²PO configuration (--advantage_estimator {settings.estimator})",
-        "  advantage of      the weighted sum Σ_k w_k r_k, normalised within each group (GRPO)"
-        if settings.sum_rewards
-        else None,
-        f"  filter            {config.filter}"
-        + (f" (τ = {config.snr_threshold}, ε = {config.snr_eps})" if config.filter == "snr" else ""),
-        f"  preset            {settings.preset}" if settings.preset else None,
-        f"  group size        {settings.n_samples_per_prompt} rollouts per prompt",
-        f"  normalise by std  {config.norm_by_std}",
-        f"  reweight by κ     {config.reweight_queries}",
-        f"  whiten            {config.whiten}",
-        f"  drop filtered     {filtered}",
-        f"  KL                {kl}",
-        f"  on bad reward     {settings.on_bad_reward}",
-        f"  dynamic sampling  a prompt group trains when at least {settings.dynamic_sampling_min_kept} of its "
-        f"{settings.n_samples_per_prompt} rollouts survive the filter with a non-zero score "
-        f"(|κ Σ_k w_k A_k|·L > 1e-8); a rejected group is replaced by a fresh prompt, at most "
-        f"{settings.dynamic_sampling_max_prompts_factor:g} × the batch's prompts drawn per batch"
-        if settings.dynamic_sampling
-        else "  dynamic sampling  off",
-        _budget_line(settings),
-        *(
-            f"  weight schedule   reward/{s.key} {s.start:g} → {s.end:g} over {s.steps} global steps ({s.shape}), "
-            f"then {s.end:g}"
-            for s in settings.weight_schedules
-        ),
-        f"  reward models see {rendering}"
-        if any(dim.source in MODEL_SOURCES for dim in settings.dimensions)
-        else None,
-        "  reward dimensions (info key, source, weight):",
-    ]
-    for dim in settings.dimensions:
-        where = dim.location
-        if dim.source in MODEL_SOURCES:
-            group = "cost" if dim.source == "cost_model" else "reward"
-            where += f" on {_arg(args, f'{group}.num_nodes', 1)}x{_arg(args, f'{group}.num_gpus_per_node', 1)} GPUs"
-        schedule = next((s for s in settings.weight_schedules if s.key == dim.key), None)
-        if dim.key == settings.constraint_key:
-            weight = f"weight {'-' if dim.weight < 0 else '+'}λ (budget)"
-        elif schedule is not None:
-            weight = f"weight {schedule.start:+g} → {schedule.end:+g} (schedule)"
-        else:
-            weight = f"weight {dim.weight:+g}" + ("  (logged, not trained)" if dim.weight == 0 else "")
-        lines.append(f"    reward/{dim.key:<20} {dim.source:<16} {where}  {weight}")
-    return "\n".join(line for line in lines if line is not None)
-
-
-def _budget_line(settings: RunSettings) -> Optional[str]:
-    """The dry run's line for --cost.budget: the constraint, its sign convention and λ's update."""
-    if settings.cost_budget is None:
-        return None
-    is_cost = settings.dimension(settings.constraint_key).weight < 0
-    convention = (
-        "a cost (weight -1 given: higher is more harmful), so the budget is a ceiling and the weight is -λ"
-        if is_cost
-        else "a score (weight +1 given: higher is safer), so the budget is a floor and the weight is +λ"
-    )
-    update = "log λ += lr·violation" if settings.lambda_log_space else "λ += lr·violation"
-    return (
-        f"  cost budget       batch mean of reward/{settings.constraint_key} {'<=' if is_cost else '>='} "
-        f"{settings.cost_budget:g}: {convention}; each step {update} (λ_0 = {settings.lambda_init:g}, "
-        f"lr {settings.lambda_lr:g}, clipped to [0, {settings.lambda_max:g}])"
-    )
-
-
-def parse_launcher_args(argv: List[str]) -> argparse.Namespace:
-    """The ``args`` OpenRLHF's ``train_ppo_ray`` hands to ``train()`` for ``argv``: parsed by its own parser
-    (extended and validated by the plugin), nested by ``hierarchize`` and post-processed by its ``__main__`` block.
-
-    Runs the launcher module as ``__main__`` with Ray reported as started, and stops where ``train()`` asks for its
-    strategy, its first step after ``ray.init``: nothing is launched. Used by the CPU demo, the benchmarks and the
-    tests, so that they read the same ``args`` as a cluster run.
-    """
-    import runpy
-    import sys
-    from unittest import mock
-
-    import openrlhf.utils
-    import ray
-
-    from .argparse_patch import install_argparse_extension
-
-    class ReachedTrain(Exception):
-        pass
-
-    def stop_at_train(args):
-        raise ReachedTrain(args)
-
-    install_argparse_extension()
-    with (
-        mock.patch.object(sys, "argv", ["train_ppo_ray"] + list(argv)),
-        mock.patch.object(openrlhf.utils, "get_strategy", stop_at_train),
-        mock.patch.object(ray, "is_initialized", lambda: True),
-    ):
-        try:
-            runpy.run_module("openrlhf.cli.train_ppo_ray", run_name="__main__")
-        except ReachedTrain as reached:
-            return reached.args[0]
-    raise RuntimeError("openrlhf.cli.train_ppo_ray did not reach train()")

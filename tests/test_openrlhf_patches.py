@@ -27,6 +27,7 @@ EXPECTED_PATCHES = {
     ("SamplesGenerator", "_generate_vllm"),
     ("SingleTurnAgentExecutor", "_fetch_rewards_via_http"),
     ("SingleTurnAgentExecutor", "_fetch_rewards_via_func"),
+    ("GenerateSamplesActor", "load_state_dict"),
 }
 
 
@@ -48,25 +49,29 @@ def test_every_patched_method_resolves_to_the_plugin_in_every_ray_actor_class():
                     "not the plugin's"
                 )
                 checked.append(f"{actor_class.__name__}.{name}")
-    # The sync PPOTrainer and the async TrainingActor both inherit the three trainer patches.
+    # The sync PPOTrainer and the async TrainingActor both inherit the three trainer patches; the async generator
+    # actor is patched itself.
     assert sorted(checked) == sorted(
-        f"{actor}.{name}"
-        for actor in ("PPOTrainer", "TrainingActor")
-        for name in ("_compute_rollout_stats", "save_logs_and_checkpoints", "init_checkpoint_states")
+        [
+            f"{actor}.{name}"
+            for actor in ("PPOTrainer", "TrainingActor")
+            for name in ("_compute_rollout_stats", "save_logs_and_checkpoints", "init_checkpoint_states")
+        ]
+        + ["GenerateSamplesActor.load_state_dict"]
     )
 
 
 def upstream_source_hashes() -> dict:
     """sha256 (16 hex digits) of the installed OpenRLHF source of each ``WRITTEN_AGAINST`` entry; a method the
     plugin replaced is read from its original, kept in ``UPSTREAM``."""
-    from gd2po_openrlhf.integration.openrlhf_patches import UPSTREAM, WRITTEN_AGAINST
+    from gd2po_openrlhf.integration.openrlhf_patches import UPSTREAM, WRITTEN_AGAINST, plain_class
 
     hashes = {}
     for name in WRITTEN_AGAINST:
         module_name, qualified = name.split(":")
         owner, obj = None, importlib.import_module(module_name)
         for part in qualified.split("."):
-            owner, obj = obj, getattr(obj, part)
+            owner, obj = plain_class(obj), getattr(plain_class(obj), part)
         if getattr(obj, "__module__", "").startswith("gd2po_openrlhf"):  # replaced by the plugin
             obj = UPSTREAM[f"{owner.__name__}.{qualified.rsplit('.', 1)[-1]}"]
         hashes[name] = hashlib.sha256(inspect.getsource(obj).encode()).hexdigest()[:16]

@@ -271,3 +271,124 @@ def test_a_checkpoint_saved_before_budgets_existed_resumes_silently(tmp_path, re
     torch.save(states, path)
     resume(trainer(tmp_path, reward_file, "--ckpt.load_enable"))
     assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
+# ---- one settings object per run (issue 25): the restored settings are checked and used everywhere
+
+
+DYNAMIC = ("--gd2po.filter", "snr", "--gd2po.dynamic_sampling")
+
+
+def test_the_sync_samples_generator_judges_with_the_restored_settings(tmp_path, reward_file):
+    from gd2po_openrlhf.integration.settings import generator_settings
+
+    save(trainer(tmp_path, reward_file, *DYNAMIC, "--gd2po.snr_threshold", "0.3"))
+    resumed = trainer(tmp_path, reward_file, *DYNAMIC, "--gd2po.snr_threshold", "0.9", "--ckpt.load_enable")
+    resumed.samples_generator = SimpleNamespace(args=resumed.args)  # the sync PPOTrainer holds one
+    resume(resumed)
+    settings = generator_settings(resumed.samples_generator)
+    assert settings is resumed.experience_maker.settings and settings.snr_threshold == 0.3
+
+
+def test_the_async_generator_actor_gets_the_restored_settings_with_the_dataloader_state(tmp_path, reward_file):
+    from openrlhf.trainer import ppo_trainer_async
+
+    from gd2po_openrlhf.integration.openrlhf_patches import plain_class
+    from gd2po_openrlhf.integration.settings import generator_settings
+
+    save(trainer(tmp_path, reward_file, *DYNAMIC, "--gd2po.snr_threshold", "0.3"))
+    resumed = trainer(tmp_path, reward_file, *DYNAMIC, "--gd2po.snr_threshold", "0.9", "--ckpt.load_enable")
+    states = resume(resumed)  # the TrainingActor has no samples generator
+    loaded = []
+    actor = SimpleNamespace(
+        samples_generator=SimpleNamespace(args=resumed.args),
+        prompts_dataloader=SimpleNamespace(load_state_dict=loaded.append),
+    )
+    # What PPOTrainerAsync.fit hands the GenerateSamplesActor, through the method Ray's actor class runs.
+    plain_class(ppo_trainer_async.GenerateSamplesActor).load_state_dict(actor, states["data_loader_state_dict"])
+    assert loaded == [{}]  # the dataloader gets its own state only
+    assert generator_settings(actor.samples_generator).snr_threshold == 0.3
+
+
+def test_a_restored_budget_with_dynamic_sampling_is_refused_as_the_parser_refuses_it(tmp_path, reward_file):
+    save(trainer(tmp_path, reward_file, *BUDGET))
+    resumed = trainer(
+        tmp_path, reward_file, "--gd2po.reward_weights", "1", "-1", "--gd2po.dynamic_sampling", "--ckpt.load_enable"
+    )
+    with pytest.raises(ValueError) as refused:
+        resume(resumed)
+    message = str(refused.value)
+    assert f"the GD²PO settings saved in the checkpoint --ckpt.path {tmp_path} (global step 3)" in message
+    assert "--cost.budget 0.25" in message and "--gd2po.dynamic_sampling tests each prompt group" in message
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("gd2po.reward_weights", [1.0], "--gd2po.reward_weights has 1 values [1.0] for 2 reward keys"),
+        ("gd2po.filter", "bogus", "GD2POConfig.filter must be one of"),
+        ("gd2po.snr_threshold", 5.0, "must lie in [0, 1], got 5.0"),
+        ("gd2po.snr_threshold", "0.3", "--gd2po.snr_threshold '0.3' restored"),
+        ("cost.budget", 0.5, "--cost.budget needs the dimension it constrains"),
+    ],
+)
+def test_a_corrupt_checkpoint_is_refused_naming_it_and_the_field(tmp_path, reward_file, field, value, message):
+    save(trainer(tmp_path, reward_file))
+    path = tmp_path / "_actor" / "global_step3" / "client_states.pt"
+    states = torch.load(path, weights_only=False)
+    states["gd2po"][field] = value
+    torch.save(states, path)
+    with pytest.raises(ValueError) as refused:
+        resume(trainer(tmp_path, reward_file, "--ckpt.load_enable"))
+    assert f"checkpoint --ckpt.path {tmp_path}" in str(refused.value) and message in str(refused.value)
+
+
+@pytest.mark.parametrize("value", [float("nan"), -1.0, 11.0, "1"])
+def test_a_checkpoints_lambda_outside_its_range_is_refused(tmp_path, reward_file, value):
+    save(trainer(tmp_path, reward_file, *BUDGET))
+    path = tmp_path / "_actor" / "global_step3" / "client_states.pt"
+    states = torch.load(path, weights_only=False)
+    states["gd2po_state"]["constraint_lambda"] = value
+    torch.save(states, path)
+    with pytest.raises(ValueError, match=r"\(gd2po_state.constraint_lambda\): --cost.budget needs a number in \[0,"):
+        resume(trainer(tmp_path, reward_file, *BUDGET, "--ckpt.load_enable"))
+
+
+def test_no_std_norm_is_restored_and_reported(tmp_path, reward_file, caplog):
+    save(trainer(tmp_path, reward_file, "--algo.advantage.no_std_norm"))
+    resumed = trainer(tmp_path, reward_file, "--ckpt.load_enable")
+    resume(resumed)
+    assert (
+        "Restored from the checkpoint: --algo.advantage.no_std_norm checkpoint True, command line False" in caplog.text
+    )
+    assert resumed.experience_maker.settings.norm_by_std is False
+    fresh = trainer(tmp_path / "fresh", reward_file, "--algo.advantage.no_std_norm")
+    torch.testing.assert_close(advantages(resumed), advantages(fresh), rtol=0, atol=0)
+
+
+def test_every_run_logs_the_configuration_it_trains_with(tmp_path, reward_file, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO)
+    save(trainer(tmp_path, reward_file, "--gd2po.filter", "snr", "--gd2po.snr_threshold", "0.3"))
+    caplog.clear()
+    resume(trainer(tmp_path / "fresh", reward_file, "--gd2po.filter", "hard"))  # a fresh run
+    assert (
+        "GD²PO configuration (--advantage_estimator gd2po)" in caplog.text and "filter            hard" in caplog.text
+    )
+    caplog.clear()
+    resume(trainer(tmp_path, reward_file, "--gd2po.filter", "hard", "--ckpt.load_enable"))  # after the restore
+    assert "filter            snr (τ = 0.3" in caplog.text
+    assert "(the GD²PO configuration this run trains with)" in caplog.text
+
+
+def test_every_settings_field_is_restored_reported_or_not_saved_exactly_once():
+    import dataclasses
+
+    from gd2po_openrlhf.integration import resume as resume_module
+    from gd2po_openrlhf.integration.settings import RunSettings
+
+    tables = (resume_module.RESTORED, resume_module.REPORTED, resume_module.NOT_SAVED)
+    listed = [name for table in tables for name in table]
+    assert sorted(listed) == sorted(field.name for field in dataclasses.fields(RunSettings))
+    assert len(listed) == len(set(listed))

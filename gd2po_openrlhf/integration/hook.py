@@ -11,7 +11,8 @@ The finder watches four module names:
   ``importlib.util.find_spec``), the argparse extension (``argparse_patch.py``) is installed, which widens the
   estimator choices and adds the ``--gd2po.*`` and ``--cost.*`` flags to the parser that defines
   ``--algo.advantage.estimator``;
-- ``PATCHED_MODULES`` (the PPO trainer, its samples generator, the rollout actors' agent executor): right after
+- ``PATCHED_MODULES`` (the PPO trainer, its samples generator, the rollout actors' agent executor, the async
+  trainer's generator actor): right after
   one of them executes, ``openrlhf_patches.patch_module`` applies the plugin's replacements to it, in whichever
   process imports it (the driver, the PPOTrainer actor, the async TrainingActor and GenerateSamplesActor, the
   vLLM rollout actors).
@@ -27,7 +28,8 @@ CLI_MODULE = "openrlhf.cli.train_ppo_ray"
 TRAINER_MODULE = "openrlhf.trainer.ppo_trainer"
 SAMPLES_MODULE = "openrlhf.trainer.ppo_utils.samples_generator"
 AGENT_MODULE = "openrlhf.utils.agent"
-PATCHED_MODULES = (TRAINER_MODULE, SAMPLES_MODULE, AGENT_MODULE)
+ASYNC_TRAINER_MODULE = "openrlhf.trainer.ppo_trainer_async"
+PATCHED_MODULES = (TRAINER_MODULE, SAMPLES_MODULE, AGENT_MODULE, ASYNC_TRAINER_MODULE)
 # The OpenRLHF releases whose internals the integration was checked against (the file:line references in
 # integration/ point into openrlhf 0.11.2).
 SUPPORTED_OPENRLHF = ((0, 11, 2), (0, 12, 0))

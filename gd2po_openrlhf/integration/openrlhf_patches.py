@@ -18,7 +18,7 @@ import importlib
 import inspect
 from typing import Callable, Dict, List, NamedTuple, Tuple
 
-from .hook import AGENT_MODULE, SAMPLES_MODULE, TRAINER_MODULE
+from .hook import AGENT_MODULE, ASYNC_TRAINER_MODULE, SAMPLES_MODULE, TRAINER_MODULE
 
 
 class Patch(NamedTuple):
@@ -42,6 +42,7 @@ PATCHES: Tuple[Patch, ...] = (
     Patch(SAMPLES_MODULE, "SamplesGenerator", "_generate_vllm", "dynamic_sampling", "e31c2c4b19657950"),
     Patch(AGENT_MODULE, "SingleTurnAgentExecutor", "_fetch_rewards_via_http", "remote_rewards", "80fa86e093c31474"),
     Patch(AGENT_MODULE, "SingleTurnAgentExecutor", "_fetch_rewards_via_func", "remote_rewards", "d95c3341afe015a5"),
+    Patch(ASYNC_TRAINER_MODULE, "GenerateSamplesActor", "load_state_dict", "resume", "285d0067475979c1"),
 )
 
 # The same hashes of what the plugin overrides in a subclass or relies on without replacing it.
@@ -69,6 +70,12 @@ UPSTREAM: Dict[str, Callable] = {}
 # (class, method name) of every OpenRLHF method replaced: the unit test walks OpenRLHF's Ray actor classes and
 # checks that each of these resolves to the plugin's version there, not to OpenRLHF's original.
 PATCHED_METHODS: List[Tuple[type, str]] = []
+
+
+def plain_class(value) -> type:
+    """The class a ``@ray.remote`` class was defined as (``value`` itself for a plain class)."""
+    metadata = getattr(value, "__ray_metadata__", None)
+    return metadata.modified_class.__ray_actor_class__ if metadata is not None else value
 
 
 def ray_actor_classes(module) -> List[type]:
@@ -110,5 +117,6 @@ def patch_module(module) -> None:
     for patch in PATCHES:
         if patch.module == module.__name__:
             feature = importlib.import_module(f"{__package__}.{patch.feature}")
-            replace_method(getattr(module, patch.owner), patch.method, getattr(feature, patch.method), module)
+            owner = plain_class(getattr(module, patch.owner))
+            replace_method(owner, patch.method, getattr(feature, patch.method), module)
     module.gd2po_patched = True

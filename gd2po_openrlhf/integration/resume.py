@@ -1,90 +1,138 @@
 """The run's GD²PO settings in OpenRLHF's checkpoints, and what a resumed run (``--ckpt.load_enable``) restores.
 
 The settings travel in the actors' DeepSpeed client state (``save_logs_and_checkpoints`` here, replacing
-``BasePPOTrainer``'s) and are read back by ``init_checkpoint_states`` (likewise).
+``BasePPOTrainer``'s) and are read back by ``init_checkpoint_states`` (likewise): the command line with the
+checkpoint's restorable flags put back, resolved and checked by ``resolve_settings`` as at parse time, gives the one
+``RunSettings`` of the resumed run. The experience maker, the samples generator (the dynamic-sampling group test and
+the arrival of remote rewards; in async runs its actor gets them through ``GenerateSamplesActor.load_state_dict``)
+and the logged configuration all use it.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import copy
+import math
 from typing import Optional, Tuple
 
 from openrlhf.utils.logging_utils import init_logger
 
+from .dry_run import describe
 from .openrlhf_patches import UPSTREAM
-from .settings import RunSettings, replace_weights
+from .settings import RunSettings, resolve_settings
 
 logger = init_logger(__name__)
 
-# The settings that define the advantages a run trains on, by flag: a resumed run restores the checkpoint's.
-RESUMED_FLAGS = {
-    "gd2po.filter": "filter",
-    "gd2po.snr_threshold": "snr_threshold",
-    "gd2po.snr_eps": "snr_eps",
-    "gd2po.reward_weights": "reward_weights",
-    "gd2po.no_reweight": "no_reweight",
-    "gd2po.no_whiten": "no_whiten",
-    "gd2po.drop_filtered": "drop_filtered",
-    "gd2po.sum_rewards": "sum_rewards",
-    "gd2po.reward_weight_schedule": "reward_weight_schedule",
-    "gd2po.constraint_key": "constraint_key",
-    "cost.budget": "cost_budget",
-    "cost.lambda_init": "lambda_init",
-    "cost.lambda_lr": "lambda_lr",
-    "cost.lambda_max": "lambda_max",
-    "cost.lambda_log_space": "lambda_log_space",
+# Every RunSettings field by what a resumed run does with it; tests/test_resume.py checks that the three tables
+# cover dataclasses.fields(RunSettings) exactly once.
+# Restored: they define the advantages a run trains on; the checkpoint's flag value replaces the command line's.
+RESTORED = {
+    "filter": "gd2po.filter",
+    "snr_threshold": "gd2po.snr_threshold",
+    "snr_eps": "gd2po.snr_eps",
+    "norm_by_std": "algo.advantage.no_std_norm",  # saved as the flag: not norm_by_std
+    "dimensions": "gd2po.reward_weights",  # their weights; keys and sources are compared ("dimensions")
+    "no_reweight": "gd2po.no_reweight",
+    "no_whiten": "gd2po.no_whiten",
+    "drop_filtered": "gd2po.drop_filtered",
+    "sum_rewards": "gd2po.sum_rewards",
+    "reward_weight_schedule": "gd2po.reward_weight_schedule",
+    "constraint_key": "gd2po.constraint_key",
+    "cost_budget": "cost.budget",
+    "lambda_init": "cost.lambda_init",
+    "lambda_lr": "cost.lambda_lr",
+    "lambda_max": "cost.lambda_max",
+    "lambda_log_space": "cost.lambda_log_space",
 }
-# Saved and compared, but acting outside the experience maker (set up before a checkpoint is read): reported only.
-REPORTED_FLAGS = {
-    "gd2po.on_bad_reward": "on_bad_reward",
-    "gd2po.reward_chat_template": "reward_chat_template",
-    "gd2po.dynamic_sampling": "dynamic_sampling",
-    "gd2po.dynamic_sampling_min_kept": "dynamic_sampling_min_kept",
-    "gd2po.dynamic_sampling_max_prompts_factor": "dynamic_sampling_max_prompts_factor",
+# Reported: saved and compared, but acting where the run was set up before a checkpoint is read (the rollout actors,
+# the model groups, the samples generator's loop), or deciding whether anything is restored at all.
+REPORTED = {
+    "estimator": "estimator",
+    "on_bad_reward": "gd2po.on_bad_reward",
+    "reward_chat_template": "gd2po.reward_chat_template",
+    "dynamic_sampling": "gd2po.dynamic_sampling",
+    "dynamic_sampling_min_kept": "gd2po.dynamic_sampling_min_kept",
+    "dynamic_sampling_max_prompts_factor": "gd2po.dynamic_sampling_max_prompts_factor",
 }
+# Not saved, and why.
+NOT_SAVED = {
+    "n_samples_per_prompt": "OpenRLHF's --rollout.n_samples_per_prompt, which its own data state follows",
+    "reward_model_key": "the model groups' keys are in the dimensions",
+    "cost_model_key": "the model groups' keys are in the dimensions",
+    "resume_with_flags": "it decides the resume itself",
+    "preset": "the preset's values are the other fields",
+}
+# The key under which the restored settings ride in the dataloader state to the async GenerateSamplesActor.
+SETTINGS_KEY = "gd2po_settings"
+
+
+def _flag_value(settings: RunSettings, field: str):
+    if field == "norm_by_std":
+        return not settings.norm_by_std
+    if field == "dimensions":
+        return list(settings.reward_weights)
+    return getattr(settings, field)
 
 
 def checkpoint_settings(settings: RunSettings) -> dict:
     """The run's GD²PO settings as saved with each OpenRLHF checkpoint (plain Python values).
 
-    ``gd2po.<flag>`` and ``cost.<flag>`` entries hold the flags' resolved values; ``dimensions`` lists each reward
-    dimension as [key, source, location].
+    The restored and reported flags hold their resolved values (``estimator`` the estimator); ``dimensions`` lists
+    each reward dimension as [key, source, location].
     """
-    saved = {flag: getattr(settings, name) for flag, name in {**RESUMED_FLAGS, **REPORTED_FLAGS}.items()}
-    saved["gd2po.reward_weights"] = list(settings.reward_weights)
-    saved["estimator"] = settings.estimator
+    saved = {flag: _flag_value(settings, field) for field, flag in {**RESTORED, **REPORTED}.items()}
     saved["dimensions"] = [[dim.key, dim.source, dim.location] for dim in settings.dimensions]
     return saved
 
 
-def restore_checkpoint_settings(settings: RunSettings, saved: dict) -> Tuple[RunSettings, Optional[str]]:
+def _with_flags(args, values: dict):
+    """A copy of OpenRLHF's (nested) ``args`` with the dotted flags of ``values`` set."""
+    args = copy.deepcopy(args)
+    for dotted, value in values.items():
+        if dotted in vars(args):
+            setattr(args, dotted, value)
+            continue
+        node, *parents, name = [args] + dotted.split(".")
+        for part in parents:
+            node = getattr(node, part)
+        setattr(node, name, value)
+    return args
+
+
+def restore_checkpoint_settings(
+    args, settings: RunSettings, saved: dict, checkpoint: str
+) -> Tuple[RunSettings, Optional[str]]:
     """The settings to resume with, and a warning naming every difference from the checkpoint's (None if none).
 
-    The checkpoint's ``RESUMED_FLAGS`` replace the command line's, except with --gd2po.resume_with_flags or when the
-    estimator or the reward keys changed (the checkpoint's weights would then belong to other dimensions). Other
-    differences (reward sources, the bad-reward policy, the reward chat template, dynamic sampling) are reported:
-    they act outside the experience maker, in processes and actor groups set up before a checkpoint is read.
+    The checkpoint's ``RESTORED`` flags replace the command line's in ``args``, except with
+    --gd2po.resume_with_flags or when the estimator or the reward keys changed (the checkpoint's weights would then
+    belong to other dimensions), and ``resolve_settings`` checks the result as it checks a command line: a value the
+    launcher would refuse raises ValueError naming ``checkpoint`` and the flag. Other differences are reported.
     """
     current = checkpoint_settings(settings)
     # A flag the checkpoint lacks came with a later plugin version: the checkpoint's run had the flag's default.
     defaults = checkpoint_settings(RunSettings())
-    saved = {**{flag: defaults[flag] for flag in RESUMED_FLAGS.keys() | REPORTED_FLAGS.keys()}, **saved}
+    saved = {**{flag: defaults[flag] for flag in {**RESTORED, **REPORTED}.values()}, **saved}
     differences = {name: (saved.get(name), value) for name, value in current.items() if saved.get(name) != value}
     if not differences:
         return settings, None
     same_keys = [d[0] for d in saved.get("dimensions", [])] == [d[0] for d in current["dimensions"]]
     restore = same_keys and saved.get("estimator") == current["estimator"] and not settings.resume_with_flags
-    restored = [name for name in differences if restore and name in RESUMED_FLAGS]
-    values = {RESUMED_FLAGS[name]: differences[name][0] for name in restored}
-    weights = values.pop("reward_weights", None)
-    settings = dataclasses.replace(settings, **values)
-    if weights is not None:
-        settings = replace_weights(settings, weights)
+    restored = [name for name in differences if restore and name in RESTORED.values()]
+    if restored:
+        try:
+            settings = resolve_settings(_with_flags(args, {name: differences[name][0] for name in restored}))
+        except (ValueError, TypeError) as error:
+            raise ValueError(
+                f"the GD²PO settings saved in the checkpoint {checkpoint} do not pass the launcher's checks with "
+                f"{', '.join(f'--{name} {differences[name][0]!r}' for name in restored)} restored from it: {error}. "
+                "Resume from another checkpoint, or pass --gd2po.resume_with_flags to train on the command line's "
+                "settings"
+            ) from None
 
     def listed(names):
         return "; ".join(
             f"--{name} checkpoint {differences[name][0]!r}, command line {differences[name][1]!r}"
-            if name.startswith(("gd2po.", "cost."))
+            if "." in name
             else f"{name}: checkpoint {differences[name][0]!r}, command line {differences[name][1]!r}"
             for name in names
         )
@@ -123,20 +171,30 @@ def save_logs_and_checkpoints(self, global_step, logs_dict=None, client_states=N
 
 
 def init_checkpoint_states(self):
-    """Mirrors ``BasePPOTrainer.init_checkpoint_states``: a resumed gd2po/gdpo run restores the checkpoint's
-    settings into the experience maker (``resume.restore_checkpoint_settings``), warning about every difference."""
+    """Mirrors ``BasePPOTrainer.init_checkpoint_states``, which ``fit`` calls once before the first step: a resumed
+    gd2po/gdpo run restores the checkpoint's settings (``restore_checkpoint_settings``), warning about every
+    difference, and hands them to the samples generator; every gd2po/gdpo run then logs its configuration."""
     states = UPSTREAM["BasePPOTrainer.init_checkpoint_states"](self)
     maker = self.experience_maker
-    if getattr(maker, "settings", None) is None or not states.get("global_step"):
-        return states  # not a GD²PO run, or not resuming
+    if getattr(maker, "settings", None) is None:
+        return states  # not a GD²PO run
+    if states.get("global_step"):
+        _resume(self, states)
+    logger.info(f"{describe(self.args, maker.settings)}\n(the GD²PO configuration this run trains with)")
+    return states
+
+
+def _resume(trainer, states: dict) -> None:
+    maker = trainer.experience_maker
     maker.completed_steps = states["global_step"]  # where --gd2po.reward_weight_schedule goes on
     if "gd2po" not in states:
         logger.warning(
             "the checkpoint holds no GD²PO settings (saved without the plugin, or by another estimator): "
             "resuming with the command line's"
         )
-        return states
-    maker.settings, warning = restore_checkpoint_settings(maker.settings, states["gd2po"])
+        return
+    checkpoint = f"--ckpt.path {trainer.args.ckpt.path} (global step {states['global_step']})"
+    maker.settings, warning = restore_checkpoint_settings(trainer.args, maker.settings, states["gd2po"], checkpoint)
     if warning:
         logger.warning(warning)
     settings = maker.settings
@@ -144,7 +202,15 @@ def init_checkpoint_states(self):
         saved_lambda = states.get("gd2po_state", {}).get("constraint_lambda")
         same_key = states["gd2po"].get("gd2po.constraint_key") == settings.constraint_key
         if saved_lambda is not None and same_key:
-            maker.constraint_lambda = min(max(float(saved_lambda), 0.0), settings.lambda_max)
+            if isinstance(saved_lambda, bool) or not isinstance(saved_lambda, (int, float)):
+                saved_lambda = math.nan
+            if not 0 <= saved_lambda <= settings.lambda_max:  # NaN included
+                raise ValueError(
+                    f"the checkpoint {checkpoint} holds λ = {states['gd2po_state']['constraint_lambda']!r} for "
+                    f"reward/{settings.constraint_key} (gd2po_state.constraint_lambda): --cost.budget needs a number "
+                    f"in [0, --cost.lambda_max = {settings.lambda_max:g}]; resume from another checkpoint"
+                )
+            maker.constraint_lambda = float(saved_lambda)
             logger.info(f"--cost.budget: λ of reward/{settings.constraint_key} resumes at {maker.constraint_lambda:g}")
         else:
             maker.constraint_lambda = settings.lambda_init
@@ -152,5 +218,22 @@ def init_checkpoint_states(self):
                 f"--cost.budget: the checkpoint holds no λ for reward/{settings.constraint_key}: starting from "
                 f"--cost.lambda_init {settings.lambda_init:g}"
             )
-    logger.info(f"GD²PO settings after resuming: {checkpoint_settings(settings)}")
-    return states
+    generator = getattr(trainer, "samples_generator", None)
+    if generator is not None:  # the sync PPOTrainer: its samples generator judges dynamic-sampling groups
+        generator.gd2po_settings = settings
+    else:  # the async TrainingActor: they ride with the dataloader state to the GenerateSamplesActor
+        states["data_loader_state_dict"] = {**(states.get("data_loader_state_dict") or {}), SETTINGS_KEY: settings}
+
+
+# ---- async generator process: openrlhf/trainer/ppo_trainer_async.py, GenerateSamplesActor
+
+
+def load_state_dict(self, state_dict):
+    """Mirrors ``GenerateSamplesActor.load_state_dict`` (the resumed dataloader position, the only part of the
+    checkpoint that reaches this actor): the resumed run's settings, put there by ``init_checkpoint_states``, become
+    its samples generator's."""
+    state_dict = dict(state_dict or {})
+    settings = state_dict.pop(SETTINGS_KEY, None)
+    if settings is not None:
+        self.samples_generator.gd2po_settings = settings
+    return UPSTREAM["GenerateSamplesActor.load_state_dict"](self, state_dict)

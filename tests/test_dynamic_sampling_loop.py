@@ -183,3 +183,26 @@ def test_the_counts_reach_the_steps_metrics(reward_file, engine):
     assert metrics["gd2po/dynamic_sampling/generated_per_trained_rollout"] == pytest.approx(20 / 16)
     assert sum(len(e.index) for e in trained) == 16
     assert torch.isfinite(torch.cat([e.advantages.flatten() for e in trained])).all()
+
+
+def test_the_log_says_what_the_group_test_found_with_the_settings_it_used(reward_file, engine, caplog):
+    # OpenRLHF's "Filtered out: avg_reward=0.00 … scores=['0.00', …]" encodes the plugin's verdict; the plugin's
+    # own line before it names the reason, and one line per batch the test and its settings (issue 25, item 10).
+    prompts = ["constant 0", "pass 1", "conflict 2", "bad 3", "pass 4", "pass 5", "pass 6"]
+    samples_generator = generator(
+        reward_file, engine, prompts, "--gd2po.filter", "snr", "--gd2po.snr_threshold", "0.3"
+    )
+    with caplog.at_level(logging.INFO):
+        samples_generator.generate_samples()
+    text = caplog.text
+    assert "rejected the prompt group of 'constant 0': every reward dimension is constant within the group" in text
+    assert (
+        "rejected the prompt group of 'conflict 2': not at least 1 of 4 rollouts survive the snr filter at τ = 0.3 "
+        "with a non-zero score" in text
+    )
+    assert "rejected the prompt group of 'bad 3': a reward is NaN, infinite or beyond the plugin's bound" in text
+    assert "shows this verdict as scores (0.00 = rejected), not rewards" in text
+    assert (
+        "--gd2po.dynamic_sampling: 4 of 7 prompt groups passed (at least 1 of 4 rollouts survive the snr filter at "
+        "τ = 0.3 with a non-zero score); rejected: 1 constant, 1 filtered, 1 with a bad reward" in text
+    )

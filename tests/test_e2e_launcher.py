@@ -293,6 +293,8 @@ def test_g_dynamic_sampling_with_drop_filtered(e2e, trainer):
             str(assets.reward_file),
             "--gd2po.reward_keys",
             *TASK_KEYS,
+            "--gd2po.snr_threshold",
+            "0.3",
             "--gd2po.dynamic_sampling",
             "--gd2po.dynamic_sampling_min_kept",
             "2",
@@ -324,7 +326,27 @@ def test_g_dynamic_sampling_with_drop_filtered(e2e, trainer):
         "g: no group was rejected, the replacement loop was not exercised"
     )
     assert "Filtered out: avg_reward=0.00, threshold=(0.00, 1.00)" in result.log  # OpenRLHF's loop dropped them
+    assert "shows this verdict as scores (0.00 = rejected), not rewards" in result.log  # and the plugin said why
     assert "[gd2po e2e stand-in] torch.cuda shim active" in result.log
+
+    # Resume with --gd2po.snr_threshold 0.9 against the checkpoint's 0.3: the group test (in the sync trainer actor,
+    # or the async GenerateSamplesActor) judges with the restored τ, as the estimator does. A second episode gives
+    # the resumed run steps to take.
+    resume_flags = flags + [
+        "--gd2po.snr_threshold",
+        "0.9",
+        "--ckpt.load_enable",
+        "--train.num_episodes",
+        "2",
+        "--logger.tensorboard_dir",
+        str(run_dir / "tensorboard_resumed"),
+    ]
+    resumed = harness.run_launcher(f"g (resume with τ 0.9), {trainer}", resume_flags, run_dir, head).check()
+    assert "Restored from the checkpoint: --gd2po.snr_threshold checkpoint 0.3, command line 0.9" in resumed.log
+    assert "prompt groups passed (at least 2 of 4 rollouts survive the snr filter at τ = 0.3" in resumed.log
+    assert "τ = 0.9" not in resumed.log
+    resumed_tau = [value for _, value in _scalar_files(run_dir / "tensorboard_resumed", "train/gd2po/snr_threshold")]
+    assert resumed_tau and resumed_tau == pytest.approx([0.3] * len(resumed_tau))
 
 
 def test_d_two_data_parallel_actor_ranks_and_a_logged_only_dimension(e2e):

@@ -82,6 +82,24 @@ def judge_group(group: List, settings: RunSettings) -> str:
     return "rejected_constant" if bool(verdict.constant[0]) else "rejected_filtered"
 
 
+def group_test(settings: RunSettings) -> str:
+    """The group test in words, with the settings it runs on (logged with every batch and rejection)."""
+    config = settings.gd2po_config
+    tau = f" at τ = {config.snr_threshold:g}" if config.filter == "snr" else ""
+    return (
+        f"at least {settings.dynamic_sampling_min_kept} of {settings.n_samples_per_prompt} rollouts survive the "
+        f"{config.filter} filter{tau} with a non-zero score"
+    )
+
+
+def rejection_reason(verdict: str, settings: RunSettings) -> str:
+    return {
+        "rejected_constant": "every reward dimension is constant within the group",
+        "rejected_filtered": f"not {group_test(settings)}",
+        "rejected_bad_reward": "a reward is NaN, infinite or beyond the plugin's bound",
+    }[verdict]
+
+
 class GroupTally:
     """Collects the rollouts of each prompt as OpenRLHF processes them, judges each complete group and writes the
     verdict into its ``scores`` for OpenRLHF's range test (``score_range``: ``--algo.dynamic_filtering_range``)."""
@@ -108,6 +126,14 @@ class GroupTally:
                 "together in SamplesGenerator._generate_vllm (see gd2po_openrlhf/integration/dynamic_sampling.py)"
             )
         verdict = judge_group(group, self.settings)
+        if verdict != "passed":
+            # OpenRLHF logs "Filtered out: avg_reward=…, scores=[…]" for this group next: those are the verdict's
+            # encoding, not rewards, so say what the test found first.
+            logger.info(
+                f"--gd2po.dynamic_sampling rejected the prompt group of {group[0].prompts[0]!r:.80}: "
+                f"{rejection_reason(verdict, self.settings)}. OpenRLHF's 'Filtered out' line for it shows this "
+                f"verdict as scores ({self.reject_score:.2f} = rejected), not rewards"
+            )
         setattr(self.counts, verdict, getattr(self.counts, verdict) + 1)
         self.counts.generated_rollouts += len(group)
         score = self.pass_score if verdict == "passed" else self.reject_score
@@ -167,6 +193,11 @@ def _generate_vllm(self, dataloader_iter, num_prompts: int, dynamic_filtering, *
             "groups that passed. A batch of fewer rollouts than --train.batch_size leaves DeepSpeed's gradient "
             "accumulation mid-window, as any short batch in OpenRLHF: raise the factor if this recurs"
         )
+    logger.info(
+        f"--gd2po.dynamic_sampling: {counts.passed} of {counts.judged} prompt groups passed ({group_test(settings)}); "
+        f"rejected: {counts.rejected_constant} constant, {counts.rejected_filtered} filtered, "
+        f"{counts.rejected_bad_reward} with a bad reward"
+    )
     if experiences:
         setattr(experiences[0], COUNTS_ATTRIBUTE, counts)
     else:

@@ -231,9 +231,13 @@ def _resume(trainer, states: dict) -> None:
 def load_state_dict(self, state_dict):
     """Mirrors ``GenerateSamplesActor.load_state_dict`` (the resumed dataloader position, the only part of the
     checkpoint that reaches this actor): the resumed run's settings, put there by ``init_checkpoint_states``, become
-    its samples generator's."""
+    its samples generator's.
+
+    Ray sends this actor's class by value (the module attribute is the ``@ray.remote`` wrapper), so the worker never
+    imports ``ppo_trainer_async`` and ``UPSTREAM`` has no original there: the upstream body, one line, is repeated
+    (its source hash is in ``PATCHES``)."""
     state_dict = dict(state_dict or {})
     settings = state_dict.pop(SETTINGS_KEY, None)
     if settings is not None:
         self.samples_generator.gd2po_settings = settings
-    return UPSTREAM["GenerateSamplesActor.load_state_dict"](self, state_dict)
+    self.prompts_dataloader.load_state_dict(state_dict)

@@ -9,7 +9,8 @@ Budget D on the batch mean c̄_t of one dimension (projected dual ascent, as PPO
     violation_t = s · (c̄_t − D)    s = +1 for a cost (user weight < 0: D is a ceiling, c̄ ≤ D)
                                     s = −1 for a score (user weight > 0: D is a floor, c̄ ≥ D)
     λ_t = clip(λ_{t−1} + η · violation_t, 0, λ_max)             (dual ascent)
-    λ_t = min(λ_{t−1} · exp(η · violation_t), λ_max)            (in log space: log λ moves by η · violation)
+    λ_t = min(λ_{t−1} · exp(η · violation_t), λ_max)            (in log space: log λ moves by η · violation;
+                                                                 λ > 0 always, floored at the smallest normal float)
     w_t = −s · λ_t                                              (−λ for a cost, +λ for a safety score)
 
 The multiplier scales the group-normalised advantage of the dimension (A = Σ_others w_k A_k − λ A_cost), not the
@@ -24,6 +25,7 @@ Schedule of one dimension's weight over global steps t = 0, 1, ... (t = steps al
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Tuple
 
@@ -91,9 +93,10 @@ def dual_ascent(
     """
     violation = (batch_mean - budget) if is_cost else (budget - batch_mean)
     if log_space:
-        # exp overflows past ~709: the clip at λ_max is what a huge step means anyway.
+        # exp overflows past ~709: the clip at λ_max is what a huge step means anyway. A huge step down would
+        # underflow to 0, where λ·exp(·) stays for good: λ is floored at the smallest normal float instead.
         step = learning_rate * violation
-        updated = max_multiplier if step > 700 else multiplier * math.exp(step)
+        updated = max_multiplier if step > 700 else max(multiplier * math.exp(max(step, -700.0)), sys.float_info.min)
     else:
         updated = multiplier + learning_rate * violation
     return min(max(updated, 0.0), max_multiplier), violation

@@ -145,7 +145,7 @@ def test_dry_run_reward_and_cost_model_with_explicit_entry_point():
         ),
         (["--gd2po.snr_threshold", "1.5"], "must lie in [0, 1], got 1.5"),
         (["--critic.model_name_or_path", "org/critic"], "has no critic: drop --critic.model_name_or_path"),
-        (["--cost.offload"], "--cost.offload given without --cost.model_name_or_path"),
+        (["--cost.offload"], "--cost.offload only acts with --cost.model_name_or_path; with no cost model it would"),
         (
             ["--reward.overlong_buffer_len", "64"],
             "--reward.overlong_buffer_len shapes OpenRLHF's single summed reward",
@@ -287,7 +287,8 @@ def test_a_stock_estimator_dry_run_runs_openrlhfs_checks_too(reward_file):
         ),
         (
             VALID_GD2PO + ["--gd2po.dynamic_sampling_min_kept", "2"],
-            "--gd2po.dynamic_sampling_min_kept only act with --gd2po.dynamic_sampling: add it or drop them",
+            "--gd2po.dynamic_sampling_min_kept only acts with --gd2po.dynamic_sampling; with dynamic sampling off it would "
+            "be ignored: drop it",
         ),
         (
             ["--algo.advantage.estimator", "group_norm", "--gd2po.dynamic_sampling"],
@@ -295,7 +296,7 @@ def test_a_stock_estimator_dry_run_runs_openrlhfs_checks_too(reward_file):
         ),
         (
             VALID_GD2PO + ["--gd2po.filter", "hard", "--gd2po.snr_threshold", "0.5"],
-            "--gd2po.snr_threshold only acts with the snr filter; with --gd2po.filter hard they would be ignored",
+            "--gd2po.snr_threshold only acts with the snr filter; with --gd2po.filter hard it would be ignored: drop it",
         ),
         (
             [

@@ -117,8 +117,16 @@ def flags(reward_file, *extra, weights=("1", "-1")):
         (["--cost.budget", "1", "--gd2po.constraint_key", "cost"], None, "give its sign in --gd2po.reward_weights"),
         (["--cost.budget", "1", "--gd2po.constraint_key", "cost"], ("1", "-2"), "give only its sign: -1"),
         (["--cost.budget", "1", "--gd2po.constraint_key", "cost"], ("1", "0"), "give only its sign"),
-        (["--cost.lambda_lr", "0.5"], ("1", "-1"), "--cost.lambda_lr only act with --cost.budget"),
-        (["--gd2po.constraint_key", "cost"], ("1", "-1"), "--gd2po.constraint_key only act with --cost.budget"),
+        (
+            ["--cost.lambda_lr", "0.5"],
+            ("1", "-1"),
+            "--cost.lambda_lr only acts with --cost.budget; with no budget it would be ignored: drop it",
+        ),
+        (
+            ["--gd2po.constraint_key", "cost"],
+            ("1", "-1"),
+            "--gd2po.constraint_key only acts with --cost.budget; with no budget it",
+        ),
         (["--cost.budget", "nan", "--gd2po.constraint_key", "cost"], ("1", "-1"), "--cost.budget must be a finite"),
         (
             ["--cost.budget", "1", "--gd2po.constraint_key", "cost", "--cost.lambda_init", "20"],

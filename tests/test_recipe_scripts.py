@@ -15,10 +15,15 @@ SCRIPTS = ROOT / "examples" / "scripts"
 TOOL_FILE = str(ROOT / "examples" / "rewards" / "tool_calling.py")
 
 
+# The launchers' default DATA is the converters' output, absent here: the dry run refuses a missing local dataset.
+PROMPTS = str(ROOT / "examples" / "data" / "samples" / "smoke_prompts.jsonl")
+
+
 def dry_run(script, **env):
     environment = {
         **os.environ,
         "GD2PO_DRY_RUN": "1",
+        "DATA": PROMPTS,
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
         **env,
     }
@@ -84,7 +89,12 @@ def run_with_python_shim(tmp_path, script, python_code, **env):
     shim = tmp_path / "python3"
     shim.write_text(f"#!/bin/sh\nexec {sys.executable} -c '{python_code}' \"$@\"\n")
     shim.chmod(0o755)
-    environment = {**os.environ, "PATH": f"{tmp_path}:{Path(sys.executable).parent}:{os.environ['PATH']}", **env}
+    environment = {
+        **os.environ,
+        "DATA": PROMPTS,
+        "PATH": f"{tmp_path}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+        **env,
+    }
     environment.pop("GD2PO_DRY_RUN", None)
     return subprocess.run(
         ["bash", str(SCRIPTS / script)], capture_output=True, text=True, env=environment, timeout=300
@@ -248,3 +258,10 @@ def test_the_budget_launcher_constrains_the_cost_model_with_either_sign_conventi
     assert "weight " + ("-" if env.get("COST_WEIGHT") == "-1" else "+") + "λ (budget)" in result.stdout
     if env.get("ESTIMATOR") == "grpo":  # GRPO-Lagrangian: the budget weights the cost before the sum
         assert "the weighted sum Σ_k w_k r_k, normalised within each group (GRPO)" in result.stdout
+
+
+def test_a_dry_run_refuses_a_local_dataset_that_does_not_exist(tmp_path):
+    missing = tmp_path / "data" / "tool_calling" / "train.jsonl"  # not converted yet
+    result = dry_run("train_gd2po_tool_calling.sh", DATA=str(missing))
+    assert result.returncode == 2 and f"--data.prompt_dataset {missing} does not exist" in result.stderr
+    assert result.stderr.count("\n") == 2, "one error line and one line on --help, not OpenRLHF's usage text"

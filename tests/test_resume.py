@@ -326,7 +326,7 @@ def test_a_restored_budget_with_dynamic_sampling_is_refused_as_the_parser_refuse
     "field, value, message",
     [
         ("gd2po.reward_weights", [1.0], "--gd2po.reward_weights has 1 values [1.0] for 2 reward keys"),
-        ("gd2po.filter", "bogus", "GD2POConfig.filter must be one of"),
+        ("gd2po.filter", "bogus", "--gd2po.filter must be one of"),
         ("gd2po.snr_threshold", 5.0, "must lie in [0, 1], got 5.0"),
         ("gd2po.snr_threshold", "0.3", "--gd2po.snr_threshold '0.3' restored"),
         ("cost.budget", 0.5, "--cost.budget needs the dimension it constrains"),

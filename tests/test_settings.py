@@ -112,7 +112,8 @@ def test_resolve_mixes_reward_model_and_rule_based_function():
                 "gd2po.reward_keys": ["reward_model", "cost"],
                 "gd2po.reward_weights": [1, -1],
             },
-            "reward key 'cost' has no source",
+            "reward key 'cost' is the cost model's dimension (--gd2po.cost_model_key), but no "
+            "--cost.model_name_or_path is given",
         ),
     ],
 )

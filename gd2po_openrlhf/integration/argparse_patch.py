@@ -5,9 +5,14 @@
 ``--algo.advantage.estimator``:
 - ``add_argument``: the estimator gets the choices gd2po and gdpo and the flat alias ``--advantage_estimator``; the
   ``--gd2po.*`` / ``--cost.*`` flags (``flags.py``) are added;
-- ``parse_known_args``: a ``--gd2po.config`` preset becomes the parser's defaults (the command line overrides it);
-  after parsing, ``check_command_line`` refuses what does not fit (``parser.error``: exit 2 with the usage line,
-  before Ray starts) and runs the dry run.
+- ``parse_known_args``: a ``--gd2po.config`` preset becomes the parser's defaults (the command line overrides it,
+  key by key for ``--gd2po.reward_weight_schedule``); negative numbers in scientific notation (``-1e-3``) are values,
+  not options; after parsing, ``check_command_line`` refuses what does not fit (exit 2 with one line naming the
+  flag, before Ray starts) and runs the dry run.
+
+One policy for flags that act only together with another setting (``ONLY_ACTS_WITH``): given on the command line
+without it, they are refused; set by a preset, they are ignored, since one preset serves several variants of a run
+(``configs/tool_calling.yaml`` holds τ for the snr launcher and the hard one alike).
 
 Only the standard library at import time (``ray`` for the dry run only).
 """
@@ -16,16 +21,75 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
-from typing import List, Optional, Tuple
+from typing import Callable, List, NamedTuple, Optional, Tuple
 
 from ..rewards import reward_client_settings
 from .dry_run import describe
 from .flags import add_gd2po_arguments, load_preset
-from .settings import GD2PO_ESTIMATORS, RunSettings, _arg, resolve_settings
+from .settings import COST_GROUP_DEFAULTS, GD2PO_ESTIMATORS, RunSettings, _arg, resolve_settings
 
 ESTIMATOR_FLAG = "--algo.advantage.estimator"
 ESTIMATOR_ALIAS = "--advantage_estimator"  # OpenRLHF 0.9.x spelling
+# argparse reads -5, -0.5 but not -5e-1 as a number (a value, not an option): this adds scientific notation.
+NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+SCHEDULE = "gd2po.reward_weight_schedule"
+
+
+class OnlyActsWith(NamedTuple):
+    """``flags`` (dests) do something only when ``active(settings)``; ``needs`` says what that takes and
+    ``instead(settings)`` what the run has instead."""
+
+    flags: Tuple[str, ...]
+    active: Callable[[RunSettings], bool]
+    needs: str
+    instead: Callable[[RunSettings], str]
+
+
+def _filter_in_words(settings: RunSettings) -> str:
+    return (
+        "--advantage_estimator gdpo (no filter)"
+        if settings.estimator == "gdpo"
+        else f"--gd2po.filter {settings.filter}"
+    )
+
+
+ONLY_ACTS_WITH = (
+    OnlyActsWith(
+        ("gd2po.snr_threshold", "gd2po.snr_eps"), lambda s: s.filter == "snr", "the snr filter", _filter_in_words
+    ),
+    OnlyActsWith(
+        ("gd2po.drop_filtered",),
+        lambda s: s.filter != "none",
+        "a conflict filter (--advantage_estimator gd2po with --gd2po.filter hard or snr)",
+        _filter_in_words,
+    ),
+    OnlyActsWith(
+        ("gd2po.no_reweight",),
+        lambda s: s.estimator == "gd2po",
+        "--advantage_estimator gd2po (κ reweighting)",
+        lambda s: "--advantage_estimator gdpo, which never reweights",
+    ),
+    OnlyActsWith(
+        ("gd2po.dynamic_sampling_min_kept", "gd2po.dynamic_sampling_max_prompts_factor"),
+        lambda s: s.dynamic_sampling,
+        "--gd2po.dynamic_sampling",
+        lambda s: "dynamic sampling off",
+    ),
+    OnlyActsWith(
+        ("cost.lambda_init", "cost.lambda_lr", "cost.lambda_max", "cost.lambda_log_space", "gd2po.constraint_key"),
+        lambda s: s.cost_budget is not None,
+        "--cost.budget",
+        lambda s: "no budget",
+    ),
+    OnlyActsWith(
+        tuple(COST_GROUP_DEFAULTS),
+        lambda s: any(dim.source == "cost_model" for dim in s.dimensions),
+        "--cost.model_name_or_path",
+        lambda s: "no cost model",
+    ),
+)
 
 
 def install_argparse_extension() -> None:
@@ -55,22 +119,53 @@ def install_argparse_extension() -> None:
         if not getattr(self, "gd2po_extended", False):
             return original_parse_known_args(self, args, namespace)
         argv = list(sys.argv[1:] if args is None else args)
+        self._negative_number_matcher = NEGATIVE_NUMBER
         # A preset becomes the parser's defaults, so that flags given on the command line override it.
         preset = argparse.ArgumentParser(add_help=False)
         preset.add_argument("--gd2po.config", default=None)
         path = getattr(original_parse_known_args(preset, argv)[0], "gd2po.config")
+        preset_schedules = []
         if path:
             try:
-                self.set_defaults(**load_preset(self, path))
+                values = load_preset(self, path)
             except ValueError as error:
-                self.error(str(error))
+                refuse(self, str(error))
+            # Schedules extend a list: merged below, key by key, instead of appended to the preset's.
+            preset_schedules = values.pop(SCHEDULE, None) or []
+            self.set_defaults(**values)
         namespace, extras = original_parse_known_args(self, args, namespace)
+        if preset_schedules:
+            given = getattr(namespace, SCHEDULE) or []
+            overridden = {_schedule_key(text) for text in given}
+            kept = [text for text in preset_schedules if _schedule_key(text) not in overridden]
+            setattr(namespace, SCHEDULE, kept + list(given))
         check_command_line(self, namespace, argv)
         return namespace, extras
 
     add_argument.gd2po_extension = True
     argparse.ArgumentParser.add_argument = add_argument
     argparse.ArgumentParser.parse_known_args = parse_known_args
+
+
+def _schedule_key(text: str) -> str:
+    return str(text).partition("=")[0].strip()
+
+
+def refuse(parser: argparse.ArgumentParser, message: str) -> None:
+    """Exit 2 with the message and one line on --help (``parser.error`` would print OpenRLHF's ~200-line usage)."""
+    sys.stderr.write(f"{parser.prog}: error: {message}\n{parser.prog}: --help lists every flag\n")
+    sys.exit(2)
+
+
+def _local_paths(value) -> List[str]:
+    """The entries of a --data.prompt_dataset value that name local files (a Hugging Face dataset id does not)."""
+    entries = value.split(",") if isinstance(value, str) else list(value or [])
+    return [
+        entry.strip()
+        for entry in entries
+        if entry.strip().startswith(("/", "./", "../", "~"))
+        or entry.strip().endswith((".json", ".jsonl", ".parquet", ".csv", ".txt", ".arrow"))
+    ]
 
 
 def check_command_line(parser: argparse.ArgumentParser, namespace: argparse.Namespace, argv: List[str]) -> None:
@@ -82,7 +177,7 @@ def check_command_line(parser: argparse.ArgumentParser, namespace: argparse.Name
         try:  # read in the rollout actors, where a bad value would only surface at the first reward
             reward_client_settings()
         except ValueError as error:
-            parser.error(f"{error} (the plugin's reward client in the rollout actors reads it)")
+            refuse(parser, f"{error} (the plugin's reward client in the rollout actors reads it)")
     dry_run = _arg(namespace, "gd2po.dry_run") or os.environ.get("GD2PO_DRY_RUN", "").strip().lower() in (
         "1",
         "true",
@@ -99,19 +194,32 @@ def check_command_line(parser: argparse.ArgumentParser, namespace: argparse.Name
             )
         return
     if _arg(namespace, "critic.model_name_or_path"):
-        parser.error(
+        refuse(
+            parser,
             f"--advantage_estimator {estimator} has no critic: drop --critic.model_name_or_path "
-            "(gae is the critic estimator)"
+            "(gae is the critic estimator)",
         )
     try:
         settings = resolve_settings(namespace)
     except ValueError as error:
-        parser.error(str(error))
+        refuse(parser, str(error))
     _refuse_ignored_flags(parser, argv, estimator, settings)
     # A missing reward file would otherwise surface as a swallowed exception in every vLLM rollout actor.
     for dim in settings.dimensions:
         if dim.source == "reward_function" and not os.path.isfile(dim.location):
-            parser.error(f"reward file {dim.location} (--reward.remote_url, reward key {dim.key!r}) does not exist")
+            refuse(parser, f"reward file {dim.location} (--reward.remote_url, reward key {dim.key!r}) does not exist")
+    agent = _arg(namespace, "train.agent_func_path")
+    if agent and not os.path.isfile(agent):
+        refuse(parser, f"--train.agent_func_path {agent} does not exist")
+    if agent and remote not in (None, "agent", ["agent"]):
+        refuse(
+            parser,
+            f"--train.agent_func_path {agent} and --reward.remote_url {remote!r}: OpenRLHF's agent returns the "
+            "rewards and the remote URL would be ignored; give one of them",
+        )
+    for path in _local_paths(_arg(namespace, "data.prompt_dataset")):
+        if not os.path.exists(os.path.expanduser(path)):
+            refuse(parser, f"--data.prompt_dataset {path} does not exist")
     if dry_run:
         _exit_where_ray_starts(describe(namespace, settings))
 
@@ -135,48 +243,41 @@ def _given_options(parser: argparse.ArgumentParser, argv: List[str]) -> List[Tup
 def _refuse_ignored_flags(
     parser: argparse.ArgumentParser, argv: List[str], estimator: str, settings: Optional[RunSettings]
 ) -> None:
-    """Flags that would be silently ignored are refused, named: both estimator spellings with different values,
-    GD²PO or cost-model flags with OpenRLHF's own estimators, the dynamic-sampling settings without
-    --gd2po.dynamic_sampling, and the SNR settings without the SNR filter."""
+    """Flags on the command line that would be silently ignored are refused, named: both estimator spellings with
+    different values, GD²PO or cost-model flags with OpenRLHF's own estimators, and every ``ONLY_ACTS_WITH`` flag
+    without what it acts with."""
     given = _given_options(parser, argv)
     estimators = {(name, value) for dest, name, value in given if dest == "algo.advantage.estimator"}
     if len({value for _, value in estimators}) > 1:
-        parser.error(
+        refuse(
+            parser,
             f"the estimator is given twice: {', '.join(f'{name} {value}' for name, value in sorted(estimators))} "
-            "(the last one would win silently): keep one"
+            "(the last one would win silently): keep one",
         )
     if estimator not in GD2PO_ESTIMATORS:
         ignored = [
             name for dest, name, _ in given if dest.split(".")[0] in ("gd2po", "cost") and dest != "gd2po.dry_run"
         ]
-        verb = "acts" if len(set(ignored)) == 1 else "act"
         if ignored:
-            parser.error(
-                f"{', '.join(dict.fromkeys(ignored))} only {verb} with --advantage_estimator gd2po or gdpo; with "
-                f"OpenRLHF's {estimator} they would be ignored: drop them, or switch the estimator"
+            refuse(
+                parser,
+                _ignored(ignored, "--advantage_estimator gd2po or gdpo", f"OpenRLHF's {estimator}")
+                + ", or switch the estimator",
             )
         return
-    if settings is not None and not settings.dynamic_sampling:
-        ignored = [
-            name
-            for dest, name, _ in given
-            if dest in ("gd2po.dynamic_sampling_min_kept", "gd2po.dynamic_sampling_max_prompts_factor")
-        ]
-        if ignored:
-            parser.error(
-                f"{', '.join(dict.fromkeys(ignored))} only act with --gd2po.dynamic_sampling: add it or drop them"
-            )
-    if settings is not None and settings.filter != "snr":
-        ignored = [name for dest, name, _ in given if dest in ("gd2po.snr_threshold", "gd2po.snr_eps")]
-        verb = "acts" if len(set(ignored)) == 1 else "act"
-        without = (
-            "--advantage_estimator gdpo (no filter)" if estimator == "gdpo" else f"--gd2po.filter {settings.filter}"
-        )
-        if ignored:
-            parser.error(
-                f"{', '.join(dict.fromkeys(ignored))} only {verb} with the snr filter; with {without} "
-                "they would be ignored: drop them"
-            )
+    for rule in ONLY_ACTS_WITH if settings is not None else ():
+        ignored = [name for dest, name, _ in given if dest in rule.flags]
+        if ignored and not rule.active(settings):
+            refuse(parser, _ignored(ignored, rule.needs, rule.instead(settings)))
+
+
+def _ignored(names: List[str], needs: str, instead: str) -> str:
+    names = list(dict.fromkeys(names))
+    one = len(names) == 1
+    return (
+        f"{', '.join(names)} only {'acts' if one else 'act'} with {needs}; with {instead} "
+        f"{'it' if one else 'they'} would be ignored: drop {'it' if one else 'them'}"
+    )
 
 
 def _exit_where_ray_starts(description: str) -> None:

@@ -14,6 +14,16 @@ from ..config import FILTERS
 from .settings import COST_GROUP_DEFAULTS, ON_BAD_REWARD, REWARD_CHAT_TEMPLATES, RunSettings
 
 DEFAULTS = RunSettings()
+MAX_PRESET_BYTES = 256 * 1024
+MAX_PRESET_ALIASES = 64
+
+
+def _short(value, limit: int = 300) -> str:
+    """``repr`` of a preset's value (``str`` of an error), cut to ``limit`` characters for an error message."""
+    text = str(value) if isinstance(value, Exception) else repr(value)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
+
+
 # Preset entries outside the gd2po:/cost: sections; the dry-run and preset flags themselves are not preset keys.
 PRESET_REWARD_KEYS = ("reward.remote_url", "reward.model_name_or_path")
 NOT_PRESET_KEYS = ("gd2po.config", "gd2po.dry_run")
@@ -257,6 +267,16 @@ def add_gd2po_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULTS.lambda_log_space,
         help="dual ascent on log λ (λ ← λ·exp(lr·violation), as Safe RLHF): λ moves by factors and never reaches 0",
     )
+    _with_defaults(group)
+    _with_defaults(cost)
+
+
+def _with_defaults(group) -> None:
+    """Every flag's help ends with its default, where it has one and the help does not say it already."""
+    for action in group._group_actions:
+        if action.default not in (None, False) and "default" not in (action.help or "").lower():
+            shown = f"{action.default:g}" if isinstance(action.default, float) else action.default
+            action.help = f"{action.help} (default {shown})"
 
 
 def load_preset(parser: argparse.ArgumentParser, path: str) -> dict:
@@ -269,11 +289,14 @@ def load_preset(parser: argparse.ArgumentParser, path: str) -> dict:
     import yaml  # only when a preset is given: keeps the launcher's start-up free of it
 
     class UniqueKeyLoader(yaml.SafeLoader):
-        """YAML keeps the last of two equal keys; a preset refuses them (one of the two values is a mistake)."""
+        """YAML keeps the last of two equal keys; a preset refuses them (one of the two values is a mistake).
+        Keys merged in with ``<<: *anchor`` are not duplicates: the mapping's own keys override them, as YAML says."""
 
         def construct_mapping(self, node, deep=False):
             seen = set()
             for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
                 key = self.construct_object(key_node, deep=deep)
                 if key in seen:
                     raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
@@ -282,9 +305,17 @@ def load_preset(parser: argparse.ArgumentParser, path: str) -> dict:
 
     try:
         with open(path, encoding="utf-8") as handle:
-            data = yaml.load(handle, Loader=UniqueKeyLoader)
+            text = handle.read(MAX_PRESET_BYTES + 1)
+        if len(text) > MAX_PRESET_BYTES:
+            raise ValueError(f"--gd2po.config {path}: larger than {MAX_PRESET_BYTES // 1024} kB, not a preset")
+        # Nested aliases expand exponentially when a value is copied or printed ("billion laughs"): a preset needs
+        # few.
+        aliases = sum(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader))
+        if aliases > MAX_PRESET_ALIASES:
+            raise ValueError(f"--gd2po.config {path}: {aliases} YAML aliases; a preset may use {MAX_PRESET_ALIASES}")
+        data = yaml.load(text, Loader=UniqueKeyLoader)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise ValueError(f"--gd2po.config {path}: cannot read it: {error}") from None
+        raise ValueError(f"--gd2po.config {path}: cannot read it: {_short(error)}") from None
     if not isinstance(data, dict):
         raise ValueError(f"--gd2po.config {path}: expected sections gd2po/cost/reward, got {type(data).__name__}")
     actions = {action.dest: action for action in parser._actions}
@@ -306,21 +337,23 @@ def load_preset(parser: argparse.ArgumentParser, path: str) -> dict:
                 numeric = action.type in (int, float)
                 if action.nargs in ("+", "*"):
                     if not isinstance(value, list) or (action.nargs == "+" and not value):
-                        raise ValueError(f"expected a non-empty list, got {value!r}")
+                        raise ValueError(f"expected a non-empty list, got {_short(value)}")
                     if numeric and any(isinstance(v, bool) for v in value):
-                        raise ValueError(f"expected numbers, got {value!r}")
+                        raise ValueError(f"expected numbers, got {_short(value)}")
                     value = [action.type(v) if action.type else v for v in value]
                 elif numeric and isinstance(value, bool):
-                    raise ValueError(f"expected a number, got {value!r}")
+                    raise ValueError(f"expected a number, got {_short(value)}")
+                elif action.type is int and isinstance(value, float) and not value.is_integer():
+                    raise ValueError(f"expected a whole number, got {value!r}")  # int(2.7) would give 2
                 elif action.const is True and action.nargs == 0:  # store_true
                     if not isinstance(value, bool):
-                        raise ValueError(f"expected true or false, got {value!r}")
+                        raise ValueError(f"expected true or false, got {_short(value)}")
                 elif value is not None and action.type is not None:
                     value = action.type(value)
                 if action.choices is not None and value not in action.choices:
-                    raise ValueError(f"expected one of {list(action.choices)}, got {value!r}")
+                    raise ValueError(f"expected one of {list(action.choices)}, got {_short(value)}")
             except (TypeError, ValueError) as error:
-                raise ValueError(f"--gd2po.config {path}: {dest}: {error}") from None
+                raise ValueError(f"--gd2po.config {path}: {dest}: {_short(error)}") from None
             if dest == "reward.remote_url" and isinstance(value, str):
                 here = os.path.dirname(os.path.abspath(path))
                 value = ",".join(

@@ -23,12 +23,24 @@ REMOTE_SOURCES = ("reward_function", "reward_server", "agent")
 MODEL_SOURCES = ("reward_model", "cost_model")
 ON_BAD_REWARD = ("error", "drop_group")
 REWARD_CHAT_TEMPLATES = ("policy", "own")
-# The --cost.* flags that describe the cost model group; given without --cost.model_name_or_path they are an error.
+# The --cost.* flags that describe the cost model group (given without --cost.model_name_or_path: refused from the
+# command line, argparse_patch.ONLY_ACTS_WITH).
 COST_GROUP_DEFAULTS = {
     "cost.num_nodes": 1,
     "cost.num_gpus_per_node": 1,
     "cost.offload": False,
     "cost.normalize_enable": False,
+}
+
+
+# GD2POConfig's field names in its errors, as the flags that set them.
+CONFIG_FLAGS = {
+    "filter": "--gd2po.filter",
+    "snr_threshold (τ)": "--gd2po.snr_threshold (τ)",
+    "snr_threshold": "--gd2po.snr_threshold",
+    "snr_eps": "--gd2po.snr_eps",
+    "weights": "--gd2po.reward_weights",
+    "reward_keys": "--gd2po.reward_keys",
 }
 
 
@@ -241,7 +253,19 @@ def resolve_settings(args) -> RunSettings:
         reward_weight_schedule=schedules,
         preset=_arg(args, "gd2po.config"),
     )
-    settings.gd2po_config  # GD2POConfig validates τ, ε and the weights: refused here, at parse time
+    if not schedules and all(weight == 0 for weight in settings.reward_weights):
+        raise ValueError(
+            f"--gd2po.reward_weights {list(settings.reward_weights)} gives every reward key "
+            f"{list(settings.reward_keys)} the weight 0: the run would train on nothing. Give at least one a non-zero "
+            "weight"
+        )
+    try:
+        settings.gd2po_config  # GD2POConfig validates τ, ε and the weights: refused here, at parse time
+    except ValueError as error:
+        message = str(error)
+        for field, flag in CONFIG_FLAGS.items():
+            message = message.replace(f"GD2POConfig.{field}", flag)
+        raise ValueError(message) from None
     return settings
 
 
@@ -286,15 +310,7 @@ def _resolve_budget(args, dimensions) -> Tuple[Optional[str], dict]:
         "lambda_log_space": bool(_arg(args, "cost.lambda_log_space", defaults.lambda_log_space)),
     }
     given_key = _arg(args, "gd2po.constraint_key")
-    if budget is None:
-        given = [
-            f"--cost.{name}"
-            for name, value in values.items()
-            if name != "cost_budget" and value != getattr(defaults, name)
-        ]
-        given += ["--gd2po.constraint_key"] if given_key else []
-        if given:
-            raise ValueError(f"{', '.join(given)} only act with --cost.budget: add it or drop them")
+    if budget is None:  # λ flags given without it: argparse_patch.ONLY_ACTS_WITH
         return None, values
     cost_models = [dim.key for dim in dimensions if dim.source == "cost_model"]
     key = given_key or (cost_models[0] if cost_models else None)
@@ -384,10 +400,6 @@ def resolve_dimensions(args) -> Tuple[RewardDimension, ...]:
     cost_model = _arg(args, "cost.model_name_or_path")
     reward_model_key = _arg(args, "gd2po.reward_model_key", defaults.reward_model_key)
     cost_model_key = _arg(args, "gd2po.cost_model_key", defaults.cost_model_key)
-    if not cost_model:
-        given = [f"--{flag}" for flag, default in COST_GROUP_DEFAULTS.items() if _arg(args, flag, default) != default]
-        if given:
-            raise ValueError(f"{', '.join(given)} given without --cost.model_name_or_path")
 
     if agent:
         remote_source, remote_location = "agent", agent
@@ -427,6 +439,13 @@ def resolve_dimensions(args) -> Tuple[RewardDimension, ...]:
                 "server) with --gd2po.reward_keys, --reward.model_name_or_path, and/or --cost.model_name_or_path"
             )
     keys = list(keys)
+    for key in keys + [reward_model_key, cost_model_key]:
+        if not isinstance(key, str) or not key or any(c in key for c in ", \t\n/"):
+            hint = " (separate keys with spaces, not commas)" if isinstance(key, str) and "," in key else ""
+            raise ValueError(
+                f"reward key {key!r} must be a non-empty name without commas, spaces or '/': it becomes the info "
+                f"key reward/<key> and a TensorBoard tag{hint}"
+            )
     if reward_model and reward_model_key not in keys:
         raise ValueError(
             f"--reward.model_name_or_path is set but its dimension {reward_model_key!r} is not in --gd2po.reward_keys "
@@ -459,11 +478,17 @@ def resolve_dimensions(args) -> Tuple[RewardDimension, ...]:
             dimensions.append(RewardDimension(key, "cost_model", cost_model, weight))
         elif remote_source:
             dimensions.append(RewardDimension(key, remote_source, remote_location, weight))
+        elif key in (reward_model_key, cost_model_key):
+            group, flag = ("reward", "reward_model_key") if key == reward_model_key else ("cost", "cost_model_key")
+            raise ValueError(
+                f"reward key {key!r} is the {group} model's dimension (--gd2po.{flag}), but no "
+                f"--{group}.model_name_or_path is given: add the model, or a --reward.remote_url that returns {key!r}"
+            )
         else:
             raise ValueError(
-                f"reward key {key!r} has no source: it is not the reward model's ({reward_model_key!r}) or the cost "
-                f"model's ({cost_model_key!r}) dimension, and there is no --reward.remote_url or "
-                "--train.agent_func_path"
+                f"reward key {key!r} has no source: no --reward.remote_url or --train.agent_func_path returns it, and "
+                f"it is neither the reward model's ({reward_model_key!r}) nor the cost model's ({cost_model_key!r}) "
+                "dimension"
             )
 
     return tuple(dimensions)

@@ -86,16 +86,21 @@ def dimensions_from_payload(
                 f"({num_rollouts})"
             )
         for index, item in enumerate(value):
+            # An int is compared as an int: float(10**400) overflows, and its repr may exceed Python's digit limit.
             if (
                 isinstance(item, bool)
                 or not isinstance(item, (int, float))
-                or not math.isfinite(item)
+                or (isinstance(item, float) and not math.isfinite(item))
                 or abs(item) > MAX_ABS_REWARD
             ):
+                shown = (
+                    f"an integer of {item.bit_length()} bits"
+                    if isinstance(item, int) and item.bit_length() > 64
+                    else f"{item!r:.100}"
+                )
                 raise ValueError(
-                    f"{source} returned {item!r:.100} for reward key {key!r} of rollout {index}: expected a finite "
-                    "number "
-                    f"with |r| <= {MAX_ABS_REWARD:g}"
+                    f"{source} returned {shown} for reward key {key!r} of rollout {index}: expected a finite "
+                    f"number with |r| <= {MAX_ABS_REWARD:g}"
                 )
         dimensions[str(key)] = [float(item) for item in value]
     return dimensions

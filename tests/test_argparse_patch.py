@@ -287,8 +287,8 @@ def test_a_stock_estimator_dry_run_runs_openrlhfs_checks_too(reward_file):
         ),
         (
             VALID_GD2PO + ["--gd2po.dynamic_sampling_min_kept", "2"],
-            "--gd2po.dynamic_sampling_min_kept only acts with --gd2po.dynamic_sampling; with dynamic sampling off it would "
-            "be ignored: drop it",
+            "--gd2po.dynamic_sampling_min_kept only acts with --gd2po.dynamic_sampling; with dynamic sampling off it "
+            "would be ignored: drop it",
         ),
         (
             ["--algo.advantage.estimator", "group_norm", "--gd2po.dynamic_sampling"],
@@ -296,7 +296,8 @@ def test_a_stock_estimator_dry_run_runs_openrlhfs_checks_too(reward_file):
         ),
         (
             VALID_GD2PO + ["--gd2po.filter", "hard", "--gd2po.snr_threshold", "0.5"],
-            "--gd2po.snr_threshold only acts with the snr filter; with --gd2po.filter hard it would be ignored: drop it",
+            "--gd2po.snr_threshold only acts with the snr filter; with --gd2po.filter hard it would be ignored: "
+            "drop it",
         ),
         (
             [
@@ -383,3 +384,122 @@ def test_reward_urls_that_openrlhf_would_misread_are_refused(remote_url, message
     with pytest.raises(SystemExit) as exit_info:
         openrlhf_strategy(VALID_GD2PO + ["--reward.remote_url", remote_url])
     assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+# ---- issue 25: one policy, inputs that are refused, messages that name the flag
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["--advantage_estimator", "gdpo", "--gd2po.no_reweight"],
+            "--gd2po.no_reweight only acts with --advantage_estimator gd2po (κ reweighting); with "
+            "--advantage_estimator gdpo (no reweighting) it would be ignored: drop it",
+        ),
+        (
+            ["--advantage_estimator", "gdpo", "--gd2po.drop_filtered"],
+            "--gd2po.drop_filtered only acts with a conflict filter (--advantage_estimator gd2po with --gd2po.filter "
+            "hard or snr); with --advantage_estimator gdpo (no filter) it would be ignored: drop it",
+        ),
+        (
+            ["--advantage_estimator", "gd2po", "--gd2po.filter", "none", "--gd2po.drop_filtered"],
+            "with --gd2po.filter none it would be ignored",
+        ),
+        (
+            ["--advantage_estimator", "gd2po", "--cost.lambda_lr", "0.5", "--cost.lambda_max", "3"],
+            "--cost.lambda_lr, --cost.lambda_max only act with --cost.budget; with no budget they would be ignored: "
+            "drop them",
+        ),
+        (
+            ["--advantage_estimator", "gd2po", "--gd2po.reward_weights", "0"],
+            "--gd2po.reward_weights [0.0] gives every reward key ['correctness'] the weight 0: the run would train on "
+            "nothing",
+        ),
+        (
+            ["--advantage_estimator", "gd2po", "--gd2po.reward_keys", "correctness,format"],
+            "reward key 'correctness,format' must be a non-empty name without commas, spaces or '/'",
+        ),
+        (
+            ["--advantage_estimator", "gd2po", "--gd2po.reward_weights", "1e9"],
+            "--gd2po.reward_weights[0] must be a number with |w| <= ",
+        ),
+    ],
+)
+def test_one_policy_and_inputs_that_would_train_wrongly_are_refused(reward_file, argv, message, capsys):
+    base = ["--gd2po.reward_keys", "correctness", "--rollout.n_samples_per_prompt", "4"]
+    with pytest.raises(SystemExit) as exit_info:
+        openrlhf_strategy(base + argv + ["--reward.remote_url", reward_file])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err, err
+    assert err.count("\n") == 2 and "usage:" not in err, "one line and a pointer to --help, not the usage text"
+
+
+def test_negative_numbers_in_scientific_notation_are_values(reward_file):
+    args = openrlhf_strategy(
+        VALID_GD2PO[:2]
+        + ["--gd2po.reward_keys", "a", "b", "c", "--gd2po.reward_weights", "1", "1", "-1e-3"]
+        + ["--rollout.n_samples_per_prompt", "4", "--reward.remote_url", reward_file]
+        + ["--cost.budget", "-5e-1", "--gd2po.constraint_key", "c", "--gd2po.reward_weights", "1", "1", "-1"]
+    ).args
+    assert args.gd2po.reward_weights == [1.0, 1.0, -1.0] and args.cost.budget == -0.5
+    args = openrlhf_strategy(
+        VALID_GD2PO[:2]
+        + ["--gd2po.reward_keys", "a", "b", "c", "--gd2po.reward_weights", "1", "1", "-1e-3"]
+        + ["--rollout.n_samples_per_prompt", "4", "--reward.remote_url", reward_file]
+    ).args
+    assert args.gd2po.reward_weights == [1.0, 1.0, -1e-3]
+
+
+def test_the_safe_alignment_preset_without_models_names_what_is_missing(capsys):
+    preset = pathlib.Path(__file__).resolve().parents[1] / "configs" / "safe_alignment.yaml"
+    with pytest.raises(SystemExit):
+        openrlhf_strategy(["--advantage_estimator", "gd2po", "--gd2po.config", str(preset)] + VALID_GD2PO[4:])
+    assert (
+        "reward key 'helpfulness' is the reward model's dimension (--gd2po.reward_model_key), but no "
+        "--reward.model_name_or_path is given" in capsys.readouterr().err
+    )
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (
+            ["--data.prompt_dataset", "data/missing/train.jsonl"],
+            "--data.prompt_dataset data/missing/train.jsonl does not",
+        ),
+        (["--data.prompt_dataset", "/nowhere/prompts"], "--data.prompt_dataset /nowhere/prompts does not exist"),
+        (["--train.agent_func_path", "missing_agent.py"], "--train.agent_func_path missing_agent.py does not exist"),
+    ],
+)
+def test_the_dry_run_refuses_local_files_that_do_not_exist(reward_file, extra, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        openrlhf_strategy(VALID_GD2PO + ["--reward.remote_url", reward_file, "--gd2po.dry_run"] + extra)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_an_agent_with_a_remote_reward_url_is_refused(reward_file, tmp_path, capsys):
+    agent = tmp_path / "agent.py"
+    agent.write_text("")
+    with pytest.raises(SystemExit):
+        openrlhf_strategy(VALID_GD2PO + ["--reward.remote_url", reward_file, "--train.agent_func_path", str(agent)])
+    assert "OpenRLHF's agent returns the rewards and the remote URL would be ignored" in capsys.readouterr().err
+
+
+def test_a_hugging_face_dataset_id_is_not_a_local_path(reward_file):
+    args = openrlhf_strategy(
+        VALID_GD2PO + ["--reward.remote_url", reward_file, "--data.prompt_dataset", "org/set"]
+    ).args
+    assert args.data.prompt_dataset == "org/set"
+
+
+@pytest.mark.subprocess
+def test_help_shows_the_defaults():
+    result = launcher_subprocess(["--help"])
+    for flag_help in (
+        "ε of the SNR ratio (authors: 1e-8 tool calling, 1e-6 safe alignment) (default 1e-08)",
+        "dimension name of the --reward.model_name_or_path group (default reward_model)",
+        "nodes of the cost model group (default 1)",
+    ):
+        assert flag_help in " ".join(result.stdout.split()), flag_help

@@ -332,3 +332,16 @@ def test_fixed_weights_log_no_weight_metrics(reward_file):
     maker = maker_for(reward_file)
     _, metrics = step_advantages(maker, *random_step(0))
     assert not [name for name in metrics if name.startswith(("gd2po/weight/", "gd2po/lambda/"))]
+
+
+def test_log_space_dual_ascent_never_reaches_zero_and_recovers():
+    # A step of lr · violation = -2000 once underflowed λ to exactly 0, where λ · exp(·) stays (issue 25, item 6).
+    lam, _ = dual_ascent(
+        1.0, batch_mean=0.0, budget=2000.0, is_cost=True, learning_rate=1.0, max_multiplier=10.0, log_space=True
+    )
+    assert 0 < lam < 1e-300
+    for _ in range(3):  # and it can climb back: λ moves by factors
+        lam, _ = dual_ascent(
+            lam, batch_mean=800.0, budget=0.0, is_cost=True, learning_rate=1.0, max_multiplier=10.0, log_space=True
+        )
+    assert lam == 10.0

@@ -134,3 +134,87 @@ def test_a_preset_turns_dynamic_sampling_on(tmp_path):
         parse_launcher_args(
             ["--advantage_estimator", "gd2po", "--rollout.n_samples_per_prompt", "4", "--gd2po.config", str(preset)]
         )
+
+
+# ---- issue 25: presets that cannot disagree with the command line, or with themselves
+
+TOOL_FILE = CONFIGS.parent / "examples" / "rewards" / "tool_calling.py"
+
+
+def preset_args(tmp_path, text, *flags):
+    preset = tmp_path / "preset.yaml"
+    preset.write_text(text)
+    return parse_launcher_args(
+        [
+            "--advantage_estimator",
+            "gd2po",
+            "--rollout.n_samples_per_prompt",
+            "4",
+            "--gd2po.config",
+            str(preset),
+            *flags,
+        ]
+    )
+
+
+def test_a_command_line_schedule_overrides_the_presets_for_that_key_only(tmp_path):
+    text = (
+        f"gd2po:\n  reward_keys: [correctness, format, length]\n"
+        f"  reward_weight_schedule: ['format=1:0:10', 'length=0:1:10']\n"
+        f"reward:\n  remote_url: {TOOL_FILE}\n"
+    )
+    args = preset_args(tmp_path, text, "--gd2po.reward_weight_schedule", "format=1:0.5:20:cosine")
+    assert resolve_settings(args).reward_weight_schedule == ("length=0:1:10", "format=1:0.5:20:cosine")
+    assert resolve_settings(preset_args(tmp_path, text)).reward_weight_schedule == ("format=1:0:10", "length=0:1:10")
+
+
+def test_yaml_merge_keys_work_and_the_mappings_own_key_wins(tmp_path):
+    # `<<: *anchor` was refused as a duplicate key; merged keys are not duplicates, and the mapping's own key wins.
+    merged = (
+        "gd2po:\n  <<: {filter: snr, snr_threshold: 0.5, reward_keys: [correctness, format, length]}\n"
+        f"  snr_threshold: 0.7\nreward:\n  remote_url: {TOOL_FILE}\n"
+    )
+    settings = resolve_settings(preset_args(tmp_path, merged))
+    assert (settings.filter, settings.snr_threshold) == ("snr", 0.7)
+    assert settings.reward_keys == ("correctness", "format", "length")
+
+
+def test_a_preset_of_nested_aliases_is_refused_with_a_short_message(tmp_path, capsys):
+    # 300 bytes that expand to 9^9 list items when printed (the "billion laughs"): a 28 MB message once.
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    lines += ["gd2po:", "  reward_keys: *a8"]
+    with pytest.raises(SystemExit):
+        preset_args(tmp_path, "\n".join(lines) + "\n")
+    err = capsys.readouterr().err
+    assert "73 YAML aliases; a preset may use 64" in err and len(err) < 1000
+
+
+def test_a_long_bad_value_is_cut_in_the_message(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        preset_args(tmp_path, f"gd2po:\n  reward_keys: {'k' * 5000}\n")
+    err = capsys.readouterr().err
+    assert "gd2po.reward_keys: expected a non-empty list" in err and "(5002 characters)" in err and len(err) < 1000
+
+
+def test_an_integer_flag_refuses_a_fraction_from_a_preset(tmp_path, capsys):
+    text = (
+        "gd2po:\n  dynamic_sampling: true\n  dynamic_sampling_min_kept: 2.7\n  reward_keys: [correctness]\n"
+        f"reward:\n  remote_url: {TOOL_FILE}\n"
+    )
+    with pytest.raises(SystemExit):
+        preset_args(tmp_path, text)
+    assert "gd2po.dynamic_sampling_min_kept: expected a whole number, got 2.7" in capsys.readouterr().err
+    settings = resolve_settings(preset_args(tmp_path, text.replace("2.7", "2.0")))
+    assert settings.dynamic_sampling_min_kept == 2
+
+
+def test_a_presets_settings_for_another_variant_are_ignored_not_refused(tmp_path):
+    # The one policy: a preset may hold τ (for the snr launcher) and λ settings (for the budget launcher); a run that
+    # uses neither ignores them, while the same flags on the command line are refused.
+    text = (
+        "gd2po:\n  filter: snr\n  snr_threshold: 0.8\n  reward_keys: [correctness, format]\n"
+        f"cost:\n  lambda_lr: 0.5\nreward:\n  remote_url: {TOOL_FILE}\n"
+    )
+    settings = resolve_settings(preset_args(tmp_path, text, "--gd2po.filter", "hard"))
+    assert settings.filter == "hard" and settings.cost_budget is None

@@ -476,3 +476,20 @@ def test_a_payload_with_the_dimensions_in_both_forms_is_refused():
     assert dimensions_from_payload({"rewards": 3.0, "extra_logs": {"reward/a": 2.0}}, 1) == {
         "a": [2.0]
     }  # a scalar sum is fine
+
+
+@pytest.mark.parametrize("policy", ["error", "drop_group"])
+def test_a_reward_too_large_for_a_float_is_named_and_drop_group_catches_it(tmp_path, tokenizer, policy):
+    # 10**400 overflows float(): once an OverflowError naming nothing, which escaped drop_group (issue 25, item 6).
+    rules = tmp_path / "vast.py"
+    rules.write_text(
+        "def reward_func(queries, prompts, labels):\n    return {'rewards': {'correctness': 10**400, 'format': 1.0}}\n"
+    )
+    response = rollout(SingleTurnAgentExecutor(str(rules)), tokenizer, "four")
+    strategy = strategy_for(str(rules), "--gd2po.on_bad_reward", policy)
+    if policy == "error":
+        with pytest.raises(ValueError, match=r"returned an integer of 1329 bits for reward key 'correctness'"):
+            trainer_side(strategy, response)
+    else:
+        experience = trainer_side(strategy, response)
+        assert math.isnan(experience.info["reward/correctness"].item())  # its group is dropped from the step

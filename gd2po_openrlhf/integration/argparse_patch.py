@@ -69,7 +69,7 @@ ONLY_ACTS_WITH = (
         ("gd2po.no_reweight",),
         lambda s: s.estimator == "gd2po",
         "--advantage_estimator gd2po (κ reweighting)",
-        lambda s: "--advantage_estimator gdpo, which never reweights",
+        lambda s: "--advantage_estimator gdpo (no reweighting)",
     ),
     OnlyActsWith(
         ("gd2po.dynamic_sampling_min_kept", "gd2po.dynamic_sampling_max_prompts_factor"),

@@ -315,7 +315,7 @@ def load_preset(parser: argparse.ArgumentParser, path: str) -> dict:
             raise ValueError(f"--gd2po.config {path}: {aliases} YAML aliases; a preset may use {MAX_PRESET_ALIASES}")
         data = yaml.load(text, Loader=UniqueKeyLoader)
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise ValueError(f"--gd2po.config {path}: cannot read it: {_short(error)}") from None
+        raise ValueError(f"--gd2po.config {path}: cannot read it: {_short(error, 1000)}") from None
     if not isinstance(data, dict):
         raise ValueError(f"--gd2po.config {path}: expected sections gd2po/cost/reward, got {type(data).__name__}")
     actions = {action.dest: action for action in parser._actions}
@@ -353,7 +353,7 @@ def load_preset(parser: argparse.ArgumentParser, path: str) -> dict:
                 if action.choices is not None and value not in action.choices:
                     raise ValueError(f"expected one of {list(action.choices)}, got {_short(value)}")
             except (TypeError, ValueError) as error:
-                raise ValueError(f"--gd2po.config {path}: {dest}: {_short(error)}") from None
+                raise ValueError(f"--gd2po.config {path}: {dest}: {_short(error, 1000)}") from None
             if dest == "reward.remote_url" and isinstance(value, str):
                 here = os.path.dirname(os.path.abspath(path))
                 value = ",".join(

@@ -3,6 +3,7 @@
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import torch
 
@@ -34,6 +35,20 @@ def openrlhf_strategy(argv):
     import openrlhf.utils
 
     return openrlhf.utils.get_strategy(parse_launcher_args(argv))
+
+
+def experience_maker(strategy, kl_coef: float = 0.0, initial_model_group=None, pad_token_id: int = 0):
+    """OpenRLHF's ``RemoteExperienceMaker`` (the plugin's ``GD2POExperienceMaker`` once the hook patched
+    ``openrlhf.trainer.ppo_trainer``) for a strategy, or for a command line (a list), without model groups: the one
+    way the tests drive ``compute_advantages_and_returns``."""
+    import openrlhf.trainer.ppo_trainer as ppo_trainer
+    from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
+
+    strategy = openrlhf_strategy(strategy) if isinstance(strategy, list) else strategy
+    tokenizer = SimpleNamespace(pad_token_id=pad_token_id)
+    return ppo_trainer.RemoteExperienceMaker(
+        None, None, None, initial_model_group, FixedKLController(kl_coef), strategy, tokenizer
+    )
 
 
 def rollout_experiences(rewards, lengths, n_samples_per_prompt, micro_batch_size, seed=0, reward_keys=None):

@@ -3,12 +3,10 @@
 
 import math
 
-import openrlhf.trainer.ppo_trainer as ppo_trainer
 import pytest
 import torch
-from gd2po_testing import openrlhf_strategy, rollout_experiences
+from gd2po_testing import experience_maker, rollout_experiences
 from openrlhf.trainer.ppo_utils.experience import Experience
-from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
 
 from gd2po_openrlhf import GD2POConfig, compute_rollout_advantages
 from gd2po_openrlhf.constraints import WeightSchedule, dual_ascent
@@ -228,8 +226,7 @@ def test_a_preset_sets_budget_and_schedules(reward_file, tmp_path):
 def maker_for(reward_file, *extra, weights=("1", "-1"), estimator="gd2po"):
     argv = flags(reward_file, *extra, weights=weights)
     argv[1] = estimator
-    strategy = openrlhf_strategy(argv)
-    return ppo_trainer.RemoteExperienceMaker(None, None, None, None, FixedKLController(0.0), strategy, None)
+    return experience_maker(argv)
 
 
 def batch(rewards, lengths):

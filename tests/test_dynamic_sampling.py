@@ -5,15 +5,12 @@ that a batch assembled from the groups that passed trains on exactly the estimat
 The loop itself (OpenRLHF's ``_generate_vllm`` with rollout actors) is in ``test_dynamic_sampling_loop.py``."""
 
 import math
-from types import SimpleNamespace
 
-import openrlhf.trainer.ppo_trainer as ppo_trainer
 import pytest
 import torch
-from gd2po_testing import openrlhf_strategy, rollout_experiences
+from gd2po_testing import experience_maker, openrlhf_strategy, rollout_experiences
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
 
 from gd2po_openrlhf import GD2POConfig, compute_rollout_advantages
 from gd2po_openrlhf.estimator import group_verdicts
@@ -198,14 +195,9 @@ def test_sampling_metrics():
     )
 
 
-def make_maker(strategy):
-    tokenizer = SimpleNamespace(pad_token_id=0)
-    return ppo_trainer.RemoteExperienceMaker(None, None, None, None, FixedKLController(0.0), strategy, tokenizer)
-
-
 def test_the_counts_that_ride_on_the_rollouts_are_logged_by_the_maker(reward_file):
     strategy = strategy_for(reward_file, "gd2po", "--gd2po.filter", "hard")
-    maker = make_maker(strategy)
+    maker = experience_maker(strategy)
     samples = rollout_experiences(
         torch.tensor(TWO_AGREE * 2, dtype=torch.float32), torch.full((8,), 5), N, 3, reward_keys=KEYS
     )
@@ -253,7 +245,7 @@ def test_an_assembled_batch_trains_on_the_estimators_advantages_of_that_batch(sn
         return
     rows = torch.cat([torch.arange(g * N, (g + 1) * N) for g in kept_groups])
     assembled = [samples[i] for i in rows.tolist()]
-    maker = make_maker(strategy)
+    maker = experience_maker(strategy)
     out = maker.compute_advantages_and_returns(maker.split_rollout_samples(assembled))
 
     config = GD2POConfig(filter="snr", weights=(1.0, 0.5), reward_keys=tuple(KEYS))

@@ -11,7 +11,7 @@ import sys
 import pytest
 import ray
 import torch
-from gd2po_testing import openrlhf_strategy
+from gd2po_testing import experience_maker, openrlhf_strategy
 from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
 
 from gd2po_openrlhf.integration.dynamic_sampling import COUNTS_ATTRIBUTE, SamplingCounts
@@ -166,15 +166,9 @@ def test_evaluation_batches_are_never_resampled(reward_file, engine):
 
 
 def test_the_counts_reach_the_steps_metrics(reward_file, engine):
-    import openrlhf.trainer.ppo_trainer as ppo_trainer
-    from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
-
     samples_generator = generator(reward_file, engine, ["pass 0", "constant 1", "pass 2", "pass 3", "pass 4"])
     experiences, *_ = samples_generator.generate_samples()
-    tokenizer = type("Tokenizer", (), {"pad_token_id": 0})()
-    maker = ppo_trainer.RemoteExperienceMaker(
-        None, None, None, None, FixedKLController(0.0), samples_generator.strategy, tokenizer
-    )
+    maker = experience_maker(samples_generator.strategy)
     trained = maker.compute_advantages_and_returns(maker.split_rollout_samples(experiences))
     metrics = maker.take_step_report().metrics
     assert metrics["gd2po/dynamic_sampling/pass_rate"] == 0.8

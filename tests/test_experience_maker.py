@@ -4,7 +4,7 @@ Experience objects, against the estimator core."""
 import openrlhf.trainer.ppo_trainer as ppo_trainer
 import pytest
 import torch
-from gd2po_testing import openrlhf_strategy, rollout_experiences
+from gd2po_testing import experience_maker, openrlhf_strategy, rollout_experiences
 from openrlhf.trainer.ppo_utils.experience import Experience
 from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
 from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
@@ -17,11 +17,6 @@ N = 4  # rollouts per prompt
 
 
 REWARD_FILE_REWARDS = {"correctness": 1.0, "format": 0.0}  # conftest's reward_file
-
-
-def make_maker(strategy, kl_coef=0.0, initial_model_group=None):
-    maker_class = ppo_trainer.RemoteExperienceMaker
-    return maker_class(None, None, None, initial_model_group, FixedKLController(kl_coef), strategy, None)
 
 
 def micro_batches(samples, micro_batch_size, shuffle_seed=None):
@@ -69,7 +64,7 @@ def test_advantages_match_the_estimator(reward_file, filter_name, shuffle_seed):
     lengths = torch.randint(1, 9, (6 * N,), generator=generator)
     samples = rollout_experiences(rewards, lengths, N, 5, reward_keys=["correctness", "format"])
     experiences = micro_batches(samples, 5, shuffle_seed)
-    maker = make_maker(strategy)
+    maker = experience_maker(strategy)
     out = maker.compute_advantages_and_returns(experiences)
 
     # Expected: the estimator on the same rollouts in prompt order, with a common padded mask.
@@ -115,7 +110,7 @@ def test_sum_rewards_is_grpo_on_the_weighted_sum(reward_file):
     generator = torch.Generator().manual_seed(2)
     rewards = torch.randint(0, 3, (5 * N, 2), generator=generator).float()
     lengths = torch.randint(1, 9, (5 * N,), generator=generator)
-    maker = make_maker(strategy)
+    maker = experience_maker(strategy)
     out = maker.compute_advantages_and_returns(
         micro_batches(rollout_experiences(rewards, lengths, N, 4, reward_keys=["correctness", "format"]), 4)
     )
@@ -167,10 +162,10 @@ def test_kl_in_reward_adds_reverse_cumulative_kl_on_kept_rollouts(reward_file):
         rewards, torch.arange(8) // N, (torch.arange(5) < lengths.unsqueeze(1)), GD2POConfig(filter="hard")
     ).keep
     assert 0 < keep.sum() < 8  # some rollouts dropped, some kept: both branches are checked
-    without_kl = make_maker(strategy, kl_coef=0.0).compute_advantages_and_returns(
+    without_kl = experience_maker(strategy, kl_coef=0.0).compute_advantages_and_returns(
         [Experience(**{**vars(e), "info": dict(e.info)}) for e in experiences]
     )
-    with_kl = make_maker(strategy, kl_coef=0.1, initial_model_group=object()).compute_advantages_and_returns(
+    with_kl = experience_maker(strategy, kl_coef=0.1, initial_model_group=object()).compute_advantages_and_returns(
         experiences
     )
     for base, shaped, kl_values in zip(without_kl, with_kl, kl):
@@ -209,7 +204,7 @@ def test_other_estimators_are_delegated_untouched():
             experience.kl = torch.zeros(experience.action_mask.shape)
         return experiences
 
-    ours = make_maker(strategy).compute_advantages_and_returns(batch())
+    ours = experience_maker(strategy).compute_advantages_and_returns(batch())
     stock = RemoteExperienceMaker(
         None, None, None, None, FixedKLController(0.0), strategy, None
     ).compute_advantages_and_returns(batch())
@@ -240,7 +235,7 @@ def test_missing_and_unexpected_reward_keys_fail_with_names(reward_file):
             r"prompt 'prompt 0'"
         ),
     ):
-        make_maker(strategy).compute_advantages_and_returns(micro_batches(samples, 4))
+        experience_maker(strategy).compute_advantages_and_returns(micro_batches(samples, 4))
 
 
 class FakeGenerator:

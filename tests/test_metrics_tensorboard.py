@@ -3,13 +3,11 @@ TensorboardLogger and read back."""
 
 from types import SimpleNamespace
 
-import openrlhf.trainer.ppo_trainer as ppo_trainer
 import pytest
 import torch
-from gd2po_testing import openrlhf_strategy, rollout_experiences
+from gd2po_testing import experience_maker, openrlhf_strategy, rollout_experiences
 from openrlhf.trainer.ppo_trainer import BasePPOTrainer
 from openrlhf.trainer.ppo_utils.experience import Experience
-from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
 from openrlhf.utils.logging_utils import TensorboardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -63,7 +61,7 @@ def test_diagnostics_are_logged_under_gd2po_prefix(tmp_path):
     for i, sample in enumerate(samples):
         sample.index = [i]
     experiences = [Experience.concat_experiences(samples[i : i + 4], 0) for i in range(0, len(samples), 4)]
-    maker = ppo_trainer.RemoteExperienceMaker(None, None, None, None, FixedKLController(0.0), strategy, None)
+    maker = experience_maker(strategy)
     experiences = maker.compute_advantages_and_returns(experiences)
     metrics = dict(maker.last_step_report.metrics)
 

@@ -16,8 +16,7 @@ from types import SimpleNamespace
 import openrlhf.trainer.ppo_trainer  # noqa: F401  (the import hook patches SamplesGenerator through it)
 import pytest
 import torch
-from gd2po_testing import ScriptedEngine, openrlhf_strategy
-from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
+from gd2po_testing import ScriptedEngine, experience_maker, openrlhf_strategy
 from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
 from openrlhf.utils.agent import SingleTurnAgentExecutor
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -139,9 +138,7 @@ def test_drop_group_drops_the_groups_of_failed_rollouts_from_reward_file_to_adva
         "raised ValueError: cannot score five" in rollout_warnings
         and "returned nan for reward key 'correctness'" in rollout_warnings
     )
-    maker = openrlhf.trainer.ppo_trainer.RemoteExperienceMaker(
-        None, None, None, None, FixedKLController(0.0), strategy, tokenizer
-    )
+    maker = experience_maker(strategy)
     assert "response_words" not in experiences[1].info and "response_words" in experiences[0].info
     # OpenRLHF's micro-batching (as make_experience_batch does it) of rollouts with and without that log
     batches = maker.split_rollout_samples(experiences)

@@ -11,9 +11,8 @@ from unittest import mock
 import openrlhf.trainer.ppo_trainer as ppo_trainer
 import pytest
 import torch
-from gd2po_testing import openrlhf_strategy, rollout_experiences
+from gd2po_testing import experience_maker, openrlhf_strategy, rollout_experiences
 from openrlhf.trainer.ppo_utils.experience import Experience
-from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
 from openrlhf.trainer.ppo_utils.replay_buffer import NaiveReplayBuffer
 
 from gd2po_openrlhf import GD2POConfig, compute_rollout_advantages
@@ -52,9 +51,7 @@ def strategy(reward_file, drop_filtered, filter_name="hard", on_bad_reward="erro
 
 
 def run_maker(strategy, experiences):
-    maker = ppo_trainer.RemoteExperienceMaker(
-        None, None, None, None, FixedKLController(0.0), strategy, SimpleNamespace(pad_token_id=PAD)
-    )
+    maker = experience_maker(strategy, pad_token_id=PAD)
     return maker, maker.compute_advantages_and_returns(experiences)
 
 

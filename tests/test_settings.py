@@ -1,6 +1,7 @@
 """args → RunSettings (integration/settings.py): resolve_settings on flat and nested namespaces, and
 parse_launcher_args, OpenRLHF's own launcher parsing stopped where train() starts."""
 
+import dataclasses
 import sys
 from types import SimpleNamespace
 
@@ -179,21 +180,12 @@ def test_the_flags_defaults_are_the_settings_defaults():
         ]
     )
     settings, defaults = resolve_settings(args), RunSettings()
-    for name in (
-        "filter",
-        "snr_threshold",
-        "snr_eps",
-        "no_reweight",
-        "no_whiten",
-        "sum_rewards",
-        "drop_filtered",
-        "on_bad_reward",
-        "reward_chat_template",
-        "reward_model_key",
-        "cost_model_key",
-        "resume_with_flags",
-    ):
-        assert getattr(settings, name) == getattr(defaults, name), name
+    # Every field, except what this command line sets on purpose: the run's estimator, group size and dimension.
+    set_here = {"estimator", "n_samples_per_prompt", "dimensions"}
+    for field in dataclasses.fields(RunSettings):
+        if field.name not in set_here:
+            assert getattr(settings, field.name) == getattr(defaults, field.name), field.name
+    assert (settings.estimator, settings.n_samples_per_prompt, settings.reward_keys) == ("gd2po", 4, ("reward_model",))
     config, default_config = settings.gd2po_config, GD2POConfig()
     assert (config.filter, config.snr_threshold, config.snr_eps, config.whiten, config.reweight_queries) == (
         default_config.filter,

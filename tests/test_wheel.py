@@ -126,6 +126,19 @@ def test_installed_wheel_copies_its_recipes_and_they_dry_run(wheel, tmp_path):
     assert again.returncode == 2 and "already exist" in again.stderr
     import os
 
+    # The launcher's default data is the converter's output, from the copied recipes, as a user would make it.
+    converted = subprocess.run(
+        [
+            str(python),
+            str(copied / "examples" / "data" / "prepare_tool_calling.py"),
+            str(copied / "examples" / "data" / "samples" / "rlla_sample.json"),
+            "--output",
+            str(copied / "data" / "tool_calling" / "train.jsonl"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert converted.returncode == 0, converted.stderr
     env = {**os.environ, "GD2PO_DRY_RUN": "1", "PATH": f"{venv / 'bin'}:{os.environ['PATH']}"}
     dry = subprocess.run(
         ["bash", str(copied / "examples" / "scripts" / "train_gd2po_tool_calling.sh")],

@@ -90,28 +90,34 @@ def _word_tokenizer(words: List[str], chat_template: Optional[str] = None):
     return tokenizer
 
 
-def _score_model(tokenizer, seed: int, path: Path, head: str = "score", set_weights=None) -> Path:
-    """A 1-layer sequence-regression Llama saved as a model folder, its value head stored as ``head``: ``score`` as
-    OpenRLHF's own reward models, ``score_head`` as the align-anything and Beaver checkpoints of the recipes.
-    Random weights from ``seed``, or those ``set_weights(model)`` writes."""
-    from safetensors.torch import load_file, save_file
-    from transformers import LlamaConfig, LlamaForSequenceClassification
+def tiny_llama_config(tokenizer, max_position_embeddings: int = 64):
+    """A 1-layer Llama of hidden size 32 over ``tokenizer``'s vocabulary (a sequence classifier's has one label)."""
+    from transformers import LlamaConfig
 
-    torch.manual_seed(seed)
-    config = LlamaConfig(
+    return LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=1,
         num_attention_heads=2,
         num_key_value_heads=2,
-        max_position_embeddings=64,
+        max_position_embeddings=max_position_embeddings,
         num_labels=1,
         pad_token_id=tokenizer.pad_token_id,
         eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
     )
-    model = LlamaForSequenceClassification(config)
+
+
+def _score_model(tokenizer, seed: int, path: Path, head: str = "score", set_weights=None) -> Path:
+    """A 1-layer sequence-regression Llama saved as a model folder, its value head stored as ``head``: ``score`` as
+    OpenRLHF's own reward models, ``score_head`` as the align-anything and Beaver checkpoints of the recipes.
+    Random weights from ``seed``, or those ``set_weights(model)`` writes."""
+    from safetensors.torch import load_file, save_file
+    from transformers import LlamaForSequenceClassification
+
+    torch.manual_seed(seed)
+    model = LlamaForSequenceClassification(tiny_llama_config(tokenizer))
     if set_weights is not None:
         with torch.no_grad():
             set_weights(model)

@@ -378,24 +378,13 @@ def tiny_models(tmp_path_factory):
     """A tiny Llama policy, and reward/cost models stored with a score_head value head; the cost model has its own
     vocabulary order and chat template. Each score model has a twin stored with HF's `score` head."""
     import torch
-    from e2e_harness import _score_model, _word_tokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from e2e_harness import _score_model, _word_tokenizer, tiny_llama_config
+    from transformers import LlamaForCausalLM
 
     root = tmp_path_factory.mktemp("tiny_models")
     tokenizer = _word_tokenizer(WORDS, POLICY_TEMPLATE)
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=None,
-    )
+    config = tiny_llama_config(tokenizer, max_position_embeddings=1024)
     LlamaForCausalLM(config).save_pretrained(root / "policy")
     tokenizer.save_pretrained(root / "policy")
     own = _word_tokenizer(list(reversed(WORDS)), OWN_TEMPLATE)

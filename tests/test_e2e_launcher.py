@@ -327,6 +327,9 @@ def test_g_dynamic_sampling_with_drop_filtered(e2e, trainer):
     )
     assert "Filtered out: avg_reward=0.00, threshold=(0.00, 1.00)" in result.log  # OpenRLHF's loop dropped them
     assert "shows this verdict as scores (0.00 = rejected), not rewards" in result.log  # and the plugin said why
+    # What trained is in the launcher's log, from the trainer actor (the async TrainingActor too).
+    assert "(the GD²PO configuration this run trains with)" in result.log
+    assert "filter            snr (τ = 0.3, ε = 1e-08)" in result.log
     assert "[gd2po e2e stand-in] torch.cuda shim active" in result.log
 
     # Resume with --gd2po.snr_threshold 0.9 against the checkpoint's 0.3: the group test (in the sync trainer actor,

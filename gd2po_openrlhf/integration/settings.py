@@ -36,7 +36,6 @@ COST_GROUP_DEFAULTS = {
 # GD2POConfig's field names in its errors, as the flags that set them.
 CONFIG_FLAGS = {
     "filter": "--gd2po.filter",
-    "snr_threshold (τ)": "--gd2po.snr_threshold (τ)",
     "snr_threshold": "--gd2po.snr_threshold",
     "snr_eps": "--gd2po.snr_eps",
     "weights": "--gd2po.reward_weights",

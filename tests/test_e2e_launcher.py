@@ -269,11 +269,18 @@ def test_c_async_trainer(e2e):
         "--gd2po.reward_keys",
         *TASK_KEYS,
         "--train.async_enable",
+        "--gd2po.reward_condition",
+        "brevity=correctness>=1",
     ]
-    result = harness.run_launcher("c: --train.async_enable", flags, run_dir, head).check()
+    result = harness.run_launcher("c: --train.async_enable, a conditioned reward", flags, run_dir, head).check()
     scalars = result.scalars()
     assert len(scalars["train/gd2po/keep_ratio"]) == 2 and scalars["train/gd2po/num_reward_dims"] == [3.0, 3.0]
     assert all(len(scalars[f"train/reward/{key}"]) == 2 for key in TASK_KEYS)
+    # brevity counts only on correct rollouts (correctness is 0 or 1): the share whose condition failed is the
+    # share of wrong ones, step by step, from the trainer actor of the async run.
+    wrong = [1 - value for value in scalars["train/reward/correctness"]]
+    assert scalars["train/gd2po/conditioned/brevity"] == pytest.approx(wrong, abs=1e-5)
+    assert "condition         reward/brevity counts where reward/correctness >= 1" in result.log
     assert_trained_and_synced(result, assets, syncs=2)
 
 

@@ -392,3 +392,16 @@ def test_every_settings_field_is_restored_reported_or_not_saved_exactly_once():
     listed = [name for table in tables for name in table]
     assert sorted(listed) == sorted(field.name for field in dataclasses.fields(RunSettings))
     assert len(listed) == len(set(listed))
+
+
+def test_resume_restores_the_checkpoints_reward_conditions(tmp_path, reward_file, caplog):
+    save(trainer(tmp_path, reward_file, "--gd2po.reward_condition", "b=a>=1"))
+    states = torch.load(tmp_path / "_actor" / "global_step3" / "client_states.pt", weights_only=False)
+    assert states["gd2po"]["gd2po.reward_condition"] == ("b=a>=1",)
+    resumed = trainer(tmp_path, reward_file, "--gd2po.reward_condition", "b=a>=2", "--ckpt.load_enable")
+    resume(resumed)
+    assert (
+        "Restored from the checkpoint: --gd2po.reward_condition checkpoint ('b=a>=1',), command line ('b=a>=2',)"
+        in caplog.text
+    )
+    assert resumed.experience_maker.settings.reward_condition == ("b=a>=1",)

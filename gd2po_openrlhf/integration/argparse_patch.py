@@ -6,9 +6,9 @@
 - ``add_argument``: the estimator gets the choices gd2po and gdpo and the flat alias ``--advantage_estimator``; the
   ``--gd2po.*`` / ``--cost.*`` flags (``flags.py``) are added;
 - ``parse_known_args``: a ``--gd2po.config`` preset becomes the parser's defaults (the command line overrides it,
-  key by key for ``--gd2po.reward_weight_schedule``); negative numbers in scientific notation (``-1e-3``) are values,
-  not options; after parsing, ``check_command_line`` refuses what does not fit (exit 2 with one line naming the
-  flag, before Ray starts) and runs the dry run.
+  key by key for ``--gd2po.reward_weight_schedule`` and ``--gd2po.reward_condition``); negative numbers in
+  scientific notation (``-1e-3``) are values, not options; after parsing, ``check_command_line`` refuses what does
+  not fit (exit 2 with one line naming the flag, before Ray starts) and runs the dry run.
 
 One policy for flags that act only together with another setting (``ONLY_ACTS_WITH``): given on the command line
 without it, they are refused; set by a preset, they are ignored, since one preset serves several variants of a run
@@ -34,7 +34,9 @@ ESTIMATOR_FLAG = "--algo.advantage.estimator"
 ESTIMATOR_ALIAS = "--advantage_estimator"  # OpenRLHF 0.9.x spelling
 # argparse reads -5, -0.5 but not -5e-1 as a number (a value, not an option): this adds scientific notation.
 NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-SCHEDULE = "gd2po.reward_weight_schedule"
+# List flags whose entries name a reward key: a preset's entries are merged with the command line's key by key (a
+# command-line entry replaces the preset's entries on its key) instead of the command line's being appended.
+KEYED_LISTS = ("gd2po.reward_weight_schedule", "gd2po.reward_condition")
 
 
 class OnlyActsWith(NamedTuple):
@@ -124,21 +126,20 @@ def install_argparse_extension() -> None:
         preset = argparse.ArgumentParser(add_help=False)
         preset.add_argument("--gd2po.config", default=None)
         path = getattr(original_parse_known_args(preset, argv)[0], "gd2po.config")
-        preset_schedules = []
+        preset_lists = {}
         if path:
             try:
                 values = load_preset(self, path)
             except ValueError as error:
                 refuse(self, str(error))
-            # Schedules extend a list: merged below, key by key, instead of appended to the preset's.
-            preset_schedules = values.pop(SCHEDULE, None) or []
+            preset_lists = {dest: values.pop(dest) for dest in KEYED_LISTS if values.get(dest)}
             self.set_defaults(**values)
         namespace, extras = original_parse_known_args(self, args, namespace)
-        if preset_schedules:
-            given = getattr(namespace, SCHEDULE) or []
-            overridden = {_schedule_key(text) for text in given}
-            kept = [text for text in preset_schedules if _schedule_key(text) not in overridden]
-            setattr(namespace, SCHEDULE, kept + list(given))
+        for dest, preset_entries in preset_lists.items():
+            given = getattr(namespace, dest) or []
+            overridden = {_entry_key(text) for text in given}
+            kept = [text for text in preset_entries if _entry_key(text) not in overridden]
+            setattr(namespace, dest, kept + list(given))
         check_command_line(self, namespace, argv)
         return namespace, extras
 
@@ -147,7 +148,7 @@ def install_argparse_extension() -> None:
     argparse.ArgumentParser.parse_known_args = parse_known_args
 
 
-def _schedule_key(text: str) -> str:
+def _entry_key(text: str) -> str:
     return str(text).partition("=")[0].strip()
 
 

@@ -57,6 +57,11 @@ def describe(args, settings: RunSettings) -> str:
             f"then {s.end:g}"
             for s in settings.weight_schedules
         ),
+        *(
+            f"  condition         reward/{c.key} counts where reward/{c.gate_key} {c.operator} {c.threshold:g}, "
+            "else 0 (raw rewards, before normalisation)"
+            for c in settings.conditions
+        ),
         f"  reward models see {rendering}"
         if any(dim.source in MODEL_SOURCES for dim in settings.dimensions)
         else None,

@@ -69,7 +69,7 @@ def judge_group(group: List, settings: RunSettings) -> str:
     if not bool((torch.isfinite(rewards) & (rewards.abs() <= MAX_ABS_REWARD)).all()):
         return "rejected_bad_reward"
     lengths = torch.cat([e.action_mask.sum(dim=-1) for e in group])
-    estimator_rewards, config = settings.estimator_inputs(rewards)
+    estimator_rewards, config = settings.estimator_inputs(settings.condition_rewards(rewards)[0])
     verdict = group_verdicts(
         estimator_rewards,
         torch.zeros(len(rewards), dtype=torch.int64),

@@ -8,9 +8,10 @@ but gd2po/gdpo goes to OpenRLHF untouched. For gd2po/gdpo, one step of ``make_ex
 1. ``make_experience``: OpenRLHF's forwards, plus one ``info["reward/<key>"]`` column per reward/cost model group
    (remote dimensions arrived with the rollouts: ``remote_rewards._process_response_into_experience``);
 2. ``compute_advantages_and_returns``, a pipeline:
-   stack the rewards [B, K] → drop groups with a bad reward → the step's weights (--cost.budget's λ,
-   --gd2po.reward_weight_schedule: ``_step_settings``) → estimate (``estimator.compute_rollout_advantages``) →
-   write the token advantages (+ KL returns) → select the rollouts to train (``rollout_selection``);
+   stack the rewards [B, K] → drop groups with a bad reward → condition them (--gd2po.reward_condition:
+   ``conditions.apply_conditions``) → the step's weights (--cost.budget's λ, --gd2po.reward_weight_schedule:
+   ``_step_settings``) → estimate (``estimator.compute_rollout_advantages``) → write the token advantages
+   (+ KL returns) → select the rollouts to train (``rollout_selection``);
 3. ``take_step_report``: the step's ``gd2po/*`` metrics and the rollouts OpenRLHF's statistics describe, read once
    by ``_compute_rollout_stats`` (here, replacing ``BasePPOTrainer``'s).
 """
@@ -248,6 +249,8 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
         lengths = torch.cat([exp.action_mask.sum(dim=-1) for exp in experiences])
         rewards, dropped = self._drop_bad_groups(experiences, rewards, indices, groups)
         good = ~dropped
+        # --gd2po.reward_condition on the raw rewards; info["reward/<key>"] keeps what the source returned.
+        rewards, condition_failed = self.settings.condition_rewards(rewards)
         settings, weight_metrics = self._step_settings(rewards[good])
         weighted_total = (rewards * torch.tensor(settings.reward_weights, dtype=rewards.dtype)).sum(dim=1)
         # The estimator on the valid rollouts (with --gd2po.sum_rewards, on their weighted sum).
@@ -261,6 +264,13 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
 
         metrics = {f"gd2po/{name}": value for name, value in result.metrics.items()}
         metrics.update(weight_metrics)
+        failed_share = condition_failed[good].double().mean(dim=0).tolist()
+        metrics.update(
+            {
+                f"gd2po/conditioned/{c.key}": failed_share[settings.reward_keys.index(c.key)]
+                for c in settings.conditions
+            }
+        )
         if self.settings.on_bad_reward == "drop_group":
             metrics["gd2po/dropped_bad_groups"] = float(groups[dropped].unique().numel())
         if self._sampling_counts is not None:

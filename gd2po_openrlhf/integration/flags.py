@@ -168,6 +168,18 @@ def add_gd2po_arguments(parser: argparse.ArgumentParser) -> None:
         "train/gd2po/weight/<key> and restored on resume. E.g. length=0:1:100:cosine",
     )
     group.add_argument(
+        "--gd2po.reward_condition",
+        nargs="+",
+        action="extend",
+        metavar="KEY=GATE_KEY>=T",
+        default=None,
+        help="count reward key KEY only for rollouts whose GATE_KEY reward is at least T (or at most T with <=), and "
+        "0 otherwise, on the raw rewards before group normalisation (GDPO's conditioned reward: no length or format "
+        "bought with wrong answers). Repeatable; several on one key must all hold; a gate that is itself "
+        "conditioned is read conditioned. Logged as train/gd2po/conditioned/<key> (the share of rollouts whose "
+        "condition failed) and restored on resume. E.g. length=correctness>=1",
+    )
+    group.add_argument(
         "--gd2po.constraint_key",
         default=None,
         metavar="KEY",

@@ -36,6 +36,7 @@ RESTORED = {
     "drop_filtered": "gd2po.drop_filtered",
     "sum_rewards": "gd2po.sum_rewards",
     "reward_weight_schedule": "gd2po.reward_weight_schedule",
+    "reward_condition": "gd2po.reward_condition",
     "constraint_key": "gd2po.constraint_key",
     "cost_budget": "cost.budget",
     "lambda_init": "cost.lambda_init",

@@ -15,6 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
+from ..conditions import RewardCondition, apply_conditions, ordered_conditions
 from ..config import MAX_ABS_WEIGHT, GD2POConfig
 from ..constraints import WeightSchedule
 
@@ -88,6 +89,7 @@ class RunSettings:
     lambda_max: float = 10.0
     lambda_log_space: bool = False
     reward_weight_schedule: Tuple[str, ...] = ()  # --gd2po.reward_weight_schedule KEY=START:END:STEPS[:SHAPE]
+    reward_condition: Tuple[str, ...] = ()  # --gd2po.reward_condition KEY=GATE_KEY>=T | KEY=GATE_KEY<=T
     preset: Optional[str] = None
 
     @property
@@ -120,6 +122,18 @@ class RunSettings:
             return rewards, config
         weighted_sum = (rewards * rewards.new_tensor(self.reward_weights)).sum(dim=1, keepdim=True)
         return weighted_sum, dataclasses.replace(config, weights=(1.0,), reward_keys=("weighted_sum",))
+
+    @property
+    def conditions(self) -> Tuple[RewardCondition, ...]:
+        """The --gd2po.reward_condition entries, parsed, in the order they apply (``ordered_conditions``)."""
+        return ordered_conditions(self.reward_condition, self.reward_keys)
+
+    def condition_rewards(self, rewards):
+        """The raw rewards [B, K] with every conditioned key zeroed where its gate fails, and the mask [B, K] of
+        those zeroed values (``conditions.apply_conditions``); ``rewards`` unchanged without conditions."""
+        if not self.reward_condition:
+            return rewards, rewards.new_zeros(rewards.shape, dtype=bool)
+        return apply_conditions(rewards, self.reward_keys, self.conditions)
 
     @property
     def weight_schedules(self) -> Tuple[WeightSchedule, ...]:
@@ -227,6 +241,9 @@ def resolve_settings(args) -> RunSettings:
             + ("--cost.budget" if constraint_key else "--gd2po.reward_weight_schedule")
         )
 
+    conditions = tuple(_arg(args, "gd2po.reward_condition") or ())
+    ordered_conditions(conditions, [dim.key for dim in dimensions])  # refuses unknown keys, self-gates, cycles
+
     settings = RunSettings(
         estimator=estimator,
         n_samples_per_prompt=n_samples,
@@ -250,6 +267,7 @@ def resolve_settings(args) -> RunSettings:
         constraint_key=constraint_key,
         **budget_settings,
         reward_weight_schedule=schedules,
+        reward_condition=conditions,
         preset=_arg(args, "gd2po.config"),
     )
     if not schedules and all(weight == 0 for weight in settings.reward_weights):

@@ -19,7 +19,9 @@ import copy
 import functools
 import math
 import random
+import shutil
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Dict, List
@@ -29,6 +31,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+import gd2po_openrlhf
 from gd2po_openrlhf import GD2POConfig, compute_rollout_advantages
 from gd2po_openrlhf.integration.dynamic_sampling import COUNTS_ATTRIBUTE, GroupTally
 from gd2po_openrlhf.integration.launcher_args import parse_launcher_args
@@ -38,33 +41,30 @@ from . import task
 
 TASK_FILE = str(Path(task.__file__).resolve())
 KEYS = list(task.REWARD_KEYS)
-# The equivalent train_ppo_ray flags of each estimator (the common ones are added in run_estimator).
-ESTIMATORS = {
-    "grpo": ["--advantage_estimator", "group_norm"],
-    "gdpo": ["--advantage_estimator", "gdpo", "--gd2po.reward_keys", *KEYS],
-    "gd2po_hard": ["--advantage_estimator", "gd2po", "--gd2po.filter", "hard", "--gd2po.reward_keys", *KEYS],
-    "gd2po_snr": [
-        "--advantage_estimator",
-        "gd2po",
-        "--gd2po.filter",
-        "snr",
-        "--gd2po.snr_threshold",
-        "0.8",
-        "--gd2po.reward_keys",
-        *KEYS,
-    ],
+# The demo's reward settings: a weight per dimension of task.py (0: logged, not trained) and extra flags.
+SETTINGS = {
+    # The GD²PO authors' main setting: correctness + their capped length reward.
+    "main": {"weights": (1, 0, 1, 0), "flags": []},
+    # Their three-reward setting: correctness + format + length.
+    "three": {"weights": (1, 1, 1, 0), "flags": []},
+    # The trap: brevity, which the empty answer wins outright, beside correctness and format.
+    "brevity": {"weights": (1, 1, 0, 1), "flags": []},
+    # The same, with brevity paid only on correct answers (GDPO's conditioned reward).
+    "conditioned": {"weights": (1, 1, 0, 1), "flags": ["--gd2po.reward_condition", "brevity=correctness>=1"]},
 }
-# The same with --gd2po.dynamic_sampling: a step trains on groups that passed its test, replacements drawn as needed.
-ESTIMATORS["gdpo_ds"] = ESTIMATORS["gdpo"] + ["--gd2po.dynamic_sampling"]
-ESTIMATORS["gd2po_snr_ds"] = ESTIMATORS["gd2po_snr"] + ["--gd2po.dynamic_sampling"]
-# Length as a constraint instead of a reward: "at most WORD_BUDGET words on average". brevity = 1 − words / 12, so
-# the budget is a floor on mean brevity (weight +1 given: +λ), and λ falls to 0 once responses are short enough.
-WORD_BUDGET = 4
+# The estimators' train_ppo_ray flags. GRPO is the plugin's group normalisation of the weighted sum, as in the
+# recipes' GRPO scripts, so that every estimator sees the same four dimensions and weights.
+ESTIMATORS = {
+    "grpo": ["--advantage_estimator", "gdpo", "--gd2po.sum_rewards"],
+    "gdpo": ["--advantage_estimator", "gdpo"],
+    "gd2po_hard": ["--advantage_estimator", "gd2po", "--gd2po.filter", "hard"],
+    "gd2po_snr": ["--advantage_estimator", "gd2po", "--gd2po.filter", "snr", "--gd2po.snr_threshold", "0.8"],
+}
+# Brevity as a constraint instead of a reward: "at most WORD_BUDGET words on average", which the full scratchpad
+# and its answer (6 words) meet. brevity = 1 − words / 8, so the budget is a floor on mean brevity (weight +1: +λ),
+# and λ falls to 0 once responses are short enough.
+WORD_BUDGET = 6
 BUDGET_FLAGS = [
-    "--gd2po.reward_weights",
-    "1",
-    "1",
-    "1",
     "--gd2po.constraint_key",
     "brevity",
     "--cost.budget",
@@ -72,8 +72,29 @@ BUDGET_FLAGS = [
     "--cost.lambda_lr",
     "1",
 ]
-ESTIMATORS["gdpo_budget"] = ESTIMATORS["gdpo"] + BUDGET_FLAGS
-ESTIMATORS["gd2po_snr_budget"] = ESTIMATORS["gd2po_snr"] + BUDGET_FLAGS
+# Arms beyond the default (setting × estimator), each in the setting where it makes sense: dynamic sampling where
+# groups can be all-wrong (three rewards), the budget where brevity is the trap.
+EXTRA_ARMS = {
+    "three/gdpo_ds": ("three", "gdpo", ["--gd2po.dynamic_sampling"]),
+    "three/gd2po_snr_ds": ("three", "gd2po_snr", ["--gd2po.dynamic_sampling"]),
+    "brevity/gdpo_budget": ("brevity", "gdpo", BUDGET_FLAGS),
+    "brevity/gd2po_snr_budget": ("brevity", "gd2po_snr", BUDGET_FLAGS),
+}
+
+
+def arm_flags(arm: str) -> List[str]:
+    """The train_ppo_ray flags of an arm ``SETTING/ESTIMATOR`` (or an ``EXTRA_ARMS`` name), without the common ones."""
+    setting, estimator, extra = EXTRA_ARMS.get(arm) or (*arm.split("/"), [])
+    weights = [str(w) for w in SETTINGS[setting]["weights"]]
+    return (
+        ESTIMATORS[estimator]
+        + ["--gd2po.reward_keys", *KEYS, "--gd2po.reward_weights", *weights]
+        + (SETTINGS[setting]["flags"] + extra)
+    )
+
+
+def arm_setting(arm: str) -> str:
+    return (EXTRA_ARMS.get(arm) or arm.split("/"))[0]
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
@@ -84,7 +105,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def warm_started_policy(tokenizer, seed: int, steps: int, batch_size: int = 64) -> LlamaForCausalLM:
+def warm_started_policy(tokenizer, seed: int, steps: int, batch_size: int = 64, lr: float = 3e-3) -> LlamaForCausalLM:
     """A 2-layer Llama from a config (random init), then supervised steps on the noisy teacher's responses
     (loss on the response tokens only), so that RL starts from a policy that answers, sometimes well."""
     torch.manual_seed(seed)
@@ -102,12 +123,12 @@ def warm_started_policy(tokenizer, seed: int, steps: int, batch_size: int = 64) 
         tie_word_embeddings=True,
     )
     policy = LlamaForCausalLM(config)
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=3e-3)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=lr)
     rng = random.Random(seed)
     prompt_tokens = len(task.make_prompt(random.Random(0))[0].split())
     for _ in range(steps):
         prompts, labels = zip(*(task.make_prompt(rng) for _ in range(batch_size)))
-        texts = [f"{prompt} {task.demonstration(rng, label)}" for prompt, label in zip(prompts, labels)]
+        texts = [f"{prompt} {task.demonstration(rng, prompt)}" for prompt in prompts]
         batch = tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False)
         targets = batch.input_ids.masked_fill(batch.attention_mask == 0, -100)
         targets[:, :prompt_tokens] = -100
@@ -239,40 +260,52 @@ def ppo_update(policy, optimizer, policy_loss, experiences, num_mini_batches: in
     return losses
 
 
-def run_estimator(name: str, settings, warm_policy, tokenizer, seed: int, writer) -> Dict[str, List[float]]:
-    """One RL run; returns the per-step curves (also written to TensorBoard under the cluster run's tags)."""
+def common_flags(settings) -> List[str]:
+    """The flags every arm shares (the reward file, the group size, no KL)."""
+    return [
+        "--reward.remote_url",
+        TASK_FILE,
+        "--rollout.n_samples_per_prompt",
+        str(settings.rollouts_per_prompt),
+        "--rollout.micro_batch_size",
+        str(settings.micro_batch_size),
+        "--algo.kl.init_coef",
+        "0",
+    ]
+
+
+def run_arm(arm: str, settings, warm_policy, tokenizer, seed: int, writer, progress: bool = True):
+    """One RL run; returns the per-step curves (also written to TensorBoard under the cluster run's tags).
+
+    ``reward`` is the setting's objective (its fixed weights times the dimensions), ``reward/<key>`` every
+    dimension's mean over the rollouts generated in the step (with dynamic sampling, rejected groups too).
+    """
     import openrlhf.trainer.ppo_trainer as ppo_trainer
     from openrlhf.models.loss import PolicyLoss
     from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
     from openrlhf.utils.agent import SingleTurnAgentExecutor
 
     group_size = settings.rollouts_per_prompt
-    common = [
-        "--reward.remote_url",
-        TASK_FILE,
-        "--rollout.n_samples_per_prompt",
-        str(group_size),
-        "--rollout.micro_batch_size",
-        str(settings.micro_batch_size),
-        "--algo.kl.init_coef",
-        "0",
-    ]
-    strategy = SimpleNamespace(args=parse_launcher_args(ESTIMATORS[name] + common))
+    strategy = SimpleNamespace(args=parse_launcher_args(arm_flags(arm) + common_flags(settings)))
     maker = ppo_trainer.RemoteExperienceMaker(None, None, None, None, FixedKLController(0.0), strategy, tokenizer)
     samples_generator = ppo_trainer.SamplesGenerator(strategy, None, None, tokenizer, [])
     executor = SingleTurnAgentExecutor(TASK_FILE)
     policy = copy.deepcopy(warm_policy)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=settings.lr)
     policy_loss = PolicyLoss(clip_eps_low=0.2, clip_eps_high=0.2)
-    # Same seed, same prompts and the same first samples for every estimator.
+    # Same seed, same prompts and the same first samples for every arm.
     torch.manual_seed(seed)
     prompt_rng = random.Random(10_000 + seed)
-    diagnostics = GD2POConfig(filter="none", reward_keys=tuple(KEYS))  # GRPO's conflict ratio, measured alike
+    weights = torch.tensor(SETTINGS[arm_setting(arm)]["weights"], dtype=torch.float64)
+    # GRPO's conflict ratio, measured as GDPO's estimator would see the same dimensions and weights.
+    diagnostics = GD2POConfig(filter="none", reward_keys=tuple(KEYS), weights=tuple(weights.tolist()))
+    grpo = maker.settings.sum_rewards
     curves: Dict[str, List[float]] = {}
-    progress = tqdm(range(1, settings.steps + 1), desc=f"{name:<10} seed {seed}", file=sys.stdout, mininterval=1.0)
-    dynamic = maker.settings is not None and maker.settings.dynamic_sampling
-    for step in progress:
-        if dynamic:
+    steps = range(1, settings.steps + 1)
+    if progress:
+        steps = tqdm(steps, desc=f"{arm:<26} seed {seed}", file=sys.stdout, mininterval=1.0)
+    for step in steps:
+        if maker.settings.dynamic_sampling:
             generated, batch = sample_dynamically(
                 policy,
                 tokenizer,
@@ -288,14 +321,10 @@ def run_estimator(name: str, settings, warm_policy, tokenizer, seed: int, writer
             generated = batch = sample_rollouts(
                 policy, tokenizer, executor, samples_generator, prompts, labels, group_size
             )
-        # The policy's rewards: over every rollout generated this step (with dynamic sampling, rejected groups too).
         rewards = torch.stack([torch.cat([e.info[f"reward/{key}"] for e in generated]).double() for key in KEYS], 1)
         values = {f"reward/{key}": float(rewards[:, k].mean()) for k, key in enumerate(KEYS)}
-        values["reward"] = float(rewards.sum(1).mean())
-        values["response_length"] = float(torch.cat([e.response_length for e in generated]).double().mean())
-        values["response_words"] = task.MAX_RESPONSE_TOKENS * (
-            1.0 - values["reward/brevity"]
-        )  # words ≤ 12: never clipped
+        values["reward"] = float((rewards * weights).sum(1).mean())
+        values["response_words"] = task.MAX_RESPONSE_TOKENS * (1.0 - values["reward/brevity"])  # never clipped
         values["generated_rollouts"] = float(len(generated))
         if not batch:  # dynamic sampling: no group passed (e.g. a collapsed policy, every group constant)
             metrics = {"gd2po/conflict_ratio": 0.0, "gd2po/keep_ratio": 0.0, "gd2po/dynamic_sampling/pass_rate": 0.0}
@@ -311,13 +340,14 @@ def run_estimator(name: str, settings, warm_policy, tokenizer, seed: int, writer
                 experience.kl = torch.zeros_like(experience.action_log_probs)
         experiences = maker.compute_advantages_and_returns(experiences)
 
+        metrics = dict(maker.take_step_report().metrics)
         lengths = torch.cat([e.action_mask.sum(-1) for e in experiences])
-        if name == "grpo":
+        if grpo:
+            trained = torch.stack([torch.cat([e.info[f"reward/{k}"] for e in experiences]).double() for k in KEYS], 1)
+            conditioned = maker.settings.condition_rewards(trained)[0]
             group_ids = torch.tensor([i for e in experiences for i in e.index]) // group_size
-            conflict = compute_rollout_advantages(rewards, group_ids, lengths, diagnostics).metrics["conflict_ratio"]
-            metrics = {"gd2po/conflict_ratio": conflict, "gd2po/keep_ratio": 1.0}
-        else:
-            metrics = dict(maker.take_step_report().metrics)
+            result = compute_rollout_advantages(conditioned, group_ids, lengths, diagnostics)
+            metrics.update({"gd2po/conflict_ratio": result.metrics["conflict_ratio"], "gd2po/keep_ratio": 1.0})
         advantage_abs = sum(float(e.advantages.abs().sum()) for e in experiences) / float(lengths.sum())
 
         losses = ppo_update(policy, optimizer, policy_loss, experiences, settings.updates_per_step)
@@ -328,7 +358,70 @@ def run_estimator(name: str, settings, warm_policy, tokenizer, seed: int, writer
         for key, value in values.items():
             curves.setdefault(key, []).append(value)
             writer.add_scalar(f"train/{key}", value, step)
-        progress.set_postfix(
-            reward=f"{values['reward']:.2f}", conflict=f"{metrics['gd2po/conflict_ratio']:.2f}", refresh=False
-        )
+        if progress:
+            steps.set_postfix(
+                correct=f"{values['reward/correctness']:.2f}",
+                conflict=f"{metrics['gd2po/conflict_ratio']:.2f}",
+                refresh=False,
+            )
     return curves
+
+
+def warm_start_rewards(policy, tokenizer, seed: int, settings) -> Dict[str, float]:
+    """The warm-started policy's mean rewards on one step's worth of fresh prompts (its own, not any arm's), sampled
+    and scored as RL samples and scores them: the tables' warm-start row."""
+    import openrlhf.trainer.ppo_trainer as ppo_trainer
+    from openrlhf.utils.agent import SingleTurnAgentExecutor
+
+    strategy = SimpleNamespace(args=parse_launcher_args(arm_flags("main/gdpo") + common_flags(settings)))
+    samples_generator = ppo_trainer.SamplesGenerator(strategy, None, None, tokenizer, [])
+    torch.manual_seed(20_000 + seed)
+    rng = random.Random(20_000 + seed)
+    prompts, labels = zip(*(task.make_prompt(rng) for _ in range(4 * settings.prompts_per_step)))
+    samples = sample_rollouts(
+        policy,
+        tokenizer,
+        SingleTurnAgentExecutor(TASK_FILE),
+        samples_generator,
+        prompts,
+        labels,
+        settings.rollouts_per_prompt,
+    )
+    return {f"reward/{key}": float(torch.cat([e.info[f"reward/{key}"] for e in samples]).mean()) for key in KEYS}
+
+
+# ---- the demo's jobs (run in the demo's process or in its worker processes: module-level, so spawn finds them)
+
+
+def start_worker() -> None:
+    # One thread per process: the model is tiny, so more threads mostly add synchronisation, and on a busy machine
+    # they oversubscribe the cores (60x slower was seen).
+    torch.set_num_threads(1)
+    gd2po_openrlhf.register()  # explicit, so the demo also runs with GD2PO_DISABLE=1 or without the .pth
+
+
+def warm_start(job) -> Dict[str, float]:
+    """Job 1 of a seed: the warm-started policy, saved for the seed's arms, and its own rewards."""
+    settings, seed = job
+    tokenizer = build_tokenizer()
+    policy = warm_started_policy(tokenizer, seed, settings.warm_start_steps)
+    torch.save(policy.state_dict(), settings.output_dir / "warm_start" / f"seed{seed}.pt")
+    return warm_start_rewards(policy, tokenizer, seed, settings)
+
+
+def train_arm(job):
+    """One arm on one seed, from the seed's saved warm start; returns its curves and its wall time."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    settings, arm, seed = job
+    tokenizer = build_tokenizer()
+    policy = warm_started_policy(tokenizer, seed, steps=0)  # the architecture; the weights come from the file
+    state = torch.load(settings.output_dir / "warm_start" / f"seed{seed}.pt", weights_only=True)
+    policy.load_state_dict(state)
+    log_dir = settings.output_dir / arm / f"seed{seed}"
+    shutil.rmtree(log_dir, ignore_errors=True)  # one event file per run, not a mix of old and new
+    started = time.time()
+    with SummaryWriter(str(log_dir)) as writer:
+        curves = run_arm(arm, settings, policy, tokenizer, seed, writer, progress=settings.workers == 1)
+    print(f"  {arm:<26} seed {seed}: {time.time() - started:.1f} s", flush=True)
+    return curves, time.time() - started

@@ -23,10 +23,12 @@ import pytest
 import torch
 from gd2po_testing import wait_until_serving
 
+from gd2po_openrlhf.demo.task import REWARD_KEYS
+
 pytestmark = pytest.mark.e2e
 
-WEIGHTS = ["1", "1", "1", "1", "-1"]
-TASK_KEYS = ["correctness", "format", "brevity"]
+WEIGHTS = ["1", "1", "1", "1", "1", "-1"]
+TASK_KEYS = list(REWARD_KEYS)  # correctness, format, length, brevity
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +103,7 @@ def test_a_reward_file_reward_model_and_cost_model_with_kl_checkpoint_and_resume
         assert len(scalars[f"train/reward/{key}"]) == 2 and all(map(math.isfinite, scalars[f"train/reward/{key}"]))
     assert len(scalars["train/gd2po/keep_ratio"]) == 2
     assert all(0 <= value <= 1 for value in scalars["train/gd2po/keep_ratio"])
-    assert scalars["train/gd2po/num_reward_dims"] == [5.0, 5.0]
+    assert scalars["train/gd2po/num_reward_dims"] == [6.0, 6.0]
     assert scalars["train/gd2po/snr_threshold"] == pytest.approx([0.3, 0.3])
     assert scalars["train/gd2po/advantage_abs_mean"][0] > 0, "step 1 trained (see base_flags on tiny batches)"
     assert scalars["train/kl"][1] != 0, "KL in the reward: after step 1's update the actor differs from the reference"
@@ -110,7 +112,7 @@ def test_a_reward_file_reward_model_and_cost_model_with_kl_checkpoint_and_resume
     (states_file,) = glob.glob(str(run_dir / "ckpt" / "_actor" / "global_step2" / "mp_rank_00_model_states.pt"))
     client_state = torch.load(states_file, map_location="cpu", weights_only=False)
     assert client_state["gd2po"]["gd2po.snr_threshold"] == 0.3
-    assert client_state["gd2po"]["gd2po.reward_weights"] == [1.0, 1.0, 1.0, 1.0, -1.0]
+    assert client_state["gd2po"]["gd2po.reward_weights"] == [1.0, 1.0, 1.0, 1.0, 1.0, -1.0]
     assert [key for key, _, _ in client_state["gd2po"]["dimensions"]] == TASK_KEYS + ["reward_model", "cost"]
 
     # Resume from step 2 with a changed τ and one more step of prompts: the checkpoint's τ is restored, with a warning.
@@ -274,7 +276,7 @@ def test_c_async_trainer(e2e):
     ]
     result = harness.run_launcher("c: --train.async_enable, a conditioned reward", flags, run_dir, head).check()
     scalars = result.scalars()
-    assert len(scalars["train/gd2po/keep_ratio"]) == 2 and scalars["train/gd2po/num_reward_dims"] == [3.0, 3.0]
+    assert len(scalars["train/gd2po/keep_ratio"]) == 2 and scalars["train/gd2po/num_reward_dims"] == [4.0, 4.0]
     assert all(len(scalars[f"train/reward/{key}"]) == 2 for key in TASK_KEYS)
     # brevity counts only on correct rollouts (correctness is 0 or 1): the share whose condition failed is the
     # share of wrong ones, step by step, from the trainer actor of the async run.
@@ -373,6 +375,7 @@ def test_d_two_data_parallel_actor_ranks_and_a_logged_only_dimension(e2e):
         "--gd2po.reward_weights",
         "1",
         "1",
+        "1",
         "0",
         "--actor.num_gpus_per_node",
         "2",
@@ -408,7 +411,7 @@ def test_e_reward_model_with_its_own_tokenizer_and_chat_template(e2e):
     assert len(scalars["train/reward/reward_model"]) == 2 and all(
         map(math.isfinite, scalars["train/reward/reward_model"])
     )
-    assert scalars["train/gd2po/num_reward_dims"] == [4.0, 4.0]
+    assert scalars["train/gd2po/num_reward_dims"] == [5.0, 5.0]
     assert_trained_and_synced(result, assets, syncs=2)
 
 
@@ -484,6 +487,7 @@ def test_h_cost_budget_on_a_cost_model_group_with_a_schedule_and_resume(e2e, tra
         "--gd2po.reward_weights",
         "1",
         "1",
+        "0",
         "0",
         "-1",
         "--cost.budget",

@@ -199,7 +199,7 @@ def _figure(setting: str, curves: Curves, out: Path, word_budget: float) -> None
             for x, seed_curve in zip(xs, smoothed):
                 axis.plot(x, seed_curve, color=colours[arm], linewidth=0.6, alpha=0.35)
             axis.plot(xs[0], smoothed.mean(0), color=colours[arm], linewidth=2.2, label=arm.split("/", 1)[1])
-        if key == "response_words":
+        if key == "response_words" and any("gd2po/lambda/brevity" in runs[0] for runs in curves.values()):
             axis.axhline(word_budget, color="black", linestyle=":", linewidth=1)
             axis.annotate(f"budget {word_budget} words", (0.02, word_budget), xycoords=("axes fraction", "data"))
         titles = {"reward": "objective (the setting's weighted sum)", "response_words": "response words"}

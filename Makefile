@@ -6,8 +6,8 @@
 #   make lint   ruff: formatting and lint at 119 columns (pyproject.toml); make format rewrites the files
 #   make e2e    OpenRLHF's real launcher (python -m openrlhf.cli.train_ppo_ray) on CPU, scenario by scenario,
 #               with the dev/e2e stand-ins for vLLM and torch.cuda (about 4 min warm)
-#   make demo   the CPU demo in the same venv: GRPO / GDPO / GD²PO-hard / GD²PO-SNR on a tiny policy
-#               (DEMO_ARGS="--seeds 5 --steps 150" for a longer study; outputs under runs/demo)
+#   make demo   the CPU demo in the same venv: GRPO / GDPO / GD²PO-hard / GD²PO-SNR in four reward settings,
+#               5 seeds, 2 worker processes (DEMO_ARGS="--seeds 10 --steps 150" for a longer study; runs/demo)
 #   make venv   only the environment
 PYTHON ?= python3
 VENV ?= .venv

@@ -138,7 +138,7 @@ def _length_cost_weights(model, marker_id: int, prompt_tokens: int) -> None:
 
     Every prompt starts with the marker token; the query and key projections are zero, so attention averages over
     the n tokens, and the marker's share of them, 1/n, reaches the value head: cost = LENGTH_COST_SCALE · (1 − P/n)
-    = LENGTH_COST_SCALE · r / (P + r) for a prompt of P tokens (6 here) and a response of r, within 0.05 in float32
+    = LENGTH_COST_SCALE · r / (P + r) for a prompt of P tokens (5 here) and a response of r, within 0.05 in float32
     (checked by the e2e module against OpenRLHF's own reward model class).
     """
     hidden, carrier = model.config.hidden_size, 100.0  # a large constant dimension: each RMSNorm scales by ≈ 1/carrier

@@ -29,6 +29,7 @@ pytestmark = pytest.mark.e2e
 
 WEIGHTS = ["1", "1", "1", "1", "1", "-1"]
 TASK_KEYS = list(REWARD_KEYS)  # correctness, format, length, brevity
+PROMPT_TOKENS = len("max 3 8 1 :".split())  # the task's prompts: the length cost model's P
 
 
 @pytest.fixture(scope="module")
@@ -441,7 +442,8 @@ def test_f_plugin_disabled_runs_stock_group_norm(e2e, tmp_path):
 
 
 def test_the_length_cost_model_scores_length(e2e):
-    """The asset scenario h relies on, through OpenRLHF's own reward model class: cost = 10 · r / (6 + r)."""
+    """The asset scenario h relies on, through OpenRLHF's own reward model class: cost = 10 · r / (P + r) for a prompt
+    of P = 5 tokens."""
     from openrlhf.models import get_llm_for_sequence_regression
     from transformers import AutoTokenizer
 
@@ -450,14 +452,14 @@ def test_the_length_cost_model_scores_length(e2e):
         str(assets.length_cost_model), "reward", value_head_prefix="score_head", attn_implementation="eager"
     ).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(assets.length_cost_model))
-    responses = ["", "[EOS]", "<a> 8 </a> [EOS]", "hmm hmm <a> 3 </a> [EOS]", " ".join(["hmm"] * 11) + " [EOS]"]
-    texts = ["max of 3 8 1 : " + response for response in responses]
+    responses = ["", "[EOS]", "<a> 8 </a> [EOS]", "3 8 8 <a> 8 </a> [EOS]", " ".join(["hmm"] * 7) + " [EOS]"]
+    texts = ["max 3 8 1 : " + response for response in responses]
     tokenizer.padding_side = "left"  # a padded batch, as the model groups receive it
     batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
     with torch.no_grad():
         costs = model(batch.input_ids, attention_mask=batch.attention_mask).tolist()
     lengths = [len(response.split()) for response in responses]
-    expected = [harness.LENGTH_COST_SCALE * r / (6 + r) for r in lengths]
+    expected = [harness.LENGTH_COST_SCALE * r / (PROMPT_TOKENS + r) for r in lengths]
     assert costs == pytest.approx(expected, abs=0.05)
 
 
@@ -517,9 +519,9 @@ def test_h_cost_budget_on_a_cost_model_group_with_a_schedule_and_resume(e2e, tra
     assert scalars["train/gd2po/weight/cost"] == pytest.approx([-lam for lam in lambdas], rel=1e-5)
     assert scalars["train/gd2po/weight/format"] == pytest.approx([1.0, 0.5])
     assert scalars["train/gd2po/weight/correctness"] == [1.0, 1.0]
-    # The cost tracks length: the mean of 10·r/(6+r) is at most its value at the mean length (concave).
+    # The cost tracks length: the mean of 10·r/(P+r) is at most its value at the mean length (concave).
     for mean, length in zip(means, scalars["train/rollout/response_length_mean"]):
-        assert 0 < mean <= harness.LENGTH_COST_SCALE * length / (6 + length) + 0.05
+        assert 0 < mean <= harness.LENGTH_COST_SCALE * length / (PROMPT_TOKENS + length) + 0.05
     (states_file,) = glob.glob(str(run_dir / "ckpt" / "_actor" / "global_step2" / "mp_rank_00_model_states.pt"))
     client_state = torch.load(states_file, map_location="cpu", weights_only=False)
     assert client_state["gd2po_state"]["constraint_lambda"] == pytest.approx(lambdas[1], rel=1e-5)

@@ -466,9 +466,10 @@ def test_the_length_cost_model_scores_length(e2e):
 @pytest.mark.parametrize("trainer", ["sync", "async"])
 def test_h_cost_budget_on_a_cost_model_group_with_a_schedule_and_resume(e2e, trainer):
     """--cost.budget on a cost model group whose cost tracks response length (Beaver convention, weight -1), with
-    --gd2po.reward_weight_schedule on format: λ follows dual ascent on the logged batch mean cost, the weights reach
-    TensorBoard, and a resumed run continues λ and the schedule from the checkpoint (in the PPOTrainer actor, or the
-    async TrainingActor that holds the experience maker there)."""
+    --gd2po.reward_weight_schedule on format and two --gd2po.reward_model groups (three model groups and a reward
+    file, 7 dimensions): λ follows dual ascent on the logged batch mean cost, the weights and every dimension reach
+    TensorBoard, the checkpoint holds every key, and a resumed run continues λ and the schedule from the checkpoint
+    with the same groups (in the PPOTrainer actor, or the async TrainingActor that holds the experience maker)."""
     assets, head, root = e2e
     run_dir = root / f"h_{trainer}"
     budget = 2.0  # about 1.5 response tokens: the warm-started policy writes ~6, so λ rises
@@ -483,15 +484,25 @@ def test_h_cost_budget_on_a_cost_model_group_with_a_schedule_and_resume(e2e, tra
         str(assets.length_cost_model),
         "--ds.value_head_prefix",
         "score_head",
+        # Two more model groups: one scoring the policy's tokens with --ds.value_head_prefix, one with its own
+        # tokenizer, chat template and value head.
+        "--gd2po.reward_model",
+        f"helpful={assets.reward_model}",
+        "--gd2po.reward_model",
+        f"judge={assets.own_template_reward_model},value_head_prefix=score,chat_template=own",
         "--gd2po.reward_keys",
         *TASK_KEYS,
         "cost",
+        "helpful",
+        "judge",
         "--gd2po.reward_weights",
         "1",
         "1",
         "0",
         "0",
         "-1",
+        "0.5",
+        "0.5",
         "--cost.budget",
         str(budget),
         "--cost.lambda_lr",
@@ -500,7 +511,7 @@ def test_h_cost_budget_on_a_cost_model_group_with_a_schedule_and_resume(e2e, tra
         "format=1:0:2",
     ] + (["--train.async_enable"] if trainer == "async" else [])
     result = harness.run_launcher(
-        f"h: --cost.budget on a length cost model, {trainer}",
+        f"h: --cost.budget on a length cost model, three model groups, {trainer}",
         harness.base_flags(assets, run_dir) + flags,
         run_dir,
         head,
@@ -526,6 +537,19 @@ def test_h_cost_budget_on_a_cost_model_group_with_a_schedule_and_resume(e2e, tra
     client_state = torch.load(states_file, map_location="cpu", weights_only=False)
     assert client_state["gd2po_state"]["constraint_lambda"] == pytest.approx(lambdas[1], rel=1e-5)
     assert client_state["gd2po"]["cost.budget"] == budget
+    # Every dimension trained and logged, the model groups' keys and paths in the checkpoint.
+    keys = TASK_KEYS + ["cost", "helpful", "judge"]
+    assert scalars["train/gd2po/num_reward_dims"] == [7.0, 7.0]
+    for key in ("helpful", "judge"):
+        assert len(scalars[f"train/reward/{key}"]) == 2 and all(map(math.isfinite, scalars[f"train/reward/{key}"]))
+    assert [key for key, _, _ in client_state["gd2po"]["dimensions"]] == keys
+    assert [entry.split("=")[0] for entry in client_state["gd2po"]["gd2po.reward_model"]] == ["helpful", "judge"]
+    # The launch log lists every model group with its placement and settings.
+    assert (
+        "reward/judge                --gd2po.reward_model         1x1 GPUs  value head score  chat template own"
+        in (result.log)
+    )
+    assert "reward/cost                 --cost.model_name_or_path    1x1 GPUs  value head score_head" in result.log
 
     resume_flags = harness.base_flags(assets, run_dir, steps=3) + flags
     resume_flags += ["--ckpt.load_enable", "--logger.tensorboard_dir", str(run_dir / "tensorboard_resumed")]
@@ -538,3 +562,79 @@ def test_h_cost_budget_on_a_cost_model_group_with_a_schedule_and_resume(e2e, tra
     (mean,) = resumed_scalars["constraint_mean/cost"]
     assert resumed_scalars["lambda/cost"] == pytest.approx([min(max(lambdas[1] + 0.5 * (mean - budget), 0), 10)])
     assert resumed_scalars["weight/format"] == [0.0], "the third global step: the schedule has ended at 0"
+    judged = [value for _, value in _scalar_files(run_dir / "tensorboard_resumed", "train/reward/judge")]
+    assert len(judged) == 1 and "differ from the command line's" not in resumed.log  # the same groups, restored
+
+
+AGENT_FILE = '''
+"""A two-turn agent on the demo's task: the first answer gets feedback and a second try; the final step returns
+the reward dimensions (OpenRLHF's MultiTurnAgentExecutor keeps the last step's extra_logs), plus the turns taken.
+The first step's extra_logs carry a value no dimension can take: if it reached the trainer, a test would see it."""
+import torch
+from openrlhf.utils.agent import AgentInstanceBase, MultiTurnAgentExecutor
+
+from gd2po_openrlhf.demo.task import REWARD_KEYS, score_response
+
+
+class AgentInstance(AgentInstanceBase):
+    def __init__(self, *args, **kwargs):
+        self.turns = 0
+
+    async def reset(self, states, **kwargs):
+        return {"observation": states["observation"]}
+
+    async def step(self, states, **kwargs):
+        self.turns += 1
+        scores = score_response(states["action_text"], states["label"])
+        done = self.turns == 2
+        extra_logs = {"reward/correctness": 1000.0}
+        if done:
+            extra_logs = {f"reward/{key}": float(scores[key]) for key in REWARD_KEYS}
+            extra_logs["reward/turns"] = float(self.turns)
+        return {
+            "rewards": torch.tensor(scores["correctness"]),
+            "scores": torch.tensor(scores["correctness"]),
+            "environment_feedback": "" if done else " max :",
+            "done": done,
+            "extra_logs": extra_logs,
+        }
+
+
+class AgentExecutor(MultiTurnAgentExecutor):
+    def __init__(self):
+        super().__init__(AgentInstance)
+'''
+
+
+def test_i_a_multi_turn_agent_returns_the_dimensions_at_its_last_step(e2e):
+    """--train.agent_func_path with OpenRLHF's MultiTurnAgentExecutor: two turns per rollout, the final step's
+    extra_logs become the reward dimensions (the first step's never reach the trainer)."""
+    assets, head, root = e2e
+    run_dir = root / "i"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    agent_file = run_dir / "two_turn_agent.py"
+    agent_file.write_text(AGENT_FILE)
+    flags = harness.base_flags(assets, run_dir) + [
+        "--advantage_estimator",
+        "gdpo",
+        "--train.agent_func_path",
+        str(agent_file),
+        "--gd2po.reward_keys",
+        *TASK_KEYS,
+        "turns",
+        "--gd2po.reward_weights",
+        "1",
+        "1",
+        "1",
+        "0",
+        "0",
+    ]
+    result = harness.run_launcher("i: a two-turn agent", flags, run_dir, head).check()
+    scalars = result.scalars()
+    assert scalars["train/reward/turns"] == [2.0, 2.0], "every rollout took the agent's two turns"
+    for key in TASK_KEYS:
+        assert len(scalars[f"train/reward/{key}"]) == 2
+        assert all(0.0 <= value <= 1.0 for value in scalars[f"train/reward/{key}"]), key
+    assert scalars["train/gd2po/num_reward_dims"] == [5.0, 5.0]
+    assert "reward/turns                agent" in result.log
+    assert_trained_and_synced(result, assets, syncs=2)

@@ -37,7 +37,9 @@ N = 4
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=4, num_gpus=4, include_dashboard=False, log_to_driver=False)
+    # Logical CPUs and GPUs, more than the module's tests hold at once: model groups of earlier tests stay alive until
+    # the cluster goes, and the experience maker refuses groups that the free GPUs cannot place.
+    ray.init(num_cpus=32, num_gpus=32, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -114,6 +116,15 @@ class LightModelActor(BaseModelActor):
 
     def settings(self):
         return self.kind, self.offload
+
+    def group_settings(self):
+        """What a model group's settings became in the strategy its actor received."""
+        args = self.strategy.args
+        return {
+            "offload": args.reward.offload,
+            "normalize": args.reward.normalize_enable,
+            "value_head_prefix": args.ds.value_head_prefix,
+        }
 
     def forward(self, sequences, action_mask=None, attention_mask=None, pad_sequence=False, **kwargs):
         if self.kind == "policy":
@@ -392,8 +403,8 @@ def test_a_reward_model_with_another_vocabulary_is_refused_by_default(local_ray,
     policy = word_tokenizer(POLICY_WORDS, None)
     with pytest.raises(
         ValueError,
-        match=rf"the reward model {reward_dir} \(reward key 'reward_model'\) has another vocabulary "
-        r"\(66 tokens\) than the policy \(62\).*--gd2po.reward_chat_template own",
+        match=rf"the model group of reward key 'reward_model' \(--reward.model_name_or_path {reward_dir}\) has "
+        r"another vocabulary \(66 tokens\) than the policy \(62\).*--gd2po.reward_chat_template own",
     ):
         RayMaker(
             light_group("policy", strategy),
@@ -627,3 +638,61 @@ def test_every_experience_carries_its_own_rewards_through_concat_split_and_balan
                 advantages, torch.full_like(advantages, float(expected_advantage[key])), rtol=1e-5, atol=1e-6
             )
     assert sorted(seen) == sorted(expected)  # none lost, none duplicated
+
+
+def test_reward_model_groups_score_their_keys_with_their_own_settings(local_ray):
+    """--reward.model_name_or_path, --cost.model_name_or_path and two --gd2po.reward_model groups: four model
+    groups, one reward key each, each actor with its group's offload, normalisation and value head."""
+    strategy = openrlhf_strategy(
+        [
+            *("--advantage_estimator", "gdpo"),
+            *("--reward.model_name_or_path", "helpful-rm", "--cost.model_name_or_path", "beaver-cost"),
+            *("--gd2po.reward_model", "honest=light/helpful-rm,normalize=true,value_head_prefix=honesty_head"),
+            *("--gd2po.reward_model", "harm=light/beaver-cost,offload=true"),
+            *("--gd2po.reward_keys", "reward_model", "honest", "cost", "harm"),
+            *("--gd2po.reward_weights", "1", "0.5", "-1", "-0.5"),
+            *("--rollout.n_samples_per_prompt", str(N), "--rollout.micro_batch_size", "3"),
+            *("--algo.kl.init_coef", "0", "--actor.num_gpus_per_node", "1"),
+        ]
+    )
+    lengths = torch.tensor([2, 5, 3, 4, 6, 1, 2, 3, 4, 4, 5, 2])
+    samples = rollout_experiences(torch.zeros(len(lengths), 1), lengths, N, 3)
+    for sample in samples:
+        sample.rewards, sample.info = None, {}
+    maker = LightMaker(
+        light_group("policy", strategy),
+        None,
+        light_group("helpful-rm", strategy),
+        None,
+        FixedKLController(0.0),
+        strategy,
+        LightTokenizer(),
+    )
+    assert list(maker.gd2po_model_groups) == ["honest", "cost", "harm"]  # OpenRLHF creates reward_model's
+    settings = {
+        key: ray.get(group.async_run_method("group_settings"))[0] for key, group in maker.gd2po_model_groups.items()
+    }
+    assert settings["honest"] == {"offload": False, "normalize": True, "value_head_prefix": "honesty_head"}
+    assert settings["harm"] == {"offload": True, "normalize": False, "value_head_prefix": "score"}
+    assert settings["cost"]["value_head_prefix"] == "score"
+
+    experiences = maker.make_experience_batch(samples)
+    helpful = torch.tensor([float(s.sequences.sum() % 7) for s in samples])
+    cost = torch.tensor([float(s.attention_mask.sum() % 3) for s in samples])
+    rewards = torch.stack([helpful, helpful, cost, cost], dim=1)
+    order = torch.cat([torch.tensor(e.index) for e in experiences]).argsort()
+    for k, key in enumerate(["reward_model", "honest", "cost", "harm"]):
+        logged = torch.cat([e.info[f"reward/{key}"] for e in experiences])[order]
+        torch.testing.assert_close(logged, rewards[:, k])
+
+
+def test_model_groups_that_cannot_be_placed_are_refused_with_the_counts(local_ray):
+    strategy = openrlhf_strategy(
+        [
+            *("--advantage_estimator", "gdpo", "--reward.model_name_or_path", "helpful-rm"),
+            *("--gd2po.reward_model", "honest=light/helpful-rm,nodes=2,gpus_per_node=64"),
+            *("--rollout.n_samples_per_prompt", str(N), "--algo.kl.init_coef", "0"),
+        ]
+    )
+    with pytest.raises(ValueError, match=r"ask for 128 GPUs \(honest: 2x64\) but the Ray cluster has [0-9]+ free"):
+        LightMaker(None, None, None, None, FixedKLController(0.0), strategy, LightTokenizer())

@@ -181,11 +181,14 @@ def test_the_flags_defaults_are_the_settings_defaults():
     )
     settings, defaults = resolve_settings(args), RunSettings()
     # Every field, except what this command line sets on purpose: the run's estimator, group size and dimension.
-    set_here = {"estimator", "n_samples_per_prompt", "dimensions"}
+    set_here = {"estimator", "n_samples_per_prompt", "dimensions", "model_groups"}
     for field in dataclasses.fields(RunSettings):
         if field.name not in set_here:
             assert getattr(settings, field.name) == getattr(defaults, field.name), field.name
     assert (settings.estimator, settings.n_samples_per_prompt, settings.reward_keys) == ("gd2po", 4, ("reward_model",))
+    assert [(g.key, g.flag, g.gpus) for g in settings.model_groups] == [
+        ("reward_model", "--reward.model_name_or_path", 1)
+    ]
     config, default_config = settings.gd2po_config, GD2POConfig()
     assert (config.filter, config.snr_threshold, config.snr_eps, config.whiten, config.reweight_queries) == (
         default_config.filter,

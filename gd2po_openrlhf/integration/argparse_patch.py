@@ -36,7 +36,7 @@ ESTIMATOR_ALIAS = "--advantage_estimator"  # OpenRLHF 0.9.x spelling
 NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 # List flags whose entries name a reward key: a preset's entries are merged with the command line's key by key (a
 # command-line entry replaces the preset's entries on its key) instead of the command line's being appended.
-KEYED_LISTS = ("gd2po.reward_weight_schedule", "gd2po.reward_condition")
+KEYED_LISTS = ("gd2po.reward_weight_schedule", "gd2po.reward_condition", "gd2po.reward_model")
 
 
 class OnlyActsWith(NamedTuple):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from .settings import MODEL_SOURCES, RunSettings, _arg
+from .settings import RunSettings, _arg
 
 
 def describe(args, settings: RunSettings) -> str:
@@ -62,16 +62,23 @@ def describe(args, settings: RunSettings) -> str:
             "else 0 (raw rewards, before normalisation)"
             for c in settings.conditions
         ),
-        f"  reward models see {rendering}"
-        if any(dim.source in MODEL_SOURCES for dim in settings.dimensions)
+        f"  reward models see {rendering}" if settings.model_groups else None,
+        "  model groups      (each its own Ray actor group: key, flag, nodes x GPUs per node, value head, chat "
+        "template, normalisation, offload)"
+        if settings.model_groups
         else None,
+        *(
+            f"    reward/{g.key:<20} {g.flag:<28} {g.nodes}x{g.gpus_per_node} GPUs  value head "
+            f"{g.value_head_prefix or _arg(args, 'ds.value_head_prefix', 'score')}  chat template "
+            f"{g.chat_template or settings.reward_chat_template}  normalise {'on' if g.normalize else 'off'}  offload "
+            f"{'on' if g.offload else 'off'}"
+            for g in settings.model_groups
+        ),
         "  reward dimensions (info key, source, weight):",
     ]
+    gpus = {g.key: f" on {g.nodes}x{g.gpus_per_node} GPUs" for g in settings.model_groups}
     for dim in settings.dimensions:
-        where = dim.location
-        if dim.source in MODEL_SOURCES:
-            group = "cost" if dim.source == "cost_model" else "reward"
-            where += f" on {_arg(args, f'{group}.num_nodes', 1)}x{_arg(args, f'{group}.num_gpus_per_node', 1)} GPUs"
+        where = dim.location + gpus.get(dim.key, "")
         schedule = next((s for s in settings.weight_schedules if s.key == dim.key), None)
         if dim.key == settings.constraint_key:
             weight = f"weight {'-' if dim.weight < 0 else '+'}λ (budget)"

@@ -41,8 +41,8 @@ from .openrlhf_patches import UPSTREAM
 from .rollout_selection import rollouts_to_train, select_rollouts
 from .settings import (
     GD2PO_ESTIMATORS,
-    MODEL_SOURCES,
     REMOTE_SOURCES,
+    ModelGroup,
     RunSettings,
     replace_weights,
     resolve_settings,
@@ -83,30 +83,31 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
         remote_used = bool(self.settings.remote_dimensions)
         # Tokenizers of the model groups that score their own chat template's rendering, by reward key.
         self.gd2po_model_tokenizers = {}
-        for dim in self.settings.dimensions:
-            if dim.source not in MODEL_SOURCES:
-                continue
-            model_tokenizer = self.load_model_tokenizer(dim.location)
-            if self.settings.reward_chat_template == "own":
-                self.gd2po_model_tokenizers[dim.key] = model_tokenizer
+        # OpenRLHF creates the --reward.model_name_or_path group itself unless a reward file/server is given; the
+        # plugin creates every other model group.
+        created = [
+            group for group in self.settings.model_groups if group.flag != "--reward.model_name_or_path" or remote_used
+        ]
+        _check_free_gpus(created)
+        for group in self.settings.model_groups:
+            model_tokenizer = self.load_model_tokenizer(group.path)
+            if (group.chat_template or self.settings.reward_chat_template) == "own":
+                self.gd2po_model_tokenizers[group.key] = model_tokenizer
             elif model_tokenizer.get_vocab() != self.tokenizer.get_vocab():
                 raise ValueError(
-                    f"the {dim.source.replace('_', ' ')} {dim.location} (reward key {dim.key!r}) has another "
-                    "vocabulary "
+                    f"the model group of reward key {group.key!r} ({group.flag} {group.path}) has another vocabulary "
                     f"({len(model_tokenizer.get_vocab())} tokens) than the policy "
-                    f"({len(self.tokenizer.get_vocab())}): it "
-                    "would score token ids it does not know. Add --gd2po.reward_chat_template own to re-render each "
-                    "conversation with its own tokenizer and chat template"
+                    f"({len(self.tokenizer.get_vocab())}): it would score token ids it does not know. Add "
+                    "--gd2po.reward_chat_template own (or chat_template=own in its --gd2po.reward_model entry) to "
+                    "re-render each conversation with its own tokenizer and chat template"
                 )
-            # OpenRLHF creates the reward model group itself unless a reward file/server is given.
-            if dim.source == "cost_model" or (dim.source == "reward_model" and remote_used):
-                prefix = "cost" if dim.source == "cost_model" else "reward"
-                self.gd2po_model_groups[dim.key] = self._create_model_group(prefix, dim.location)
+        for group in created:
+            self.gd2po_model_groups[group.key] = self._create_model_group(group)
         self.openrlhf_reward_key = next(
             (
-                d.key
-                for d in self.settings.dimensions
-                if d.source == "reward_model" and d.key not in self.gd2po_model_groups
+                group.key
+                for group in self.settings.model_groups
+                if group.flag == "--reward.model_name_or_path" and group.key not in self.gd2po_model_groups
             ),
             None,
         )
@@ -158,27 +159,28 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
             kwargs.update(self.gd2po_rendered[self.openrlhf_reward_key])
         return super()._dispatch_forward(group, sync_condition, **kwargs)
 
-    def _create_model_group(self, prefix: str, model_path: str) -> RayActorGroup:
-        """A sequence-regression model as its own Ray actor group on its own GPUs (``--{prefix}.*`` flags)."""
+    def _create_model_group(self, group: ModelGroup) -> RayActorGroup:
+        """A sequence-regression model as its own Ray actor group on its own GPUs, with the group's settings."""
         args = self.args
-        group = RayActorGroup(
-            getattr(args, prefix).num_nodes,
-            getattr(args, prefix).num_gpus_per_node,
+        actors = RayActorGroup(
+            group.nodes,
+            group.gpus_per_node,
             self.model_actor_class,
             pg=None,
             num_gpus_per_actor=1,
             duplicate_actors=args.ds.ring_attn_size * args.ds.tensor_parallel_size,
         )
-        strategy = self.strategy
-        if prefix == "cost":
-            # RewardModelActor reads its offload/normalisation settings from args.reward: give it the cost ones.
-            strategy = copy.copy(self.strategy)
-            strategy.args = copy.copy(args)
-            strategy.args.reward = SimpleNamespace(
-                **{**vars(args.reward), "offload": args.cost.offload, "normalize_enable": args.cost.normalize_enable}
-            )
-        ray.get(group.async_init_model_from_pretrained(strategy, model_path))
-        return group
+        # RewardModelActor reads offload and normalisation from args.reward and the value head from args.ds: give it
+        # the group's.
+        strategy = copy.copy(self.strategy)
+        strategy.args = copy.copy(args)
+        strategy.args.reward = SimpleNamespace(
+            **{**vars(args.reward), "offload": group.offload, "normalize_enable": group.normalize}
+        )
+        if group.value_head_prefix:
+            strategy.args.ds = SimpleNamespace(**{**vars(args.ds), "value_head_prefix": group.value_head_prefix})
+        ray.get(actors.async_init_model_from_pretrained(strategy, group.path))
+        return actors
 
     def split_rollout_samples(self, rollout_samples: List[Experience]) -> List[Experience]:
         if self.settings is not None:
@@ -422,6 +424,20 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
             experience.info["reward"] = total
             experience.info["return"] = first_token_return  # the return at the first response token
             experience.kl = None
+
+
+def _check_free_gpus(groups: List[ModelGroup]) -> None:
+    """Refuses model groups that ask for more GPUs than the Ray cluster has free (they would wait for ever)."""
+    if not groups:
+        return
+    asked = sum(group.gpus for group in groups)
+    free = ray.available_resources().get("GPU", 0)
+    if asked > free:
+        each = ", ".join(f"{g.key}: {g.nodes}x{g.gpus_per_node}" for g in groups)
+        raise ValueError(
+            f"the reward/cost model groups ask for {asked} GPUs ({each}) but the Ray cluster has {free:g} free after "
+            "the actor, reference and vLLM groups: lower their nodes or gpus_per_node, or add GPUs"
+        )
 
 
 def _label_conversation(label, prompt) -> List[dict]:

@@ -84,6 +84,18 @@ def add_gd2po_arguments(parser: argparse.ArgumentParser) -> None:
         help="dimension name of the --cost.model_name_or_path group",
     )
     group.add_argument(
+        "--gd2po.reward_model",
+        nargs="+",
+        action="extend",
+        metavar="KEY=PATH[,OPTION=VALUE...]",
+        default=None,
+        help="add a model-scored reward key served by its own Ray actor group (a sequence-regression model, as "
+        "--reward.model_name_or_path; any number of them). Options: nodes=N, gpus_per_node=N (default 1 each), "
+        "value_head_prefix=NAME (default --ds.value_head_prefix), normalize=true|false, offload=true|false (default "
+        "false), chat_template=policy|own (default --gd2po.reward_chat_template). Repeatable; KEY must be in "
+        "--gd2po.reward_keys when that is given. E.g. harmless=/models/harmless-rm,value_head_prefix=score",
+    )
+    group.add_argument(
         "--gd2po.reward_chat_template",
         choices=REWARD_CHAT_TEMPLATES,
         default=DEFAULTS.reward_chat_template,

@@ -55,6 +55,15 @@ def _process_response_into_experience(self, response, **generate_kwargs):
         return upstream(self, response, **generate_kwargs)
     remote_keys = [dim.key for dim in remote]
     prompt = response.get("prompt")
+    # A model group's key returned by the reward file too: a configuration error, never a bad reward to drop.
+    returned = response.get("reward") if isinstance(response.get("reward"), dict) else extra_logs
+    for group in settings.model_groups:
+        if group.key in returned or f"reward/{group.key}" in returned:
+            raise ValueError(
+                f"reward key {group.key!r} is scored by the model group {group.flag} {group.path}, and the "
+                f"{remote[0].source.replace('_', ' ')} {remote[0].location} returns it too (prompt {prompt!r:.200}): "
+                "one source per key; drop it from the reward function, or give the model group another key"
+            )
     try:
         if reward_error is not None:  # the rollout actor's reward client failed
             raise ValueError(f"reward keys {remote_keys} missing for prompt {prompt!r:.200}: {reward_error}")

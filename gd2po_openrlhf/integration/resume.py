@@ -18,7 +18,7 @@ from openrlhf.utils.logging_utils import init_logger
 
 from .dry_run import describe
 from .openrlhf_patches import UPSTREAM
-from .settings import RunSettings, resolve_settings
+from .settings import REWARD_MODEL_FLAG, RunSettings, resolve_settings
 
 logger = init_logger(__name__)
 
@@ -48,6 +48,7 @@ RESTORED = {
 # the model groups, the samples generator's loop), or deciding whether anything is restored at all.
 REPORTED = {
     "estimator": "estimator",
+    "model_groups": "gd2po.reward_model",  # the --gd2po.reward_model groups (the others' paths: "dimensions")
     "on_bad_reward": "gd2po.on_bad_reward",
     "reward_chat_template": "gd2po.reward_chat_template",
     "dynamic_sampling": "gd2po.dynamic_sampling",
@@ -71,6 +72,8 @@ def _flag_value(settings: RunSettings, field: str):
         return not settings.norm_by_std
     if field == "dimensions":
         return list(settings.reward_weights)
+    if field == "model_groups":
+        return [str(group) for group in settings.model_groups if group.flag == REWARD_MODEL_FLAG]
     return getattr(settings, field)
 
 

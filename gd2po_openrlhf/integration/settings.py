@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
+import re
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -32,6 +34,79 @@ COST_GROUP_DEFAULTS = {
     "cost.offload": False,
     "cost.normalize_enable": False,
 }
+
+
+REWARD_MODEL_FLAG = "--gd2po.reward_model"
+# A Hugging Face hub id: OWNER/NAME, neither absolute nor relative to the working directory.
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+@dataclass(frozen=True)
+class ModelGroup:
+    """A sequence-regression model scoring one reward key from its own Ray actor group: a ``--gd2po.reward_model
+    KEY=PATH[,OPTION=VALUE...]`` entry, or the --reward.* / --cost.* groups under their own flags (``flag``)."""
+
+    key: str
+    path: str
+    flag: str = REWARD_MODEL_FLAG  # --gd2po.reward_model, --reward.model_name_or_path or --cost.model_name_or_path
+    nodes: int = 1
+    gpus_per_node: int = 1
+    value_head_prefix: Optional[str] = None  # None: --ds.value_head_prefix
+    normalize: bool = False  # the model's stored mean/std normalisation
+    offload: bool = False  # offload to CPU between calls
+    chat_template: Optional[str] = None  # policy | own; None: --gd2po.reward_chat_template
+
+    @property
+    def gpus(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    def __str__(self) -> str:
+        """The canonical ``--gd2po.reward_model`` text of this group (its options at their values)."""
+        options = [f"nodes={self.nodes}", f"gpus_per_node={self.gpus_per_node}"]
+        options += [f"value_head_prefix={self.value_head_prefix}"] if self.value_head_prefix else []
+        options += [f"normalize={str(self.normalize).lower()}", f"offload={str(self.offload).lower()}"]
+        options += [f"chat_template={self.chat_template}"] if self.chat_template else []
+        return f"{self.key}={self.path}," + ",".join(options)
+
+
+MODEL_GROUP_OPTIONS = ("nodes", "gpus_per_node", "value_head_prefix", "normalize", "offload", "chat_template")
+
+
+def parse_reward_model(text: str) -> ModelGroup:
+    """One ``--gd2po.reward_model KEY=PATH[,OPTION=VALUE...]`` (options: ``MODEL_GROUP_OPTIONS``); raises ValueError
+    naming ``text`` and what is wrong: the syntax, an unknown option or value, or a PATH that is neither a local
+    folder nor a hub id."""
+    key, equals, rest = str(text).partition("=")
+    path, *options = rest.split(",")
+    key, path = key.strip(), path.strip()
+    if not equals or not key or not path:
+        raise ValueError(
+            f"{REWARD_MODEL_FLAG} {text!r}: expected KEY=PATH[,OPTION=VALUE...], e.g. "
+            "harmless=/models/harmless-rm,gpus_per_node=1,value_head_prefix=score"
+        )
+    if not os.path.isdir(path) and (not HUB_ID.match(path) or os.path.exists(path)):
+        raise ValueError(
+            f"{REWARD_MODEL_FLAG} {text!r}: the path {path!r} is neither a local folder nor a hub id (OWNER/NAME)"
+        )
+    values = {}
+    for option in options:
+        name, equals, value = (part.strip() for part in option.partition("="))
+        if name not in MODEL_GROUP_OPTIONS or not equals or name in values:
+            problem = "is given twice" if name in values else "is not one of " + ", ".join(MODEL_GROUP_OPTIONS)
+            raise ValueError(f"{REWARD_MODEL_FLAG} {text!r}: option {option.strip()!r} {problem} (as NAME=VALUE)")
+        if name in ("nodes", "gpus_per_node"):
+            if not value.isdigit() or int(value) < 1:
+                raise ValueError(f"{REWARD_MODEL_FLAG} {text!r}: {name} must be an integer >= 1, got {value!r}")
+            values[name] = int(value)
+        elif name in ("normalize", "offload"):
+            if value.lower() not in ("true", "false"):
+                raise ValueError(f"{REWARD_MODEL_FLAG} {text!r}: {name} must be true or false, got {value!r}")
+            values[name] = value.lower() == "true"
+        elif name == "chat_template" and value not in REWARD_CHAT_TEMPLATES:
+            raise ValueError(f"{REWARD_MODEL_FLAG} {text!r}: chat_template must be policy or own, got {value!r}")
+        else:
+            values[name] = value
+    return ModelGroup(key, path, **values)
 
 
 # GD2POConfig's field names in its errors, as the flags that set them.
@@ -65,6 +140,9 @@ class RunSettings:
     estimator: str = "gd2po"
     n_samples_per_prompt: int = 2
     dimensions: Tuple[RewardDimension, ...] = ()
+    # Every model-scored dimension's Ray actor group: --reward.model_name_or_path, --cost.model_name_or_path and each
+    # --gd2po.reward_model, in --gd2po.reward_keys order.
+    model_groups: Tuple[ModelGroup, ...] = ()
     filter: str = GD2POConfig.filter
     snr_threshold: float = GD2POConfig.snr_threshold
     snr_eps: float = GD2POConfig.snr_eps
@@ -209,10 +287,10 @@ def resolve_settings(args) -> RunSettings:
                 f"{estimator}: return a length dimension from your reward function instead"
             )
 
-    dimensions = resolve_dimensions(args)
+    dimensions, model_groups = resolve_dimensions(args)
     reward_chat_template = _arg(args, "gd2po.reward_chat_template", defaults.reward_chat_template)
-    if reward_chat_template == "own":
-        if not any(dim.source in MODEL_SOURCES for dim in dimensions):
+    if reward_chat_template == "own" or any(group.chat_template == "own" for group in model_groups):
+        if not model_groups:
             raise ValueError(
                 "--gd2po.reward_chat_template own re-renders rollouts for reward/cost models, but none is given"
             )
@@ -248,6 +326,7 @@ def resolve_settings(args) -> RunSettings:
         estimator=estimator,
         n_samples_per_prompt=n_samples,
         dimensions=dimensions,
+        model_groups=model_groups,
         filter="none" if estimator == "gdpo" else (given_filter or defaults.filter),
         snr_threshold=_arg(args, "gd2po.snr_threshold", defaults.snr_threshold),
         snr_eps=_arg(args, "gd2po.snr_eps", defaults.snr_eps),
@@ -399,9 +478,10 @@ def _check_schedules(args, dimensions, schedules, constraint_key: Optional[str])
             )
 
 
-def resolve_dimensions(args) -> Tuple[RewardDimension, ...]:
+def resolve_dimensions(args) -> Tuple[Tuple[RewardDimension, ...], Tuple[ModelGroup, ...]]:
     """The reward dimensions, in --gd2po.reward_keys order, each with its source (a reward/cost model group, a
-    reward file, a server or an agent) and its weight. Raises ValueError naming the flags that do not fit."""
+    reward file, a server or an agent) and its weight, and the model groups that score the model dimensions (same
+    order). Raises ValueError naming the flags that do not fit."""
     estimator = _arg(args, "algo.advantage.estimator")
     defaults = RunSettings()
     given_remote = _arg(args, "reward.remote_url")
@@ -417,6 +497,18 @@ def resolve_dimensions(args) -> Tuple[RewardDimension, ...]:
     cost_model = _arg(args, "cost.model_name_or_path")
     reward_model_key = _arg(args, "gd2po.reward_model_key", defaults.reward_model_key)
     cost_model_key = _arg(args, "gd2po.cost_model_key", defaults.cost_model_key)
+    extra_models = {}
+    for text in _arg(args, "gd2po.reward_model") or ():
+        group = parse_reward_model(text)
+        taken = {reward_model_key: "--reward.model_name_or_path" if reward_model else None}
+        taken[cost_model_key] = "--cost.model_name_or_path" if cost_model else None
+        if group.key in extra_models or taken.get(group.key):
+            other = REWARD_MODEL_FLAG if group.key in extra_models else taken[group.key]
+            raise ValueError(
+                f"{REWARD_MODEL_FLAG} {text!r}: reward key {group.key!r} is already scored by {other}; give each "
+                "model group its own key"
+            )
+        extra_models[group.key] = group
 
     if agent:
         remote_source, remote_location = "agent", agent
@@ -437,9 +529,10 @@ def resolve_dimensions(args) -> Tuple[RewardDimension, ...]:
     else:
         remote_source = remote_location = None
 
-    if cost_model and not (reward_model or remote_source):
+    if (cost_model or extra_models) and not (reward_model or remote_source):
+        alone = "a cost model alone" if cost_model else f"{REWARD_MODEL_FLAG} without another reward source"
         raise ValueError(
-            "a cost model alone is not supported: OpenRLHF needs a reward source for its rollouts; add "
+            f"{alone} is not supported: OpenRLHF needs a reward source of its own for its rollouts; add "
             "--reward.model_name_or_path or a --reward.remote_url reward file/server"
         )
     keys = _arg(args, "gd2po.reward_keys")
@@ -450,6 +543,7 @@ def resolve_dimensions(args) -> Tuple[RewardDimension, ...]:
                 "name the reward dimensions it returns, e.g. --gd2po.reward_keys correctness format length"
             )
         keys = ([reward_model_key] if reward_model else []) + ([cost_model_key] if cost_model else [])
+        keys += list(extra_models)
         if not keys:
             raise ValueError(
                 f"--advantage_estimator {estimator} needs reward dimensions: --reward.remote_url (a reward file or "
@@ -468,6 +562,12 @@ def resolve_dimensions(args) -> Tuple[RewardDimension, ...]:
             f"--reward.model_name_or_path is set but its dimension {reward_model_key!r} is not in --gd2po.reward_keys "
             f"{keys}: add it, or name it with --gd2po.reward_model_key"
         )
+    for key in extra_models:
+        if key not in keys:
+            raise ValueError(
+                f"{REWARD_MODEL_FLAG} scores reward key {key!r}, which is not in --gd2po.reward_keys {keys}: add it "
+                "(the order of the keys is the order of --gd2po.reward_weights)"
+            )
     if cost_model and cost_model_key not in keys:
         raise ValueError(
             f"--cost.model_name_or_path is set but its dimension {cost_model_key!r} is not in --gd2po.reward_keys "
@@ -487,12 +587,17 @@ def resolve_dimensions(args) -> Tuple[RewardDimension, ...]:
             f"--gd2po.reward_weights has {len(weights)} values {weights} for {len(keys)} reward keys {keys}"
         )
 
-    dimensions = []
+    dimensions, groups = [], []
     for key, weight in zip(keys, weights):
         if reward_model and key == reward_model_key:
             dimensions.append(RewardDimension(key, "reward_model", reward_model, weight))
+            groups.append(_flag_group(args, "reward", key, reward_model))
         elif cost_model and key == cost_model_key:
             dimensions.append(RewardDimension(key, "cost_model", cost_model, weight))
+            groups.append(_flag_group(args, "cost", key, cost_model))
+        elif key in extra_models:
+            dimensions.append(RewardDimension(key, "reward_model", extra_models[key].path, weight))
+            groups.append(extra_models[key])
         elif remote_source:
             dimensions.append(RewardDimension(key, remote_source, remote_location, weight))
         elif key in (reward_model_key, cost_model_key):
@@ -508,7 +613,20 @@ def resolve_dimensions(args) -> Tuple[RewardDimension, ...]:
                 "dimension"
             )
 
-    return tuple(dimensions)
+    return tuple(dimensions), tuple(groups)
+
+
+def _flag_group(args, prefix: str, key: str, path: str) -> ModelGroup:
+    """The --reward.* or --cost.* model group as a ``ModelGroup``."""
+    return ModelGroup(
+        key,
+        path,
+        flag=f"--{prefix}.model_name_or_path",
+        nodes=_arg(args, f"{prefix}.num_nodes", 1),
+        gpus_per_node=_arg(args, f"{prefix}.num_gpus_per_node", 1),
+        normalize=bool(_arg(args, f"{prefix}.normalize_enable", False)),
+        offload=bool(_arg(args, f"{prefix}.offload", False)),
+    )
 
 
 def generator_settings(self) -> Optional[RunSettings]:

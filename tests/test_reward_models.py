@@ -246,3 +246,17 @@ def test_a_reward_file_that_also_returns_a_model_key_is_refused(tmp_path, models
         generator._process_response_into_experience(response, max_len=8)
     assert "reward key 'helpful' is scored by the model group --gd2po.reward_model" in str(error.value)
     assert "returns it too" in str(error.value)
+
+
+def test_the_three_reward_models_preset_dry_runs():
+    from pathlib import Path
+
+    preset = Path(__file__).resolve().parents[1] / "configs" / "three_reward_models.yaml"
+    args = parse_launcher_args(
+        ["--advantage_estimator", "gd2po", "--gd2po.config", str(preset), "--rollout.n_samples_per_prompt", "4"]
+    )
+    settings = resolve_settings(args)
+    assert settings.reward_keys == ("helpfulness", "harmlessness", "honesty")
+    assert [g.flag for g in settings.model_groups] == ["--reward.model_name_or_path"] + ["--gd2po.reward_model"] * 2
+    text = describe(args, settings)
+    assert "reward/honesty              --gd2po.reward_model         1x1 GPUs" in text

@@ -186,8 +186,9 @@ def test_the_flags_defaults_are_the_settings_defaults():
         if field.name not in set_here:
             assert getattr(settings, field.name) == getattr(defaults, field.name), field.name
     assert (settings.estimator, settings.n_samples_per_prompt, settings.reward_keys) == ("gd2po", 4, ("reward_model",))
+    # one model group, on OpenRLHF's default --reward.num_gpus_per_node (8)
     assert [(g.key, g.flag, g.gpus) for g in settings.model_groups] == [
-        ("reward_model", "--reward.model_name_or_path", 1)
+        ("reward_model", "--reward.model_name_or_path", 8)
     ]
     config, default_config = settings.gd2po_config, GD2POConfig()
     assert (config.filter, config.snr_threshold, config.snr_eps, config.whiten, config.reweight_queries) == (

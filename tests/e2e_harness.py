@@ -209,11 +209,12 @@ def _free_port() -> int:
 class RayHead:
     """A private Ray head with logical GPUs (its own port and temp dir), stopped by PID, never ``ray stop``."""
 
-    def __init__(self, temp_dir: Path, env: Dict[str, str]):
-        self.temp_dir, self.env = temp_dir, env
+    def __init__(self, temp_dir: Path, env: Dict[str, str], num_gpus: int = LOGICAL_GPUS):
+        self.temp_dir, self.env, self.num_gpus = temp_dir, env, num_gpus
         self.port = _free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.process: Optional[subprocess.Popen] = None
+        self.workers: List[subprocess.Popen] = []
 
     def start(self) -> "RayHead":
         self.temp_dir.mkdir(parents=True, exist_ok=True)
@@ -224,24 +225,12 @@ class RayHead:
             "--head",
             "--block",
             f"--port={self.port}",
-            f"--num-gpus={LOGICAL_GPUS}",
+            f"--num-gpus={self.num_gpus}",
             "--num-cpus=8",
             f"--temp-dir={self.temp_dir}",
             "--include-dashboard=false",
             "--disable-usage-stats",
-            f"--node-manager-port={_free_port()}",
-            f"--object-manager-port={_free_port()}",
-            f"--dashboard-agent-listen-port={_free_port()}",
-            f"--metrics-export-port={_free_port()}",
-        ]
-        # Worker ports: a range of this head's own, below Linux's ephemeral range (32768+) where the ports above
-        # come from, and above Ray's default client port 10001.
-        low = 11000 + self.port % 20000
-        command += [
-            f"--min-worker-port={low}",
-            f"--max-worker-port={low + 999}",
-            f"--ray-client-server-port={_free_port()}",
-        ]
+        ] + self._node_ports()
         self.log = open(self.temp_dir / "ray_head.log", "w")
         self.process = subprocess.Popen(
             command, env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
@@ -260,17 +249,79 @@ class RayHead:
         self.stop()
         raise RuntimeError("the Ray head did not come up within 90 s")
 
+    def _node_ports(self) -> List[str]:
+        """The ports of one raylet: each node on this machine needs its own."""
+        port = _free_port()
+        # Worker ports: a range of this node's own, below Linux's ephemeral range (32768+) where the other ports
+        # come from, and above Ray's default client port 10001.
+        low = 11000 + port % 20000
+        return [
+            f"--node-manager-port={port}",
+            f"--object-manager-port={_free_port()}",
+            f"--dashboard-agent-listen-port={_free_port()}",
+            f"--metrics-export-port={_free_port()}",
+            f"--min-worker-port={low}",
+            f"--max-worker-port={low + 999}",
+            f"--ray-client-server-port={_free_port()}",
+        ]
+
+    def add_node(self, num_gpus: int, num_cpus: int = 8) -> None:
+        """A second raylet on this machine joining the head: a Ray node of its own (its own node id, resources,
+        object store and worker processes), as ``ray start --address`` on another host would add it."""
+        ray_cli = Path(sys.executable).with_name("ray")
+        command = [
+            str(ray_cli),
+            "start",
+            f"--address={self.address}",
+            "--block",
+            f"--num-gpus={num_gpus}",
+            f"--num-cpus={num_cpus}",
+            "--object-store-memory=500000000",
+            "--disable-usage-stats",
+        ] + self._node_ports()
+        log = open(self.temp_dir / f"ray_node{len(self.workers) + 1}.log", "w")
+        process = subprocess.Popen(command, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.workers.append(process)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"the Ray node exited: {Path(log.name).read_text()[-3000:]}")
+            if len([node for node in self.placement()["nodes"] if node["alive"]]) >= 1 + len(self.workers):
+                return
+            time.sleep(1)
+        raise RuntimeError(f"the Ray node did not join within 90 s: {Path(log.name).read_text()[-3000:]}")
+
+    def placement(self) -> Dict[str, list]:
+        """``{"nodes": [{node_id, alive, gpus, head}], "actors": [{class_name, node_id, pid}]}`` from the GCS, read
+        by a child process so that this one never joins the cluster (dead actors keep their node id)."""
+        script = (
+            "import json, ray, ray._private.state as state\n"
+            "ray.init(address=%r, logging_level='ERROR')\n"
+            "nodes = [dict(node_id=n['NodeID'], alive=n['Alive'], gpus=n['Resources'].get('GPU', 0),"
+            " head='node:__internal_head__' in n['Resources']) for n in ray.nodes()]\n"
+            "actors = [dict(class_name=a['ActorClassName'], node_id=a['Address']['NodeID'], pid=a['Pid'])"
+            " for a in state.actors().values()]\n"
+            "print(json.dumps(dict(nodes=nodes, actors=actors)))\n"
+        ) % self.address
+        env = {key: value for key, value in self.env.items() if key != "RAY_ADDRESS"}
+        output = subprocess.run(
+            [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120, check=True
+        ).stdout
+        return json.loads(output.strip().splitlines()[-1])
+
     def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        # --block keeps `ray start` in the foreground; its whole process group (GCS, raylet, workers) goes.
-        os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        self.log.close()
+        # --block keeps `ray start` in the foreground; its whole process group (GCS or raylet, workers) goes.
+        for process in self.workers + [self.process]:
+            if process is None or process.poll() is not None:
+                continue
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        if self.process is not None:
+            self.log.close()
 
 
 # ---------------------------------------------------------------------------------------------- runs

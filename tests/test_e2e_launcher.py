@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import http.server
+import json
 import math
 import subprocess
 import sys
@@ -638,3 +639,57 @@ def test_i_a_multi_turn_agent_returns_the_dimensions_at_its_last_step(e2e):
     assert scalars["train/gd2po/num_reward_dims"] == [5.0, 5.0]
     assert "reward/turns                agent" in result.log
     assert_trained_and_synced(result, assets, syncs=2)
+
+
+def test_j_two_ray_nodes_the_actor_across_them(e2e):
+    """Two Ray nodes on this machine (the head with 1 logical GPU, a second raylet with 3) and a run that needs all
+    4: vLLM 1, the actor 2 nodes × 1 GPU, the reference 1. Ray places the groups (OpenRLHF asks for no spread:
+    ``--actor.num_nodes 2`` with 1 GPU per node makes no placement group); every placement that fits crosses the
+    node boundary (the actor's two ranks on two nodes, or the actor on the second node and vLLM on the head). The
+    test reads from the GCS which node each actor ran on, then checks that training, the weight sync and the
+    checkpoint worked across it. Both nodes share one file system and the loopback network: what it cannot show."""
+    assets, _, root = e2e
+    run_dir = root / "j"
+    # A short temp dir: Ray's AF_UNIX socket paths under it may not exceed 107 bytes.
+    cluster = harness.RayHead(root / "ray2", harness.e2e_environment(root / "vllm_reports_j"), num_gpus=1)
+    cluster.start()
+    try:
+        cluster.add_node(num_gpus=3)
+        flags = harness.base_flags(assets, run_dir) + [
+            "--advantage_estimator",
+            "gd2po",
+            "--reward.remote_url",
+            str(assets.reward_file),
+            "--gd2po.reward_keys",
+            *TASK_KEYS,
+            "--actor.num_nodes",
+            "2",
+            "--algo.kl.init_coef",
+            "0.01",
+        ]
+        result = harness.run_launcher("j: two Ray nodes", flags, run_dir, cluster).check()
+        placement = cluster.placement()
+    finally:
+        cluster.stop()
+    (run_dir / "placement.json").write_text(json.dumps(placement, indent=1))
+    node_names = {node["node_id"]: "head" if node["head"] else "second node" for node in placement["nodes"]}
+    assert sorted(node_names.values()) == ["head", "second node"], placement["nodes"]
+    landed = {}
+    for actor in placement["actors"]:
+        landed.setdefault(actor["class_name"], []).append(node_names[actor["node_id"]])
+    gpu_groups = ("PolicyModelActor", "ReferenceModelActor", "RolloutRayActor")
+    assert [len(landed.get(name, [])) for name in gpu_groups] == [2, 1, 1], landed
+    used = [name for group in gpu_groups for name in landed[group]]
+    assert (used.count("head"), used.count("second node")) == (1, 3), f"every logical GPU holds one actor: {landed}"
+    if len(set(landed["PolicyModelActor"])) == 2:
+        crossing = "the actor's two DeepSpeed ranks"
+    else:
+        assert landed["RolloutRayActor"] != landed["PolicyModelActor"][:1], landed
+        crossing = "the weight sync from the actor to vLLM"
+    print(f"[e2e j] placement: {landed}; the node boundary is crossed by {crossing}")
+
+    scalars = result.scalars()
+    assert scalars["train/gd2po/num_reward_dims"] == [4.0, 4.0]
+    assert scalars["train/kl"][1] != 0, "the reference scored the trained actor's rollouts"
+    assert_trained_and_synced(result, assets, syncs=2)
+    assert (run_dir / "ckpt" / "_actor" / "global_step2").is_dir()

@@ -1,6 +1,6 @@
 """An HTTP reward server for OpenRLHF's ``--reward.remote_url``, returning every reward dimension.
 
-    python -m gd2po_openrlhf.serve_rewards --reward-file examples/rewards/tool_calling.py --port 5000
+    python -m gd2po_openrlhf.serve_rewards --reward-file examples/rewards/tool_calling.py --port 5000 --workers 2
 
 then train with ``--reward.remote_url http://HOST:5000/get_reward --gd2po.reward_keys correctness format length``.
 
@@ -8,32 +8,50 @@ Protocol (OpenRLHF's remote reward model): ``POST /get_reward`` (or ``/``) with
 ``{"query": [str], "prompts": [str], "labels": [any]}`` answers
 ``{"rewards": [Σ_k r_k], "scores": [Σ_k r_k], "extra_logs": {"reward/<key>": [r_k]}}``, one item per query, in
 order: stock estimators train on the sum, ``--advantage_estimator gd2po`` reads the dimensions. The reward
-file's ``reward_func(queries, prompts, labels)`` is called once per request with the whole batch.
-``GET /health`` answers ``{"status": "ok", ...}``. Malformed bodies get 400 with the reason, oversized ones 413,
-other methods 405. A reward function that raises or returns a bad payload (NaN, a missing key, ...) gets 422 with
-the cause: the same batch would fail again, so the plugin's client fails at once instead of retrying. Only a
-server that is really overloaded answers 503 (all ``--max-concurrency`` slots busy for ``--queue-timeout``
-seconds), which clients retry. A client that sends its request slower than ``--read-timeout`` seconds is cut
-off. Every request is logged as one access-log line on stderr.
+file's ``reward_func(queries, prompts, labels)`` is called once per request with the whole batch: on the worker's
+event loop (CPU-bound Python runs one batch at a time per process anyway), in ``--max-concurrency`` threads when
+that is above 1 (functions that wait on I/O), or awaited when it is ``async def``.
+``GET /health`` answers ``{"status": "ok", ...}``. Malformed bodies get 400 with the reason (a number that is not
+a finite float names its field), oversized ones 413, other methods 405. A reward function that raises or returns
+a bad payload (NaN, a missing key, ...) gets 422 with the cause: the same batch would fail again, so the
+plugin's client fails at once instead of retrying. Only a server that is really overloaded answers 503 (all
+slots busy for ``--queue-timeout`` seconds, or ``--max-connections`` open), which clients retry. A request whose
+headers and body do not all arrive within ``--read-timeout`` seconds of its first byte gets 408 and is closed,
+however slowly the client trickles. SIGTERM stops accepting, lets requests in flight finish (at most
+``--shutdown-timeout`` seconds), then exits. Every request is logged as one access-log line on stderr.
+
+Built on aiohttp's low-level server (``aiohttp.web.Server``): HTTP/1.1 parsing, keep-alive and graceful
+connection shutdown are aiohttp's; aiohttp is already one of OpenRLHF's requirements. ``--workers N`` runs N
+processes accepting on one listening socket, so CPU-bound reward functions use N cores (the GIL holds one
+process to one). ``--ray-serve`` serves the same route as a Ray Serve deployment instead
+(``gd2po_openrlhf.serve_rewards_ray``).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib.util
+import inspect
 import json
 import logging
+import math
+import multiprocessing
 import os
+import queue
+import signal
+import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Callable, Optional, Sequence
-from urllib.parse import urlsplit
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from .rewards import DIMENSION_PREFIX, dimensions_from_payload
 
 logger = logging.getLogger("gd2po_openrlhf.serve_rewards")
 REWARD_PATHS = ("/get_reward", "")  # compared without the query string and trailing slashes
+ALLOWED = "GET, POST"
 
 
 def load_reward_func(path: str) -> Callable:
@@ -48,189 +66,80 @@ def load_reward_func(path: str) -> Callable:
     return module.reward_func
 
 
-class RewardServer(ThreadingHTTPServer):
-    """A thread per connection; ``slots`` bounds how many batches are scored at once."""
+@dataclass(frozen=True)
+class ServerLimits:
+    """What one worker accepts; every field is a command-line flag of the same name."""
 
-    daemon_threads = True
-    request_queue_size = 1024  # pending connections the kernel holds before refusing: many rollouts post at once
-
-    def __init__(
-        self,
-        address,
-        reward_func: Callable,
-        source: str,
-        reward_keys: Optional[Sequence[str]] = None,
-        max_concurrency: int = 8,
-        max_batch: int = 4096,
-        max_body_bytes: int = 64 << 20,
-        queue_timeout: float = 60.0,
-        read_timeout: float = 30.0,
-    ):
-        # Every socket read and write of a request waits at most read_timeout: slow or stalled clients give their
-        # thread back instead of holding it indefinitely.
-        handler = type("BoundedRewardRequestHandler", (RewardRequestHandler,), {"timeout": read_timeout})
-        super().__init__(address, handler)
-        self.read_timeout = read_timeout
-        self.reward_func, self.source, self.reward_keys = reward_func, source, reward_keys
-        self.max_batch, self.max_body_bytes, self.queue_timeout = max_batch, max_body_bytes, queue_timeout
-        self.max_concurrency = max_concurrency
-        self.slots = threading.BoundedSemaphore(max_concurrency)
-        self.counter_lock = threading.Lock()
-        self.in_flight = self.served_requests = self.served_rollouts = 0
-
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host}:{port}/get_reward"
+    reward_keys: Optional[Tuple[str, ...]] = None
+    max_concurrency: int = 1
+    max_batch: int = 4096
+    max_body_bytes: int = 64 << 20
+    queue_timeout: float = 60.0
+    read_timeout: float = 30.0
+    max_connections: int = 1024
+    shutdown_timeout: float = 30.0
 
 
-class RewardRequestHandler(BaseHTTPRequestHandler):
-    server: RewardServer
+# ---------------------------------------------------------------------------------------------- the protocol
 
-    def route(self) -> str:
-        """The request path without its query string and trailing slashes ("/get_reward/?x=1" → "/get_reward")."""
-        return urlsplit(self.path).path.rstrip("/")
 
-    def method_not_allowed(self):
-        self.reply(
-            405, {"error": f"{self.command} is not supported: GET /health or POST /get_reward"}, allow="GET, POST"
-        )
+class _Unrepresentable:
+    """A JSON number that Python cannot turn into a finite float (recorded while parsing, located afterwards)."""
 
-    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = method_not_allowed
+    def __init__(self, text: str):
+        self.text = text
 
-    def do_HEAD(self):  # a HEAD answer carries no body
-        self.send_response(405)
-        self.send_header("Allow", "GET, POST")
-        self.send_header("Content-Length", "0")
-        self.end_headers()
 
-    def do_GET(self):
-        if self.route() != "/health":
-            return self.reply(404, {"error": f"unknown path {self.path}: GET /health or POST /get_reward"})
-        server = self.server
-        self.reply(
-            200,
-            {
-                "status": "ok",
-                "reward_file": server.source,
-                "reward_keys": list(server.reward_keys) if server.reward_keys else None,
-                "in_flight": server.in_flight,
-                "max_concurrency": server.max_concurrency,
-                "served_requests": server.served_requests,
-                "served_rollouts": server.served_rollouts,
-            },
-        )
+def parse_json_body(data: bytes):
+    """The decoded body; ValueError naming the field of a number that is not a finite float
+    (``labels[3]: 1e400``, a 5,000-digit integer, ``NaN``), or the parser's reason."""
+    found: List[_Unrepresentable] = []
 
-    def do_POST(self):
-        server, self.batch_size = self.server, 0
-        if self.route() not in REWARD_PATHS:
-            return self.reply(404, {"error": f"unknown path {self.path}: POST /get_reward"})
+    def record(text: str) -> _Unrepresentable:
+        found.append(_Unrepresentable(text))
+        return found[-1]
+
+    def parse_int(text: str):
+        # Python refuses integers over 4,300 digits; over 309 digits none fits a float anyway.
+        if len(text) > 320:
+            return record(text)
+        value = int(text)
         try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            return self.reply(411, {"error": "a Content-Length header is required"})
-        if length < 0:
-            return self.reply(400, {"error": f"Content-Length must be >= 0, got {length}"})
-        if length > server.max_body_bytes:
-            return self.reply(
-                413, {"error": f"body of {length} bytes exceeds --max-body-bytes {server.max_body_bytes}"}
-            )
-        try:
-            body = json.loads(self.read_body(length))
-        except TimeoutError:
-            return self.reply(
-                408, {"error": f"the body did not arrive within --read-timeout {server.read_timeout:g} s"}
-            )
-        except (UnicodeDecodeError, json.JSONDecodeError) as error:
-            return self.reply(400, {"error": f"body is not valid JSON: {error}"})
-        except RecursionError:
-            return self.reply(400, {"error": "body is nested too deeply to parse"})
-        queries, prompts, labels, problem = parse_reward_request(body)
-        if problem:
-            return self.reply(400, {"error": problem})
-        self.batch_size = len(queries)
-        if self.batch_size > server.max_batch:
-            return self.reply(
-                413, {"error": f"batch of {self.batch_size} queries exceeds --max-batch {server.max_batch}"}
-            )
-        if not server.slots.acquire(timeout=server.queue_timeout):
-            return self.reply(
-                503,
-                {"error": f"busy: all {server.max_concurrency} slots taken for {server.queue_timeout}s"},
-                retry_after=1,
-            )
-        with server.counter_lock:
-            server.in_flight += 1
-        try:
-            output = server.reward_func(queries, prompts, labels)
-            dimensions = dimensions_from_payload(
-                output, len(queries), server.reward_keys, f"reward file {server.source}"
-            )
-        except (Exception, SystemExit) as error:  # the trainer must see why, not a dropped connection
-            # 422, not 5xx: the reward function fails on this batch deterministically, so a retry cannot help.
-            logger.exception("reward_func failed on a batch of %d", len(queries))
-            return self.reply(422, {"error": f"{type(error).__name__}: {error}"})
-        finally:
-            server.slots.release()
-            with server.counter_lock:
-                server.in_flight -= 1
-        totals = [sum(values) for values in zip(*dimensions.values())]
-        with server.counter_lock:
-            server.served_requests += 1
-            server.served_rollouts += len(queries)
-        self.reply(
-            200,
-            {
-                "rewards": totals,
-                "scores": totals,
-                "extra_logs": {DIMENSION_PREFIX + key: values for key, values in dimensions.items()},
-            },
-        )
+            float(value)
+        except OverflowError:
+            return record(text)
+        return value
 
-    def read_body(self, length: int) -> bytes:
-        """The request body, read within read_timeout in all (each read is bounded by the socket timeout too)."""
-        deadline, chunks, remaining = time.monotonic() + self.server.read_timeout, [], length
-        while remaining > 0:
-            if time.monotonic() > deadline:
-                raise TimeoutError
-            chunk = self.rfile.read1(min(remaining, 1 << 20))
-            if not chunk:
-                break  # the client closed early: json.loads reports the truncated body
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        return b"".join(chunks)
+    def parse_float(text: str):
+        value = float(text)
+        return value if math.isfinite(value) else record(text)
 
-    def reply(
-        self, status: int, payload: dict, retry_after: Optional[int] = None, allow: Optional[str] = None
-    ) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        if retry_after is not None:
-            self.send_header("Retry-After", str(retry_after))
-        if allow is not None:
-            self.send_header("Allow", allow)
-        self.end_headers()
-        self.wfile.write(data)
-        if status >= 400 and "error" in payload:
-            logger.warning("%s %s -> %d: %s", self.command, self.path, status, payload["error"])
+    try:
+        body = json.loads(data, parse_int=parse_int, parse_float=parse_float, parse_constant=record)
+    except RecursionError:
+        raise ValueError("body is nested too deeply to parse") from None
+    except ValueError as error:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ValueError(f"body is not valid JSON: {error}") from None
+    if found:  # rare: only now walk the body to name the field
+        raise ValueError(f"{_field_of(body, found[0]) or 'a field'}: {found[0].text[:40]} is not a finite number")
+    return body
 
-    def log_request(self, code="-", size="-"):
-        # One access-log line per request, with the batch size and the time since the request line was read.
-        elapsed_ms = (time.perf_counter() - getattr(self, "started", time.perf_counter())) * 1000
-        logger.info(
-            '%s "%s" %s batch=%d %.1fms',
-            self.client_address[0],
-            self.requestline,
-            code,
-            getattr(self, "batch_size", 0),
-            elapsed_ms,
-        )
 
-    def parse_request(self):
-        self.started = time.perf_counter()
-        return super().parse_request()
+def _field_of(value, target, path: str = "") -> Optional[str]:
+    """Where ``target`` sits in ``value``: ``labels[3]``, ``labels[0].answer``."""
+    if value is target:
+        return path
+    if isinstance(value, dict):
+        children = ((f"{path}.{key}" if path else key, item) for key, item in value.items())
+    elif isinstance(value, list):
+        children = ((f"{path}[{index}]", item) for index, item in enumerate(value))
+    else:
+        return None
+    for child_path, item in children:
+        found = _field_of(item, target, child_path)
+        if found is not None:
+            return found
+    return None
 
 
 def parse_reward_request(body):
@@ -254,7 +163,458 @@ def parse_reward_request(body):
     return queries, prompts, labels, None
 
 
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def route_request(method: str, path: str, path_qs: str, content_length: Optional[int], limits: ServerLimits):
+    """``"health"``, ``"score"`` (a POST to the reward path whose body may be read), or ``(status, answer)``."""
+    route = path.rstrip("/")
+    if method == "GET":
+        if route != "/health":
+            return 404, {"error": f"unknown path {path_qs}: GET /health or POST /get_reward"}
+        return "health"
+    if method != "POST":
+        return 405, {"error": f"{method} is not supported: GET /health or POST /get_reward"}
+    if route not in REWARD_PATHS:
+        return 404, {"error": f"unknown path {path_qs}: POST /get_reward"}
+    if content_length is None:
+        return 411, {"error": "a Content-Length header is required"}
+    if content_length > limits.max_body_bytes:
+        return 413, {"error": f"body of {content_length} bytes exceeds --max-body-bytes {limits.max_body_bytes}"}
+    return "score"
+
+
+def check_body(data: bytes, limits: ServerLimits):
+    """``((queries, prompts, labels), None)`` for a valid request body, else ``(None, (status, answer))``."""
+    try:
+        queries, prompts, labels, problem = parse_reward_request(parse_json_body(data))
+    except ValueError as error:
+        return None, (400, {"error": str(error)})
+    if problem:
+        return None, (400, {"error": problem})
+    if len(queries) > limits.max_batch:
+        return None, (413, {"error": f"batch of {len(queries)} queries exceeds --max-batch {limits.max_batch}"})
+    return (queries, prompts, labels), None
+
+
+async def score_batch(reward_func: Callable, batch, limits: ServerLimits, source: str, pool=None):
+    """``(200, answer)``, or ``(422, error)`` when the reward function raises or returns a bad payload.
+
+    An ``async def`` reward function is awaited; a plain one runs in ``pool``'s threads, or without a pool right
+    here on the event loop (a CPU-bound Python function holds the GIL either way)."""
+    queries, prompts, labels = batch
+    try:
+        if inspect.iscoroutinefunction(reward_func):
+            output = await reward_func(queries, prompts, labels)
+        elif pool is None:
+            output = reward_func(queries, prompts, labels)
+        else:
+            output = await asyncio.get_running_loop().run_in_executor(pool, reward_func, queries, prompts, labels)
+        dimensions = dimensions_from_payload(output, len(queries), limits.reward_keys, f"reward file {source}")
+    except (Exception, SystemExit) as error:  # the trainer must see why, not a dropped connection
+        # 422, not 5xx: the reward function fails on this batch deterministically, so a retry cannot help.
+        logger.exception("reward_func failed on a batch of %d", len(queries))
+        return 422, {"error": f"{type(error).__name__}: {error}"}
+    totals = [sum(values) for values in zip(*dimensions.values())]
+    return 200, {
+        "rewards": totals,
+        "scores": totals,
+        "extra_logs": {DIMENSION_PREFIX + key: values for key, values in dimensions.items()},
+    }
+
+
+# ---------------------------------------------------------------------------------------------- the server
+
+
+class _OneLine(logging.Filter):
+    """aiohttp logs a malformed request (a client's mistake, answered 400) with the parser's traceback: keep the
+    message, drop the traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info:
+            record.msg = f"{record.getMessage()}: {record.exc_info[1]!s:.300}".replace("\n", " ")
+            record.args, record.exc_info, record.exc_text = (), None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+_protocol_errors = logging.getLogger("gd2po_openrlhf.serve_rewards.http")
+_protocol_errors.addFilter(_OneLine())
+
+
+class _ConnectionGuard(asyncio.Protocol):
+    """Wraps aiohttp's protocol of one connection: refuses it over ``max_connections``, and closes it with a 408
+    when a request's headers have not all arrived ``read_timeout`` seconds after its first byte (aiohttp times
+    idle keep-alive connections, not a client trickling a byte at a time). The body's deadline is the handler's."""
+
+    def __init__(self, server: "RewardServer"):
+        self.server, self.inner = server, server.http_server()
+        self.transport = self.timer = None
+        self.request_started = 0.0
+
+    def connection_made(self, transport):
+        self.transport = transport
+        if len(self.server.connections) >= self.server.limits.max_connections:
+            logger.warning("refused a connection: --max-connections %d open", self.server.limits.max_connections)
+            transport.write(_raw_answer(503, "too many open connections (--max-connections)", retry_after=1))
+            transport.close()
+            self.inner = None
+            return
+        self.server.connections[transport] = self
+        self.inner.connection_made(transport)
+
+    def data_received(self, data):
+        if self.inner is None:
+            return
+        if self.timer is None:  # the first byte of a request
+            self.request_started = time.monotonic()
+            self.timer = asyncio.get_running_loop().call_later(self.server.limits.read_timeout, self.expire)
+        self.inner.data_received(data)
+
+    def headers_arrived(self) -> float:
+        """The handler has the request: cancel the header deadline; the seconds left for the body."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        return self.server.limits.read_timeout - (time.monotonic() - self.request_started)
+
+    def expire(self):
+        self.timer = None
+        logger.warning("closed a connection whose request headers took over --read-timeout")
+        self.transport.write(
+            _raw_answer(408, f"the request did not arrive within {self.server.limits.read_timeout:g} s")
+        )
+        self.transport.close()
+
+    def eof_received(self):
+        return self.inner.eof_received() if self.inner is not None else None
+
+    def connection_lost(self, exc):
+        if self.timer is not None:
+            self.timer.cancel()
+        if self.inner is not None:
+            self.server.connections.pop(self.transport, None)
+            self.inner.connection_lost(exc)
+
+    def pause_writing(self):
+        if self.inner is not None:
+            self.inner.pause_writing()
+
+    def resume_writing(self):
+        if self.inner is not None:
+            self.inner.resume_writing()
+
+
+def _raw_answer(status: int, error: str, retry_after: Optional[int] = None) -> bytes:
+    """A complete HTTP/1.1 answer written straight to a transport (no request object to answer through)."""
+    from http import HTTPStatus
+
+    body = json.dumps({"error": error}).encode()
+    headers = f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\nContent-Type: application/json\r\n"
+    headers += f"Content-Length: {len(body)}\r\nConnection: close\r\n"
+    headers += f"Retry-After: {retry_after}\r\n" if retry_after is not None else ""
+    return headers.encode() + b"\r\n" + body
+
+
+class RewardServer:
+    """One worker: aiohttp's HTTP server on a listening socket, scoring batches with ``reward_func``.
+
+    ``serve(sock, stop)`` runs it in the caller's event loop until ``stop`` is set (the command line);
+    ``start_in_thread()`` runs it in a thread of its own on a free port (tests, notebooks)."""
+
+    def __init__(self, reward_func: Callable, source: str, limits: ServerLimits = ServerLimits()):
+        self.reward_func, self.source, self.limits = reward_func, source, limits
+        self.connections = {}
+        self.in_flight = self.served_requests = self.served_rollouts = 0
+        self.url = self.server_address = None
+
+    async def serve(self, sock: socket.socket, stop: asyncio.Event) -> None:
+        from aiohttp import web
+
+        limits = self.limits
+        self.slots = asyncio.Semaphore(limits.max_concurrency)
+        self.pool = (
+            ThreadPoolExecutor(limits.max_concurrency, thread_name_prefix="reward_func")
+            if limits.max_concurrency > 1
+            else None
+        )
+        self.http_server = web.Server(
+            self.handle,
+            access_log_class=AccessLog,
+            access_log=logger,
+            logger=_protocol_errors,
+            keepalive_timeout=75.0,  # idle keep-alive connections (the trickle deadline is the guard's)
+            max_field_size=1 << 16,
+            # After a 408 or 413 the unread rest of the body is drained for at most 1 s (so that the client can
+            # read the answer before the close), not aiohttp's 10 s.
+            lingering_time=1.0,
+        )
+        host, port = sock.getsockname()[:2]
+        self.server_address, self.url = (host, port), f"http://{host}:{port}/get_reward"
+        listener = await asyncio.get_running_loop().create_server(lambda: _ConnectionGuard(self), sock=sock)
+        await stop.wait()
+        # As aiohttp's own runner stops: no new connections, idle ones closed, requests in flight finish.
+        listener.close()
+        await asyncio.sleep(0)
+        self.http_server.pre_shutdown()
+        await self.http_server.shutdown(limits.shutdown_timeout)
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+    def start_in_thread(self, host: str = "127.0.0.1", port: int = 0) -> "RewardServer":
+        sock = listening_socket(host, port)
+        ready, loop = threading.Event(), asyncio.new_event_loop()
+        self._loop, self._stop = loop, asyncio.Event()
+
+        def run():
+            asyncio.set_event_loop(loop)
+            task = loop.create_task(self.serve(sock, self._stop))
+            loop.call_soon(ready.set)
+            loop.run_until_complete(task)
+
+        self._thread = threading.Thread(target=run, daemon=True, name="reward-server")
+        self._thread.start()
+        ready.wait(30)
+        while self.url is None:
+            time.sleep(0.01)
+        return self
+
+    def stop_thread(self) -> None:
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(self.limits.shutdown_timeout + 5)
+
+    async def handle(self, request):
+        from aiohttp import web
+
+        guard = self.connections.get(request.transport)
+        body_seconds = guard.headers_arrived() if guard is not None else self.limits.read_timeout
+        verdict = route_request(request.method, request.path, request.path_qs, request.content_length, self.limits)
+        if verdict == "health":
+            return reply(200, self.health())
+        if verdict != "score":
+            status, answer = verdict
+            if request.method == "HEAD":  # a HEAD answer carries no body
+                return web.Response(status=status, headers={"Allow": ALLOWED})
+            return reply(status, answer, allow=ALLOWED if status == 405 else None)
+        length = request.content_length
+        try:
+            data = await asyncio.wait_for(request.content.readexactly(length), max(body_seconds, 0.001))
+        except asyncio.TimeoutError:
+            return reply(
+                408,
+                {"error": f"the body did not arrive within --read-timeout {self.limits.read_timeout:g} s"},
+                close=True,
+            )
+        except asyncio.IncompleteReadError as error:
+            return reply(400, {"error": f"the body ended after {len(error.partial)} of {length} bytes"}, close=True)
+        batch, refusal = check_body(data, self.limits)
+        if refusal:
+            return reply(*refusal)
+        request["batch"] = len(batch[0])
+        try:
+            await asyncio.wait_for(self.slots.acquire(), self.limits.queue_timeout)
+        except asyncio.TimeoutError:
+            return reply(
+                503,
+                {"error": f"busy: all {self.limits.max_concurrency} slots taken for {self.limits.queue_timeout}s"},
+                retry_after=1,
+            )
+        self.in_flight += 1
+        try:
+            status, answer = await score_batch(self.reward_func, batch, self.limits, self.source, self.pool)
+        finally:
+            self.slots.release()
+            self.in_flight -= 1
+        if status == 200:
+            self.served_requests += 1
+            self.served_rollouts += len(batch[0])
+        return reply(status, answer)
+
+    def health(self) -> dict:
+        return {
+            "status": "ok",
+            "reward_file": self.source,
+            "reward_keys": list(self.limits.reward_keys) if self.limits.reward_keys else None,
+            "worker_pid": os.getpid(),
+            "in_flight": self.in_flight,
+            "open_connections": len(self.connections),
+            "max_concurrency": self.limits.max_concurrency,
+            "served_requests": self.served_requests,
+            "served_rollouts": self.served_rollouts,
+        }
+
+
+def reply(status: int, payload: dict, retry_after: Optional[int] = None, allow: Optional[str] = None, close=False):
+    from aiohttp import web
+
+    headers = {}
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    if allow is not None:
+        headers["Allow"] = allow
+    if close:  # the rest of a timed-out or truncated body must not be read as the next request
+        headers["Connection"] = "close"
+    if status >= 400 and "error" in payload:
+        logger.warning("-> %d: %s", status, payload["error"])
+    return web.Response(
+        status=status, body=json.dumps(payload).encode(), content_type="application/json", headers=headers
+    )
+
+
+def _access_log_class():
+    from aiohttp.abc import AbstractAccessLogger
+
+    class AccessLog(AbstractAccessLogger):
+        """One line per request: client, request line, status, batch size, milliseconds."""
+
+        def log(self, request, response, time):
+            self.logger.info(
+                '%s "%s %s HTTP/%d.%d" %s batch=%d %.1fms',
+                request.remote,
+                request.method,
+                request.path_qs,
+                request.version.major,
+                request.version.minor,
+                response.status,
+                request.get("batch", 0),
+                time * 1000,
+            )
+
+    return AccessLog
+
+
+AccessLog = _access_log_class()
+
+
+# ---------------------------------------------------------------------------------------------- processes
+
+
+def listening_socket(host: str, port: int, reuse_port: bool = False, listen: bool = True) -> socket.socket:
+    """A TCP socket bound to ``host:port``. With ``reuse_port`` every worker listens on a socket of its own on
+    the same port and the kernel spreads new connections evenly over them (a keep-alive connection stays with
+    the worker that accepted it); the supervisor holds one bound, not listening, to reserve the port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+        if listen:
+            sock.listen(1024)  # pending connections the kernel holds: many rollouts post at once
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
+
+
+def serve_until_signalled(
+    sock: socket.socket, reward_func: Callable, source: str, limits: ServerLimits, parent_pid: Optional[int] = None
+) -> None:
+    """Serve until SIGTERM or SIGINT (or, for a worker, until its supervisor is gone), then stop gracefully."""
+
+    async def run():
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+
+        async def orphaned():
+            while os.getppid() == parent_pid:
+                await asyncio.sleep(1)
+            logger.warning("the supervisor %d is gone: stopping", parent_pid)
+            stop.set()
+
+        watch = loop.create_task(orphaned()) if parent_pid is not None else None
+        await RewardServer(reward_func, source, limits).serve(sock, stop)
+        if watch is not None:
+            watch.cancel()
+
+    asyncio.run(run())
+
+
+def _worker(address, reward_file: str, limits: ServerLimits, ready, quiet: bool, parent_pid: int) -> None:
+    """A worker process: import the reward file (its own copy), listen on the shared port, say so, serve."""
+    _configure_logging(quiet)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which stops the workers
+    try:
+        reward_func = load_reward_func(reward_file)
+        sock = listening_socket(*address, reuse_port=True)
+    except BaseException as error:
+        ready.put((os.getpid(), _load_error(reward_file, error)))
+        return
+    ready.put((os.getpid(), None))
+    serve_until_signalled(sock, reward_func, reward_file, limits, parent_pid)
+
+
+def _load_error(reward_file: str, error: BaseException) -> str:
+    if isinstance(error, (OSError, ValueError)):
+        return str(error)
+    return f"reward file {reward_file} failed to load: {type(error).__name__}: {error}"
+
+
+def supervise(address, reward_file: str, limits: ServerLimits, workers: int, quiet: bool) -> Optional[str]:
+    """Run ``workers`` processes on ``address`` (host, port); restart one that dies; on SIGTERM/SIGINT stop them
+    gracefully. Returns the reward file's load error if a worker could not import it (nothing was served then)."""
+    context = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: its own import of the file
+    ready, stopping = context.Queue(), threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):  # before any worker starts: none is ever left behind
+        signal.signal(signum, lambda *_: stopping.set())
+
+    def start():
+        process = context.Process(
+            target=_worker, args=(address, reward_file, limits, ready, quiet, os.getpid()), daemon=False
+        )
+        process.start()
+        while True:  # its import's verdict, or its death before one
+            try:
+                _, error = ready.get(timeout=1)
+                break
+            except queue.Empty:
+                if not process.is_alive():
+                    error = f"a worker exited with {process.exitcode} while importing {reward_file}"
+                    break
+        if error is not None:
+            process.join(10)
+        return process, error
+
+    processes = []
+    for _ in range(workers):
+        process, error = start()
+        if error is not None or stopping.is_set():
+            for other in processes + [process]:
+                if other.is_alive():
+                    os.kill(other.pid, signal.SIGTERM)
+            return error
+        processes.append(process)
+    logger.warning(
+        "serving %s on http://%s:%d/get_reward with %d workers (pids %s; health: GET /health)",
+        reward_file,
+        *address[:2],
+        workers,
+        " ".join(str(process.pid) for process in processes),
+    )
+    while not stopping.wait(0.5):
+        for index, process in enumerate(processes):
+            if not process.is_alive() and not stopping.is_set():
+                logger.warning("worker %d exited with %s: starting another", process.pid, process.exitcode)
+                processes[index], error = start()
+                if error is not None:  # the file changed under the server: keep the others serving
+                    logger.error("cannot restart the worker: %s", error)
+    for process in processes:
+        if process.is_alive():
+            os.kill(process.pid, signal.SIGTERM)
+    for process in processes:
+        process.join(limits.shutdown_timeout + 10)
+    return None
+
+
+def _configure_logging(quiet: bool) -> None:
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s [%(process)d] %(message)s",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m gd2po_openrlhf.serve_rewards", description=__doc__.split("\n\n")[0]
     )
@@ -262,7 +622,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         "--reward-file", required=True, help="a .py file defining reward_func(queries, prompts, labels)"
     )
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 to serve other machines)")
-    parser.add_argument("--port", type=int, default=5000)
+    parser.add_argument("--port", type=int, default=5000, help="0 to 65535 (0: a free port)")
     parser.add_argument(
         "--reward-keys",
         nargs="+",
@@ -270,55 +630,92 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         metavar="KEY",
         help="require exactly these dimensions in every answer",
     )
-    parser.add_argument("--max-concurrency", type=int, default=8, help="batches scored at once (default 8)")
+    parser.add_argument("--workers", type=int, default=1, help="processes serving the port (default 1)")
+    parser.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=1,
+        help="batches a worker scores at once: 1 (default) on its event loop, best for CPU-bound Python (the GIL "
+        "runs one anyway); N > 1 in N threads, for reward functions that wait (a sandbox, a judge, the network). "
+        "An async reward_func is awaited on the loop",
+    )
     parser.add_argument("--max-batch", type=int, default=4096, help="largest accepted batch of queries (413 above)")
     parser.add_argument(
         "--max-body-bytes", type=int, default=64 << 20, help="largest accepted request body (413 above)"
     )
     parser.add_argument(
+        "--max-connections", type=int, default=1024, help="open connections per worker (503 above; default 1024)"
+    )
+    parser.add_argument(
         "--queue-timeout", type=float, default=60.0, help="seconds a request waits for a slot before a 503"
     )
     parser.add_argument(
-        "--read-timeout", type=float, default=30.0, help="seconds a client may take to send its request"
+        "--read-timeout",
+        type=float,
+        default=30.0,
+        help="seconds from a request's first byte until its headers and body have all arrived (408 after)",
     )
+    parser.add_argument(
+        "--shutdown-timeout", type=float, default=30.0, help="seconds SIGTERM waits for requests in flight"
+    )
+    parser.add_argument("--ray-serve", action="store_true", help="serve as a Ray Serve deployment on the cluster")
+    parser.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (with --ray-serve)")
     parser.add_argument("--quiet", action="store_true", help="no access log, errors only")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
-    for flag in ("max_concurrency", "max_batch", "max_body_bytes"):
+    for flag in ("workers", "replicas", "max_concurrency", "max_batch", "max_body_bytes", "max_connections"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    for flag in ("queue_timeout", "read_timeout"):
+    for flag in ("queue_timeout", "read_timeout", "shutdown_timeout"):
         if not getattr(args, flag) > 0:
             parser.error(f"--{flag.replace('_', '-')} must be > 0 seconds, got {getattr(args, flag)}")
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
+    if not 0 <= args.port <= 65535:
+        parser.error(f"--port must be between 0 and 65535, got {args.port}")
+    if args.replicas > 1 and not args.ray_serve:
+        parser.error("--replicas needs --ray-serve (use --workers for processes on this host)")
+    if args.workers > 1 and args.ray_serve:
+        parser.error("--workers is for one host; with --ray-serve use --replicas")
+    _configure_logging(args.quiet)
+    limits = ServerLimits(
+        tuple(args.reward_keys) if args.reward_keys else None,
+        args.max_concurrency,
+        args.max_batch,
+        args.max_body_bytes,
+        args.queue_timeout,
+        args.read_timeout,
+        args.max_connections,
+        args.shutdown_timeout,
     )
-    try:
-        reward_func = load_reward_func(args.reward_file)
-    except (OSError, ValueError) as error:
-        parser.error(str(error))
-    except Exception as error:  # SyntaxError, ImportError, ... of the user's file
-        parser.error(f"reward file {args.reward_file} failed to load: {type(error).__name__}: {error}")
-    try:
-        server = RewardServer(
-            (args.host, args.port),
-            reward_func,
-            args.reward_file,
-            args.reward_keys,
-            args.max_concurrency,
-            args.max_batch,
-            args.max_body_bytes,
-            args.queue_timeout,
-            args.read_timeout,
-        )
+    if args.ray_serve:
+        from .serve_rewards_ray import serve_on_ray
+
+        problem = serve_on_ray(args.reward_file, limits, args.host, args.port, args.replicas)
+        if problem:
+            parser.error(problem)
+        return
+    if args.workers == 1:  # imported here, once; with more workers each imports its own copy
+        try:
+            reward_func = load_reward_func(args.reward_file)
+        except Exception as error:  # missing file, no reward_func, SyntaxError, ImportError, ... of the user's file
+            parser.error(_load_error(args.reward_file, error))
+    try:  # the supervisor reserves the port (bound, not listening) for its workers
+        sock = listening_socket(args.host, args.port, reuse_port=args.workers > 1, listen=args.workers == 1)
     except OSError as error:  # port in use, an unknown host, no permission
         parser.error(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}")
-    logger.warning("serving %s on %s (health: GET /health)", args.reward_file, server.url)
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    host, port = sock.getsockname()[:2]
+    if args.workers == 1:
+        logger.warning("serving %s on http://%s:%d/get_reward (health: GET /health)", args.reward_file, host, port)
+        serve_until_signalled(sock, reward_func, args.reward_file, limits)
+    else:
+        problem = supervise((host, port), args.reward_file, limits, args.workers, args.quiet)
+        sock.close()
+        if problem:
+            parser.error(problem)
+    logger.warning("stopped")
 
 
 if __name__ == "__main__":

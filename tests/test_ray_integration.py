@@ -7,7 +7,6 @@ import json
 import random
 import subprocess
 import sys
-import threading
 from types import SimpleNamespace
 from unittest import mock
 
@@ -519,8 +518,7 @@ def text_rewards(queries, prompts, labels):
 def test_every_experience_carries_its_own_rewards_through_concat_split_and_balance(local_ray):
     prompts, n = 16, N
     policy = word_tokenizer(POLICY_WORDS, None)
-    server = RewardServer(("127.0.0.1", 0), text_rewards, "text_rewards", max_concurrency=4)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = RewardServer(text_rewards, "text_rewards").start_in_thread()
     strategy = openrlhf_strategy(
         [
             "--advantage_estimator",
@@ -571,8 +569,7 @@ def test_every_experience_carries_its_own_rewards_through_concat_split_and_balan
     try:
         groups = asyncio.run(all_in_flight())
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop_thread()
     assert [g[0]["prompt"] for g in groups] != [
         f"w{p}" for p in range(prompts)
     ]  # completion order differs from dispatch

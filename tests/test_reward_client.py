@@ -378,8 +378,7 @@ def test_the_template_scores_every_query_of_a_batch_behind_the_server():
     from gd2po_openrlhf.serve_rewards import RewardServer, load_reward_func
 
     template = pathlib.Path(__file__).resolve().parents[1] / "examples" / "rewards" / "multi_reward_template.py"
-    server = RewardServer(("127.0.0.1", 0), load_reward_func(str(template)), str(template))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    server = RewardServer(load_reward_func(str(template)), str(template)).start_in_thread()
     try:
         body = {
             "query": ["Q <answer>4</answer>", "Q <answer>5</answer>", "Q no answer"],
@@ -389,8 +388,7 @@ def test_the_template_scores_every_query_of_a_batch_behind_the_server():
         request = urllib.request.Request(server.url, data=json.dumps(body).encode())
         logs = json.loads(urllib.request.urlopen(request, timeout=10).read())["extra_logs"]
     finally:
-        server.shutdown()
-        server.server_close()
+        server.stop_thread()
     assert logs["reward/correctness"] == [1.0, 0.0, 0.0] and logs["reward/format"] == [1.0, 1.0, 0.0]
 
 

@@ -169,23 +169,53 @@ def timed(function, *args) -> float:
     return time.perf_counter() - started
 
 
+def core_floor(response_mask, column):
+    """What the estimator core cannot avoid: read the [B, T] mask once (the lengths) and write the [B, T]
+    advantages once."""
+    response_mask.sum(dim=1)
+    return response_mask * column
+
+
+def step_floor(experiences, columns):
+    """What the plugin's step cannot avoid: read the rewards (one cat per key) and each Experience's action mask
+    (its lengths), and write each Experience's advantages (returns are the same tensor), rewards, logged reward
+    and return."""
+    for key in KEYS:
+        torch.cat([experience.info[f"reward/{key}"] for experience in experiences])
+    for experience, column in zip(experiences, columns):
+        experience.action_mask.sum(dim=-1)
+        experience.advantages = experience.action_mask * column
+        experience.returns = experience.advantages
+        experience.rewards = experience.info["reward"] = experience.info["return"] = column[:, 0]
+
+
+def spread(ratios):
+    return f"{statistics.median(ratios):.2f} [{min(ratios):.2f}, {max(ratios):.2f}]"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=5, help="interleaved repeats per measurement (median reported)")
+    parser.add_argument("--repeats", type=int, default=7, help="interleaved repeats per measurement")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (pinned; default 1)")
     parser.add_argument(
-        "--scales", type=int, nargs="+", default=[4, 16], help="multiples of the base batch to time (1) and (3) at"
+        "--scales", type=int, nargs="*", default=[4, 16], help="multiples of the base batch to time (1) and (3) at"
     )
+    parser.add_argument("--quick", action="store_true", help="CI: 64 prompts, 3 repeats, no scaling table")
+    parser.add_argument("--json", default=None, help="write the ratios here")
     settings = parser.parse_args()
-    torch.set_num_threads(2)
+    prompts = 64 if settings.quick else PROMPTS
+    if settings.quick:
+        settings.repeats, settings.scales = 3, []
+    torch.set_num_threads(settings.threads)
     gd2po_openrlhf.register()
     started = time.perf_counter()
     print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; base batch {PROMPTS} prompts × {GROUP} "
-        "rollouts, "
-        f"K = {DIMS}, lengths U[1, {MAX_LEN}], micro-batches of {MICRO_BATCH}"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; base batch {prompts} prompts × {GROUP} "
+        f"rollouts, K = {DIMS}, lengths U[1, {MAX_LEN}], micro-batches of {MICRO_BATCH}; {settings.repeats} "
+        "interleaved repeats"
     )
 
-    rewards, lengths, experiences = make_batch(PROMPTS)
+    rewards, lengths, experiences = make_batch(prompts)
     group_ids = torch.arange(len(rewards)) // GROUP
     response_mask = (torch.arange(MAX_LEN) < lengths.unsqueeze(1)).float()
     expected = compute_advantages(rewards, group_ids, response_mask, CONFIG)
@@ -193,9 +223,11 @@ def main() -> None:
     error = float((expected.advantages - reference).abs().max())
     assert error < 1e-4, f"the loop baseline and the estimator disagree by {error}"
     print(f"(2) equals (1): max |difference| {error:.2e}; keep ratio {expected.metrics['keep_ratio']:.3f}")
+    column = expected.rollout_advantages.float().unsqueeze(1)
+    columns = column.split([len(e.index) for e in experiences])
 
     kl = [torch.rand(e.action_mask.shape) * 0.1 for e in experiences]
-    results = {}
+    results, ratios = {}, {}
     for kl_coef in (0.0, 0.01):
         plugin, stock = makers(kl_coef)
 
@@ -204,31 +236,57 @@ def main() -> None:
                 experience.kl = experience_kl  # both makers consume it (set to None afterwards)
             maker.compute_advantages_and_returns(experiences)
 
-        times = {name: [] for name in ("(1)", "(2)", "(3)", "(4)")}
+        names = ("(1)", "(1) floor", "(2)", "(3)", "(3) floor", "(4)")
+        times = {name: [] for name in names}
         for _ in range(settings.repeats):
             if kl_coef == 0:
                 times["(1)"].append(timed(compute_advantages, rewards, group_ids, response_mask, CONFIG))
-                times["(2)"].append(timed(loop_reference, rewards, group_ids, response_mask, CONFIG))
+                times["(1) floor"].append(timed(core_floor, response_mask, column))
+                if len(times["(2)"]) < 3:  # the loop baseline is slow and steady: 3 runs suffice
+                    times["(2)"].append(timed(loop_reference, rewards, group_ids, response_mask, CONFIG))
+                times["(3) floor"].append(timed(step_floor, experiences, columns))
             times["(3)"].append(timed(run, plugin))
             times["(4)"].append(timed(run, stock))
         results[kl_coef] = {name: statistics.median(values) for name, values in times.items() if values}
+        if kl_coef == 0:
+            ratios["core / core floor"] = [a / b for a, b in zip(times["(1)"], times["(1) floor"])]
+            ratios["step / step floor"] = [a / b for a, b in zip(times["(3)"], times["(3) floor"])]
+            ratios["stock group_norm / step"] = [a / b for a, b in zip(times["(4)"], times["(3)"])]
+        else:
+            ratios["step / stock group_norm, KL in the reward"] = [a / b for a, b in zip(times["(3)"], times["(4)"])]
 
     base = results[0.0]
     print("\n| measurement (base batch) | median seconds |")
     print("|---|---|")
     labels = {
         "(1)": "(1) estimator core, compute_advantages",
+        "(1) floor": "(1) floor: read the mask once, write the advantages once",
         "(2)": "(2) loop baseline",
         "(3)": "(3) plugin compute_advantages_and_returns (gd2po)",
+        "(3) floor": "(3) floor: read rewards and action masks, write each Experience's advantages and rewards",
         "(4)": "(4) OpenRLHF compute_advantages_and_returns (group_norm)",
     }
     for name, seconds in base.items():
         print(f"| {labels[name]} | {seconds:.4f} |")
     print(f"| (3) with KL in the reward | {results[0.01]['(3)']:.4f} |")
     print(f"| (4) with KL in the reward | {results[0.01]['(4)']:.4f} |")
-    print(f"\nratio (2)/(1) = {base['(2)'] / base['(1)']:.1f}   (target >= 30)")
-    print(f"ratio (4)/(3) = {base['(4)'] / base['(3)']:.1f}   (target >= 10)")
-    print(f"ratio (4)/(3) with KL in the reward = {results[0.01]['(4)'] / results[0.01]['(3)']:.1f}")
+    print("\nratios, median [min, max] over the interleaved repeats:")
+    for name, values in ratios.items():
+        print(f"  {name}: {spread(values)}")
+    print(f"  loop baseline / core: {base['(2)'] / base['(1)']:.1f}")
+    report = {
+        "threads": settings.threads,
+        "prompts": prompts,
+        "seconds": {labels[name]: seconds for name, seconds in base.items()},
+        "ratios": {name: {"median": statistics.median(v), "min": min(v), "max": max(v)} for name, v in ratios.items()},
+    }
+    if settings.json:
+        import json
+
+        with open(settings.json, "w") as handle:
+            json.dump(report, handle, indent=1)
+    if not settings.scales:
+        return
 
     plugin, _ = makers(0.0)
     print(
@@ -239,7 +297,7 @@ def main() -> None:
     base_tokens = None
     for scale in [1] + settings.scales:
         # fresh experiences at every size, so that the memory measurement is a first call's
-        scaled_rewards, scaled_lengths, scaled_experiences = make_batch(PROMPTS * scale, seed=100 + scale)
+        scaled_rewards, scaled_lengths, scaled_experiences = make_batch(prompts * scale, seed=100 + scale)
         scaled_groups = torch.arange(len(scaled_rewards)) // GROUP
         scaled_mask = (torch.arange(MAX_LEN) < scaled_lengths.unsqueeze(1)).float()
         memory_mb = peak_rss_growth_mb(plugin.compute_advantages_and_returns, scaled_experiences)

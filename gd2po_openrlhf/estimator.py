@@ -96,16 +96,45 @@ def compute_advantages(
         )
     if response_mask.is_complex():
         raise ValueError(f"response_mask must be 0/1, got dtype {response_mask.dtype}")
-    response_mask = response_mask.to(device=rewards.device, dtype=torch.float32)
-    # x·x == x holds for 0 and 1 only (NaN fails it too): half the cost of two comparisons and an OR.
-    if not torch.equal(response_mask * response_mask, response_mask):
-        rollout, token = ((response_mask != 0) & (response_mask != 1)).nonzero()[0].tolist()
-        raise ValueError(
-            f"response_mask must be 0/1; rollout {rollout} token {token} is {response_mask[rollout, token].item()}"
-        )
-    result = compute_rollout_advantages(rewards, group_ids, response_mask.sum(dim=1), cfg)
+    response_mask = response_mask.to(device=rewards.device)
+    if response_mask.is_floating_point():
+        response_mask = response_mask.to(torch.float32)
+    lengths = response_mask.sum(dim=1)
+    if response_mask.dtype != torch.bool and not _is_zero_one(response_mask, lengths):
+        bad = (response_mask != 0) & (response_mask != 1)
+        if bool(bad.any()):  # the fast test's only false alarm is -0.0, which is 0
+            rollout, token = bad.nonzero()[0].tolist()
+            raise ValueError(
+                f"response_mask must be 0/1; rollout {rollout} token {token} is {response_mask[rollout, token].item()}"
+            )
+    result = compute_rollout_advantages(rewards, group_ids, lengths, cfg)
     result.advantages = result.rollout_advantages.unsqueeze(1) * response_mask
     return result
+
+
+FLOAT32_ONE_BITS = 0x3F800000  # the bit pattern of 1.0 in float32
+
+
+def _is_zero_one(mask: torch.Tensor, lengths: torch.Tensor) -> bool:
+    """Whether an integer or float32 [B, T] mask holds only 0 and 1, in one read pass without temporaries
+    (``lengths`` = Σ_t m is computed anyway).
+
+    Integers: min ≥ 0 and max ≤ 1. Float32, read as its int32 bit patterns b(m): a row of 0s and 1s has a finite,
+    whole Σ_t m and Σ_t b(m) = b(1.0) · Σ_t m modulo 2^32 (b(0) = 0). Any single other value breaks one of the
+    two: a fraction makes Σ_t m non-whole or, rounded away, leaves Σ_t b short of a multiple of b(1.0); a whole
+    number ±2^e ≠ 1 has b = (127 + e) · 2^23 (+ the sign bit), never 127 · 2^(e + 23) modulo 2^32; NaN and
+    infinities make Σ_t m non-finite. Only several odd values chosen to cancel modulo 2^32 could pass.
+    """
+    if mask.numel() == 0:
+        return True
+    if not mask.is_floating_point():
+        low, high = torch.aminmax(mask)
+        return bool(low >= 0) and bool(high <= 1)
+    if not (bool(torch.isfinite(lengths).all()) and torch.equal(lengths, lengths.round())):
+        return False
+    # int32 sums wrap modulo 2^32, as the expected value does when the int64 product is narrowed.
+    expected = (lengths.to(torch.int64) * FLOAT32_ONE_BITS).to(torch.int32)
+    return torch.equal(mask.view(torch.int32).sum(dim=1, dtype=torch.int32), expected)
 
 
 def compute_rollout_advantages(
@@ -168,10 +197,13 @@ def compute_rollout_advantages(
     weights = torch.as_tensor(cfg.weights if cfg.weights is not None else [1.0] * num_dims, dtype=dtype, device=device)
     dim_adv = normalized * weights
     token_dim_adv = dim_adv * length.unsqueeze(1)
-    conflict = (token_dim_adv > SIGN_EPS).any(dim=1) & (token_dim_adv < -SIGN_EPS).any(dim=1)
-    signed_sum = dim_adv.sum(dim=1)
+    lowest, highest = token_dim_adv.aminmax(dim=1)
+    conflict = (highest > SIGN_EPS) & (lowest < -SIGN_EPS)
+    # Sums over the K dimensions as a product with ones: a reduction over a short last dimension is ~10x slower.
+    ones = torch.ones(num_dims, dtype=dtype, device=device)
+    signed_sum = dim_adv @ ones
     numerator = signed_sum * length
-    denominator = dim_adv.abs().sum(dim=1) * length + cfg.snr_eps
+    denominator = (dim_adv.abs() @ ones) * length + cfg.snr_eps
     snr_ratio = torch.where(denominator > 0, numerator / denominator, torch.zeros_like(numerator))
     if cfg.filter == "none":
         keep = torch.ones(batch_size, dtype=torch.bool, device=device)
@@ -189,14 +221,15 @@ def compute_rollout_advantages(
     # 6. Masked token advantages and whitening over the kept response tokens of the whole batch. F is
     # constant along each response, so the token statistics reduce to per-rollout sums weighted by the
     # kept length: one [B, T] product at the end instead of [B, T] temporaries.
-    kept_length = keep.to(dtype) * length
-    rollout_score = score * keep.to(dtype)
+    kept = keep.to(dtype)
+    kept_length = kept * length
+    rollout_score = score * kept
     if cfg.whiten:
         num_kept_tokens = kept_length.sum()
         mean = (rollout_score * kept_length).sum() / num_kept_tokens.clamp_min(1)
         # Bessel over the token count; with a single kept token (F − μ) is 0, so guard only the 0/0.
         var = ((rollout_score - mean).square() * kept_length).sum() / (num_kept_tokens - 1).clamp_min(1)
-        rollout_advantage = (rollout_score - mean) * torch.rsqrt(var + WHITEN_EPS) * keep.to(dtype)
+        rollout_advantage = (rollout_score - mean) * torch.rsqrt(var + WHITEN_EPS) * kept
     else:
         rollout_advantage = rollout_score
 
@@ -204,27 +237,33 @@ def compute_rollout_advantages(
     keys = cfg.reward_keys or tuple(f"dim{k}" for k in range(num_dims))
     response_tokens = length.sum().clamp_min(1)
     num_conflict = conflict.sum()
-    conflict_abs_ratio = snr_ratio[conflict].abs()
+    conflict_ratio = snr_ratio[conflict]
+    conflict_abs_ratio = conflict_ratio.abs()
     has_conflict = conflict_abs_ratio.numel() > 0
+    keep_ratio = kept.mean()
+    # |Σ_k A'|, |F| and |adv| as token means over the response tokens: one product with the lengths.
+    token_means = (torch.stack([signed_sum.abs(), rollout_score.abs(), rollout_advantage.abs()]) @ length) / (
+        response_tokens
+    )
     zero = torch.zeros((), dtype=dtype, device=device)
     values = {
         "num_reward_dims": torch.tensor(float(num_dims), dtype=dtype, device=device),
         "num_groups": torch.tensor(float(num_groups), dtype=dtype, device=device),
         "snr_threshold": torch.tensor(cfg.effective_snr_threshold, dtype=dtype, device=device),
         "conflict_ratio": conflict.to(dtype).mean(),
-        "dropped_ratio": (~keep).to(dtype).mean(),
-        "keep_ratio": keep.to(dtype).mean(),
-        "dropped_among_conflicting": (~keep).to(dtype).sum() / num_conflict.clamp_min(1),
+        "dropped_ratio": 1 - keep_ratio,
+        "keep_ratio": keep_ratio,
+        "dropped_among_conflicting": (1 - keep_ratio) * batch_size / num_conflict.clamp_min(1),
         "group_keep_ratio_mean": group_keep.mean(),
         "group_keep_ratio_min": group_keep.min(),
         "group_keep_ratio_max": group_keep.max(),
         "group_keep_ratio_std": group_keep.std(correction=0),
-        "snr_ratio_mean": snr_ratio[conflict].mean() if has_conflict else zero,
+        "snr_ratio_mean": conflict_ratio.mean() if has_conflict else zero,
         "snr_ratio_abs_mean": conflict_abs_ratio.mean() if has_conflict else zero,
         "snr_ratio_abs_median": conflict_abs_ratio.median() if has_conflict else zero,
-        "score_abs_mean_before_filter": (signed_sum.abs() * length).sum() / response_tokens,
-        "score_abs_mean_after_filter": (rollout_score.abs() * length).sum() / response_tokens,
-        "advantage_abs_mean": (rollout_advantage.abs() * length).sum() / response_tokens,
+        "score_abs_mean_before_filter": token_means[0],
+        "score_abs_mean_after_filter": token_means[1],
+        "advantage_abs_mean": token_means[2],
     }
     for k, key in enumerate(keys):
         values[f"reward_mean/{key}"] = rewards[:, k].mean()

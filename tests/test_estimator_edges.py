@@ -285,3 +285,35 @@ def test_the_tie_rule_never_zeroes_or_flips_a_difference_above_one_float32_ulp(o
         rewards, torch.tensor([0, 0]), torch.tensor([5.0, 5.0]), GD2POConfig(filter="none")
     )
     assert result.dimension_advantages[0, 0] < 0 < result.dimension_advantages[1, 0]
+
+
+@pytest.mark.parametrize("dtype", [torch.bool, torch.uint8, torch.int64, torch.float16, torch.bfloat16, torch.float64])
+def test_a_zero_one_mask_of_any_dtype_gives_the_float32_masks_advantages(dtype):
+    rewards, groups = torch.rand(8, 2, generator=torch.Generator().manual_seed(1)), torch.arange(8) // 4
+    lengths = torch.tensor([3, 7, 1, 0, 5, 6, 2, 4])
+    mask = torch.arange(7) < lengths.unsqueeze(1)
+    expected = compute_advantages(rewards, groups, mask.float(), SNR).advantages
+    assert torch.equal(compute_advantages(rewards, groups, mask.to(dtype), SNR).advantages, expected)
+
+
+@pytest.mark.parametrize(
+    "value", [0.5, 1 - 2**-24, 2**-149, 1e-30, 1.0000001, 2.0, -1.0, float("nan"), float("inf"), -float("inf")]
+)
+@pytest.mark.parametrize("position", [(0, 0), (5, 900), (31, 1023)])
+def test_any_single_value_that_is_not_0_or_1_is_refused_naming_its_position(value, position):
+    """The fast 0/1 test (bit patterns summed modulo 2^32) on long rows of ones: every single odd value is found,
+    the smallest subnormal and the float just below 1 included."""
+    mask = (torch.arange(1024) < torch.randint(600, 1025, (32, 1), generator=torch.Generator().manual_seed(0))).float()
+    mask[position] = value
+    groups = torch.arange(32) // 4
+    with pytest.raises(ValueError, match=rf"response_mask must be 0/1; rollout {position[0]} token {position[1]} is"):
+        compute_advantages(torch.rand(32, 2), groups, mask, SNR)
+
+
+def test_negative_zero_is_a_zero_in_the_mask():
+    mask = torch.tensor([[1.0, -0.0], [1.0, 1.0], [-0.0, 1.0], [1.0, 0.0]])
+    rewards = torch.tensor([[1.0], [0.0], [1.0], [0.0]])
+    result = compute_advantages(rewards, torch.tensor([0, 0, 1, 1]), mask, SNR)
+    assert torch.equal(
+        result.advantages, compute_advantages(rewards, torch.tensor([0, 0, 1, 1]), mask.abs(), SNR).advantages
+    )

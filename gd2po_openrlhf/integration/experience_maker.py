@@ -327,7 +327,11 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
         whose reward keys differ from --gd2po.reward_keys is refused, naming the key, its source and a prompt."""
         keys = self.settings.reward_keys
         declared = {f"reward/{key}" for key in keys}
-        for experience in experiences:
+        # The micro-batches of one step normally share their info keys: check the first, compare the others'
+        # key sets to it (one set comparison each), and look closer only when they differ.
+        first_keys = experiences[0].info.keys()
+        same_keys = all(experience.info.keys() == first_keys for experience in experiences)
+        for experience in experiences[:1] if same_keys else experiences:
             unexpected = sorted(k for k in experience.info if k.startswith("reward/") and k not in declared)
             missing = [k for k in keys if f"reward/{k}" not in experience.info]
             if unexpected or missing:
@@ -338,8 +342,9 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
                     + (f"unexpected {unexpected} " if unexpected else "")
                     + f"for prompt {experience.prompts[0]!r:.200}"
                 )
-        columns = [torch.cat([exp.info[f"reward/{key}"].reshape(-1) for exp in experiences]).double() for key in keys]
-        return torch.stack(columns, dim=1)
+        # OpenRLHF's info values are [b] tensors, one per rollout of the micro-batch: one cat per key.
+        columns = [torch.cat([exp.info[f"reward/{key}"] for exp in experiences]) for key in keys]
+        return torch.stack(columns, dim=1).double()
 
     def _drop_bad_groups(
         self, experiences: List[Experience], rewards: torch.Tensor, indices: torch.Tensor, groups: torch.Tensor
@@ -405,12 +410,17 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
         args = self.args
         kl_in_reward = self.initial_model_group is not None and not args.algo.kl.use_loss and self.kl_ctl.value > 0
         exp_len = [len(exp.index) for exp in experiences]
-        for experience, rollout_advantage, rollout_keep, total in zip(
-            experiences, rollout_advantages.split(exp_len), keep.split(exp_len), totals.split(exp_len)
+        # Split once into per-Experience views; each Experience then costs one [b, t] product (bool mask ×
+        # float column promotes to float32 in the same pass).
+        columns, first_token_returns = (
+            rollout_advantages.unsqueeze(1).split(exp_len),
+            rollout_advantages.split(exp_len),
+        )
+        for experience, column, first_token_return, rollout_keep, total in zip(
+            experiences, columns, first_token_returns, keep.split(exp_len), totals.split(exp_len)
         ):
-            action_mask = experience.action_mask.float()
-            advantages = rollout_advantage.unsqueeze(1) * action_mask
-            first_token_return = rollout_advantage
+            action_mask = experience.action_mask
+            advantages = action_mask * column
             if kl_in_reward:
                 # γ = 1 returns of the per-token KL rewards: a reverse cumulative sum, no loop over tokens.
                 kl_reward = -self.kl_ctl.value * experience.kl.float() * action_mask
@@ -419,7 +429,8 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
                 ) * action_mask * rollout_keep.unsqueeze(1)
                 first_token_return = first_token_return + kl_reward.sum(-1) * rollout_keep
             experience.advantages = advantages
-            experience.returns = advantages.clone()
+            # The same tensor: without a critic nothing reads returns, and nothing writes either in place.
+            experience.returns = advantages
             experience.rewards = total
             experience.info["reward"] = total
             experience.info["return"] = first_token_return  # the return at the first response token

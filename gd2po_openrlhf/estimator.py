@@ -178,9 +178,10 @@ def compute_rollout_advantages(
     group_count = group_size.to(dtype).unsqueeze(1)
     group_mean = torch.zeros(num_groups, num_dims, dtype=dtype, device=device).index_add_(0, group_index, rewards)
     group_mean = group_mean / group_count
-    centered = rewards - group_mean[group_index]
-    tie_tolerance = TIE_ULPS * torch.maximum(rewards.abs(), group_mean[group_index].abs())
-    centered = torch.where(centered.abs() <= tie_tolerance, torch.zeros_like(centered), centered)
+    rollout_group_mean = group_mean[group_index]
+    centered = rewards - rollout_group_mean
+    tie_tolerance = TIE_ULPS * torch.maximum(rewards.abs(), rollout_group_mean.abs())
+    centered = torch.where(centered.abs() <= tie_tolerance, 0.0, centered)
     group_max = torch.full((num_groups, num_dims), -torch.inf, dtype=dtype, device=device)
     group_max = group_max.scatter_reduce(0, scatter_index, rewards, reduce="amax")
     group_min = torch.full((num_groups, num_dims), torch.inf, dtype=dtype, device=device)
@@ -191,7 +192,7 @@ def compute_rollout_advantages(
         centered = centered / (group_var.sqrt()[group_index] + STD_EPS)
     # Exact zero for constant dimensions: the float mean can differ from the values by rounding, which
     # the 1e-6 std epsilon would otherwise amplify into spurious advantages (and spurious conflicts).
-    normalized = torch.where(constant, torch.zeros_like(centered), centered)
+    normalized = torch.where(constant, 0.0, centered)
 
     # 2.-4. Weighting, conflict test, SNR ratio (token sums, as the authors compute them).
     weights = torch.as_tensor(cfg.weights if cfg.weights is not None else [1.0] * num_dims, dtype=dtype, device=device)
@@ -204,7 +205,7 @@ def compute_rollout_advantages(
     signed_sum = dim_adv @ ones
     numerator = signed_sum * length
     denominator = (dim_adv.abs() @ ones) * length + cfg.snr_eps
-    snr_ratio = torch.where(denominator > 0, numerator / denominator, torch.zeros_like(numerator))
+    snr_ratio = torch.where(denominator > 0, numerator / denominator, 0.0)
     if cfg.filter == "none":
         keep = torch.ones(batch_size, dtype=torch.bool, device=device)
     elif cfg.filter == "hard":
@@ -215,7 +216,8 @@ def compute_rollout_advantages(
     # 5. Query-level reweighting by the share of each group's rollouts that survived.
     kept_per_group = torch.zeros(num_groups, dtype=dtype, device=device).index_add_(0, group_index, keep.to(dtype))
     group_keep = kept_per_group / group_size.to(dtype)
-    kappa = group_keep[group_index] if cfg.reweight_queries else torch.ones_like(signed_sum)
+    rollout_group_keep = group_keep[group_index]
+    kappa = rollout_group_keep if cfg.reweight_queries else torch.ones_like(signed_sum)
     score = kappa * signed_sum
 
     # 6. Masked token advantages and whitening over the kept response tokens of the whole batch. F is
@@ -273,7 +275,7 @@ def compute_rollout_advantages(
     return GD2POResult(
         rollout_advantages=rollout_advantage.to(torch.float32),
         keep=keep,
-        group_keep_ratio=group_keep[group_index].to(torch.float32),
+        group_keep_ratio=rollout_group_keep.to(torch.float32),
         dimension_advantages=dim_adv,
         conflict=conflict,
         snr_ratio=snr_ratio,

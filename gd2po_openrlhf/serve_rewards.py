@@ -337,7 +337,7 @@ class RewardServer:
         )
         self.http_server = web.Server(
             self.handle,
-            access_log_class=AccessLog,
+            access_log_class=_access_log_class(),
             access_log=logger,
             logger=_protocol_errors,
             keepalive_timeout=75.0,  # idle keep-alive connections (the trickle deadline is the guard's)
@@ -478,9 +478,6 @@ def _access_log_class():
             )
 
     return AccessLog
-
-
-AccessLog = _access_log_class()
 
 
 # ---------------------------------------------------------------------------------------------- processes
@@ -679,6 +676,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         parser.error("--replicas needs --ray-serve (use --workers for processes on this host)")
     if args.workers > 1 and args.ray_serve:
         parser.error("--workers is for one host; with --ray-serve use --replicas")
+    if importlib.util.find_spec("aiohttp") is None:
+        parser.error("the reward server runs on aiohttp, which is not installed: pip install aiohttp")
     _configure_logging(args.quiet)
     limits = ServerLimits(
         tuple(args.reward_keys) if args.reward_keys else None,

@@ -337,3 +337,28 @@ def test_extra_logs_form_is_accepted(generator):
 def test_bad_rollout_rewards_name_key_source_and_prompt(generator, reward, extra_logs, message):
     with pytest.raises(ValueError, match=message):
         SamplesGenerator._process_response_into_experience(generator, response(reward, extra_logs))
+
+
+@pytest.mark.subprocess
+def test_advantage_step_benchmark_short_mode_checks_the_estimator_against_loops_and_reports_its_floors(tmp_path):
+    """CI runs the benchmark's short mode: it asserts (2) = (1) itself, and reports the ratios to both floors."""
+    import json
+    import pathlib
+    import subprocess
+    import sys
+
+    script = pathlib.Path(__file__).resolve().parents[1] / "benchmarks" / "advantage_step.py"
+    report = tmp_path / "advantage_step.json"
+    result = subprocess.run(
+        [sys.executable, str(script), "--quick", "--json", str(report)], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "(2) equals (1): max |difference|" in result.stdout
+    ratios = json.loads(report.read_text())["ratios"]
+    assert set(ratios) == {
+        "core / core floor",
+        "step / step floor",
+        "stock group_norm / step",
+        "step / stock group_norm, KL in the reward",
+    }
+    assert all(0 < r["min"] <= r["median"] <= r["max"] for r in ratios.values())

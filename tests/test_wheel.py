@@ -152,7 +152,8 @@ def test_installed_wheel_copies_its_recipes_and_they_dry_run(wheel, tmp_path):
 
 
 def test_a_reward_host_serves_with_the_wheel_alone(wheel, tmp_path):
-    """pip install --no-deps on a CPU host without openrlhf or torch (openrlhf pins flash-attn): the server runs."""
+    """pip install --no-deps on a CPU host without openrlhf or torch (openrlhf pins flash-attn), then aiohttp: the
+    server runs; without aiohttp it says how to install it."""
     import json
     import socket
     import urllib.request
@@ -169,6 +170,18 @@ def test_a_reward_host_serves_with_the_wheel_alone(wheel, tmp_path):
     rules.write_text(
         "def reward_func(queries, prompts, labels):\n    return "
         "{'rewards': {'length': [float(len(q)) for q in queries]}}\n"
+    )
+    missing = subprocess.run(
+        [str(python), "-m", "gd2po_openrlhf.serve_rewards", "--reward-file", str(rules)],
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 2 and "pip install aiohttp" in missing.stderr and "Traceback" not in missing.stderr
+    import aiohttp  # the version of this environment, from the package index
+
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", f"aiohttp=={aiohttp.__version__}"],
+        check=True,
     )
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

@@ -49,6 +49,12 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 from .rewards import DIMENSION_PREFIX, dimensions_from_payload
 
+try:
+    from aiohttp import web
+    from aiohttp.abc import AbstractAccessLogger
+except ImportError:  # a reward host installed with --no-deps and without aiohttp: main() says what to install
+    web = AbstractAccessLogger = None
+
 logger = logging.getLogger("gd2po_openrlhf.serve_rewards")
 REWARD_PATHS = ("/get_reward", "")  # compared without the query string and trailing slashes
 ALLOWED = "GET, POST"
@@ -326,8 +332,6 @@ class RewardServer:
         self.url = self.server_address = None
 
     async def serve(self, sock: socket.socket, stop: asyncio.Event) -> None:
-        from aiohttp import web
-
         limits = self.limits
         self.slots = asyncio.Semaphore(limits.max_concurrency)
         self.pool = (
@@ -337,7 +341,7 @@ class RewardServer:
         )
         self.http_server = web.Server(
             self.handle,
-            access_log_class=_access_log_class(),
+            access_log_class=AccessLog,
             access_log=logger,
             logger=_protocol_errors,
             keepalive_timeout=75.0,  # idle keep-alive connections (the trickle deadline is the guard's)
@@ -350,7 +354,9 @@ class RewardServer:
         self.server_address, self.url = (host, port), f"http://{host}:{port}/get_reward"
         listener = await asyncio.get_running_loop().create_server(lambda: _ConnectionGuard(self), sock=sock)
         await stop.wait()
-        # As aiohttp's own runner stops: no new connections, idle ones closed, requests in flight finish.
+        # As aiohttp's own runner stops (no new connections, idle ones closed, requests in flight finish), after a
+        # short grace in which requests already sent, queued behind a batch being scored, are read and started.
+        await asyncio.sleep(min(0.5, limits.shutdown_timeout))
         listener.close()
         await asyncio.sleep(0)
         self.http_server.pre_shutdown()
@@ -360,20 +366,22 @@ class RewardServer:
 
     def start_in_thread(self, host: str = "127.0.0.1", port: int = 0) -> "RewardServer":
         sock = listening_socket(host, port)
-        ready, loop = threading.Event(), asyncio.new_event_loop()
+        loop, failure = asyncio.new_event_loop(), []
         self._loop, self._stop = loop, asyncio.Event()
 
         def run():
             asyncio.set_event_loop(loop)
-            task = loop.create_task(self.serve(sock, self._stop))
-            loop.call_soon(ready.set)
-            loop.run_until_complete(task)
+            try:
+                loop.run_until_complete(self.serve(sock, self._stop))
+            except BaseException as error:  # reported by start_in_thread, not lost in the thread
+                failure.append(error)
 
         self._thread = threading.Thread(target=run, daemon=True, name="reward-server")
         self._thread.start()
-        ready.wait(30)
-        while self.url is None:
+        while self.url is None and self._thread.is_alive():
             time.sleep(0.01)
+        if failure:
+            raise RuntimeError(f"the reward server did not start: {failure[0]!r}") from failure[0]
         return self
 
     def stop_thread(self) -> None:
@@ -381,8 +389,6 @@ class RewardServer:
         self._thread.join(self.limits.shutdown_timeout + 5)
 
     async def handle(self, request):
-        from aiohttp import web
-
         guard = self.connections.get(request.transport)
         body_seconds = guard.headers_arrived() if guard is not None else self.limits.read_timeout
         verdict = route_request(request.method, request.path, request.path_qs, request.content_length, self.limits)
@@ -407,7 +413,7 @@ class RewardServer:
         batch, refusal = check_body(data, self.limits)
         if refusal:
             return reply(*refusal)
-        request["batch"] = len(batch[0])
+        request[BATCH_SIZE] = len(batch[0])
         try:
             await asyncio.wait_for(self.slots.acquire(), self.limits.queue_timeout)
         except asyncio.TimeoutError:
@@ -442,8 +448,6 @@ class RewardServer:
 
 
 def reply(status: int, payload: dict, retry_after: Optional[int] = None, allow: Optional[str] = None, close=False):
-    from aiohttp import web
-
     headers = {}
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
@@ -458,8 +462,9 @@ def reply(status: int, payload: dict, retry_after: Optional[int] = None, allow: 
     )
 
 
-def _access_log_class():
-    from aiohttp.abc import AbstractAccessLogger
+if web is not None:
+    # aiohttp's typed request key (made at module level: aiohttp derives its name from the defining module).
+    BATCH_SIZE = web.RequestKey("batch_size", int)
 
     class AccessLog(AbstractAccessLogger):
         """One line per request: client, request line, status, batch size, milliseconds."""
@@ -473,11 +478,9 @@ def _access_log_class():
                 request.version.major,
                 request.version.minor,
                 response.status,
-                request.get("batch", 0),
+                request.get(BATCH_SIZE, 0),
                 time * 1000,
             )
-
-    return AccessLog
 
 
 # ---------------------------------------------------------------------------------------------- processes

@@ -655,9 +655,10 @@ def test_j_two_ray_nodes_the_actor_across_them(e2e):
     cluster.start()
     try:
         cluster.add_node(num_gpus=3)
+        # gdpo (no filter): every step trains, so the step-2 KL shows the reference scoring a changed actor.
         flags = harness.base_flags(assets, run_dir) + [
             "--advantage_estimator",
-            "gd2po",
+            "gdpo",
             "--reward.remote_url",
             str(assets.reward_file),
             "--gd2po.reward_keys",
@@ -690,6 +691,7 @@ def test_j_two_ray_nodes_the_actor_across_them(e2e):
 
     scalars = result.scalars()
     assert scalars["train/gd2po/num_reward_dims"] == [4.0, 4.0]
+    assert scalars["train/gd2po/advantage_abs_mean"][0] > 0, "step 1 trained"
     assert scalars["train/kl"][1] != 0, "the reference scored the trained actor's rollouts"
     assert_trained_and_synced(result, assets, syncs=2)
     assert (run_dir / "ckpt" / "_actor" / "global_step2").is_dir()

@@ -572,6 +572,28 @@ def payload_of(ids):
     return {"query": [f"rollout {i} : r" for i in ids], "prompts": [f"rollout {i} :" for i in ids]}
 
 
+def load_through_the_plugins_client(url, rollouts, after_each=None, in_flight=16):
+    """Posts rollouts 0..N-1 in batches of 4 through the plugin's reward client (its retries included),
+    ``in_flight`` requests at a time: [(batch, the rollout ids answered)]. ``after_each(answered so far)``."""
+    from gd2po_openrlhf.integration.reward_client import post_with_retries
+
+    queue, answered = [list(range(b, b + 4)) for b in range(0, rollouts, 4)], []
+
+    async def client():
+        while queue:
+            batch = queue.pop()
+            answer = await post_with_retries(url, payload_of(batch), len(batch))
+            answered.append((batch, answer["extra_logs"]["reward/rollout_id"]))
+            if after_each is not None:
+                after_each(len(answered))
+
+    async def load():
+        await asyncio.gather(*(client() for _ in range(in_flight)))
+
+    asyncio.run(load())
+    return answered
+
+
 @pytest.mark.subprocess
 def test_two_workers_serve_one_port_from_two_processes(tmp_path):
     process, url, scored, pids, _ = start_workers(tmp_path, 2)
@@ -592,7 +614,6 @@ def test_a_worker_killed_mid_load_loses_nothing_and_answers_nothing_twice(tmp_pa
     import random as random_module
 
     from gd2po_openrlhf.integration import reward_client
-    from gd2po_openrlhf.integration.reward_client import post_with_retries
 
     retries = []  # the client draws its backoff jitter once per retry, and only then
     monkeypatch.setattr(
@@ -601,24 +622,13 @@ def test_a_worker_killed_mid_load_loses_nothing_and_answers_nothing_twice(tmp_pa
     monkeypatch.setenv("GD2PO_REWARD_ATTEMPTS", "6")
     monkeypatch.setenv("GD2PO_REWARD_BACKOFF_S", "0.05")
     process, url, scored, pids, lines = start_workers(tmp_path, 2, sleep=0.02)
-    batches = [list(range(4 * b, 4 * b + 4)) for b in range(200)]
-    answered = []
 
-    async def load():
-        queue = list(batches)
-
-        async def client():
-            while queue:
-                batch = queue.pop()
-                answer = await post_with_retries(url, payload_of(batch), len(batch))
-                answered.append((batch, answer["extra_logs"]["reward/rollout_id"]))
-                if len(answered) == 50:
-                    os.kill(pids[0], signal.SIGKILL)
-
-        await asyncio.gather(*(client() for _ in range(16)))
+    def kill_a_worker(answered_so_far):
+        if answered_so_far == 50:
+            os.kill(pids[0], signal.SIGKILL)
 
     try:
-        asyncio.run(load())
+        answered = load_through_the_plugins_client(url, 800, kill_a_worker)
         time.sleep(1.5)  # the supervisor notices within 0.5 s and starts another worker
     finally:
         process.terminate()
@@ -655,7 +665,6 @@ def test_ray_serve_replicas_behind_the_same_route_lose_nothing(tmp_path, monkeyp
     requests in flight; every rollout comes back once with its own reward, both replicas scored, SIGTERM removes
     the deployment and exits 0."""
     pytest.importorskip("ray.serve")
-    from gd2po_openrlhf.integration.reward_client import post_with_retries
 
     monkeypatch.setenv("GD2PO_REWARD_BACKOFF_S", "0.2")
     scored = tmp_path / "scored.txt"
@@ -675,21 +684,7 @@ def test_ray_serve_replicas_behind_the_same_route_lose_nothing(tmp_path, monkeyp
         assert process.poll() is None and "with 2 Ray Serve replicas" in lines[-1], "".join(lines[-30:])
         threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True).start()
         url = f"http://127.0.0.1:{port}/get_reward"
-        batches = [list(range(4 * b, 4 * b + 4)) for b in range(100)]
-        answered = []
-
-        async def load():
-            queue = list(batches)
-
-            async def client():
-                while queue:
-                    batch = queue.pop()
-                    answer = await post_with_retries(url, payload_of(batch), len(batch))
-                    answered.append((batch, answer["extra_logs"]["reward/rollout_id"]))
-
-            await asyncio.gather(*(client() for _ in range(16)))
-
-        asyncio.run(load())
+        answered = load_through_the_plugins_client(url, 400)
         code, answer = post(url.replace("/get_reward", "/nowhere"), {})
         assert code == 404 and "unknown path /nowhere" in answer["error"]
         code, answer = post(url, {"query": ["a"], "prompts": ["a"], "labels": [float("nan")]})

@@ -94,7 +94,8 @@ REFUSALS = {
         "`--cost.budget` without a dimension to constrain, without explicit `--gd2po.reward_weights` (their sign "
         "is the convention), with a weight other than ±1 on the budgeted key, with `--gd2po.dynamic_sampling`.",
         "λ settings out of range: `--cost.lambda_init` outside [0, `--cost.lambda_max`] (or 0 in log space), a "
-        "negative `--cost.lambda_lr`; the λ flags (`--cost.lambda_init`, `--cost.lambda_lr`, `--cost.lambda_max`, `--cost.lambda_log_space`) and `--gd2po.constraint_key` without a budget.",
+        "negative `--cost.lambda_lr`; the λ flags (`--cost.lambda_init`, `--cost.lambda_lr`, `--cost.lambda_max`, "
+        "`--cost.lambda_log_space`) and `--gd2po.constraint_key` without a budget.",
         "A schedule that does not parse, names an unknown key, schedules a key twice or the budgeted key, or "
         "starts elsewhere than the key's explicit weight.",
     ),

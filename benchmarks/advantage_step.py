@@ -2,7 +2,8 @@
 
 One batch as OpenRLHF's trainer holds it: 512 prompts × 8 rollouts, K = 3 reward dimensions, response lengths
 uniform in [1, 1024], micro-batches of 16 rollouts as `Experience` objects. Timed in this process,
-interleaved, median of --repeats:
+interleaved, median of --repeats (of 3 × --repeats pairs for (1)), each call after writing --flush-mb MiB so
+that every measurement and its floor start with cold caches:
   (1) the estimator core: gd2po_openrlhf.compute_advantages (SNR filter, τ = 0.8) on [B, K] rewards and a
       [B, 1024] response mask;
   (2) a loop implementation of the same formulas, written here the way the authors' code computes them
@@ -163,7 +164,14 @@ def makers(kl_coef: float):
     ]
 
 
+CACHE_FLUSH = torch.empty(0, dtype=torch.uint8)  # sized by --flush-mb in main()
+CORE_PAIRS = 3  # (1) and its floor, interleaved, per repeat
+
+
 def timed(function, *args) -> float:
+    """Seconds of one call, started with cold caches: every measurement and its floor begin in the same state,
+    as the advantage step does in a training step, after generation and scoring have used the caches."""
+    CACHE_FLUSH.fill_(1)
     started = time.perf_counter()
     function(*args)
     return time.perf_counter() - started
@@ -202,7 +210,12 @@ def main() -> None:
     )
     parser.add_argument("--quick", action="store_true", help="CI: 64 prompts, 3 repeats, no scaling table")
     parser.add_argument("--json", default=None, help="write the ratios here")
+    parser.add_argument(
+        "--flush-mb", type=int, default=128, help="bytes written before every timed call to evict the caches (MiB)"
+    )
     settings = parser.parse_args()
+    global CACHE_FLUSH
+    CACHE_FLUSH = torch.empty(settings.flush_mb << 20, dtype=torch.uint8)
     prompts = 64 if settings.quick else PROMPTS
     if settings.quick:
         settings.repeats, settings.scales = 3, []
@@ -240,8 +253,9 @@ def main() -> None:
         times = {name: [] for name in names}
         for _ in range(settings.repeats):
             if kl_coef == 0:
-                times["(1)"].append(timed(compute_advantages, rewards, group_ids, response_mask, CONFIG))
-                times["(1) floor"].append(timed(core_floor, response_mask, column))
+                for _ in range(CORE_PAIRS):  # milliseconds each: more pairs for a steadier median
+                    times["(1)"].append(timed(compute_advantages, rewards, group_ids, response_mask, CONFIG))
+                    times["(1) floor"].append(timed(core_floor, response_mask, column))
                 if len(times["(2)"]) < 3:  # the loop baseline is slow and steady: 3 runs suffice
                     times["(2)"].append(timed(loop_reference, rewards, group_ids, response_mask, CONFIG))
                 times["(3) floor"].append(timed(step_floor, experiences, columns))

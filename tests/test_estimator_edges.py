@@ -57,6 +57,24 @@ def test_constant_group_gets_exact_zero_advantage():
     assert result.advantages[8:].abs().sum() > 0
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("norm_by_std", [True, False])
+def test_a_constant_dimension_is_exactly_zero_at_any_magnitude_and_group_size(dtype, norm_by_std):
+    """The tie rule alone zeroes constant dimensions: values from subnormal to the 1e15 reward bound, negative
+    ones, groups of 2 to 1000 rollouts, in a batch where the other dimension varies."""
+    values = [5e-324 if dtype == torch.float64 else 1e-45, 1e-30, 0.1, 1 / 3, -0.7, 12345.678, -9.87e14, 1e15]
+    sizes = [2, 3, 7, 64, 1000]
+    rows, group_ids = [], []
+    for group, (value, size) in enumerate((v, n) for v in values for n in sizes):
+        rows += [[value, float(i % 2)] for i in range(size)]
+        group_ids += [group] * size
+    rewards = torch.tensor(rows, dtype=dtype)
+    cfg = GD2POConfig(filter="none", whiten=False, norm_by_std=norm_by_std)
+    result = compute_advantages(rewards, torch.tensor(group_ids), torch.ones(len(rows), 1), cfg)
+    assert torch.equal(result.dimension_advantages[:, 0], torch.zeros(len(rows), dtype=torch.float64))
+    assert bool((result.dimension_advantages[:, 1] != 0).all())
+
+
 def test_zero_length_responses():
     rewards = torch.tensor([[1.0, -1.0], [-1.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
     mask = torch.tensor([[0, 0, 0], [1, 1, 0], [0, 0, 0], [1, 1, 1]])
@@ -308,6 +326,18 @@ def test_any_single_value_that_is_not_0_or_1_is_refused_naming_its_position(valu
     groups = torch.arange(32) // 4
     with pytest.raises(ValueError, match=rf"response_mask must be 0/1; rollout {position[0]} token {position[1]} is"):
         compute_advantages(torch.rand(32, 2), groups, mask, SNR)
+
+
+def test_minus_infinity_whose_bit_pattern_cancels_modulo_2_32_is_refused():
+    """-inf beside 383 ones sums to bit pattern 0 modulo 2^32, the same as the int64 cast of the -inf length times
+    b(1.0): only the bound test on the lengths catches it."""
+    mask = torch.zeros(4, 1024)
+    mask[:, :2] = 1.0
+    mask[2, :383] = 1.0
+    mask[2, 500] = -float("inf")
+    assert mask[2].view(torch.int32).sum(dtype=torch.int32) == 0
+    with pytest.raises(ValueError, match=r"response_mask must be 0/1; rollout 2 token 500 is -inf"):
+        compute_advantages(torch.rand(4, 2), torch.tensor([0, 0, 1, 1]), mask, SNR)
 
 
 def test_negative_zero_is_a_zero_in_the_mask():

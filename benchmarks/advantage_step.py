@@ -5,7 +5,7 @@ uniform in [1, 1024], micro-batches of 16 rollouts as `Experience` objects. Time
 interleaved, median of --repeats (of 3 × --repeats pairs for (1)), each call after writing --flush-mb MiB so
 that every measurement and its floor start with cold caches:
   (1) the estimator core: gd2po_openrlhf.compute_advantages (SNR filter, τ = 0.8) on [B, K] rewards and a
-      [B, 1024] response mask;
+      [B, 1024] float response mask; then on a bool mask, and its per-rollout math alone (from the lengths);
   (2) a loop implementation of the same formulas, written here the way the authors' code computes them
       (Python loops over groups and rollouts), checked equal to (1) first;
   (3) the plugin's compute_advantages_and_returns (gd2po) on the Experience objects;
@@ -24,7 +24,7 @@ from types import SimpleNamespace
 import torch
 
 import gd2po_openrlhf
-from gd2po_openrlhf import GD2POConfig, compute_advantages
+from gd2po_openrlhf import GD2POConfig, compute_advantages, compute_rollout_advantages
 from gd2po_openrlhf.integration.launcher_args import parse_launcher_args
 
 PROMPTS, GROUP, DIMS, MAX_LEN, MICRO_BATCH, PROMPT_LEN = 512, 8, 3, 1024, 16, 16
@@ -230,7 +230,8 @@ def main() -> None:
 
     rewards, lengths, experiences = make_batch(prompts)
     group_ids = torch.arange(len(rewards)) // GROUP
-    response_mask = (torch.arange(MAX_LEN) < lengths.unsqueeze(1)).float()
+    bool_mask = torch.arange(MAX_LEN) < lengths.unsqueeze(1)
+    response_mask = bool_mask.float()
     expected = compute_advantages(rewards, group_ids, response_mask, CONFIG)
     reference = loop_reference(rewards, group_ids, response_mask, CONFIG)
     error = float((expected.advantages - reference).abs().max())
@@ -249,13 +250,15 @@ def main() -> None:
                 experience.kl = experience_kl  # both makers consume it (set to None afterwards)
             maker.compute_advantages_and_returns(experiences)
 
-        names = ("(1)", "(1) floor", "(2)", "(3)", "(3) floor", "(4)")
+        names = ("(1)", "(1) floor", "(1) bool mask", "(1) per-rollout", "(2)", "(3)", "(3) floor", "(4)")
         times = {name: [] for name in names}
         for _ in range(settings.repeats):
             if kl_coef == 0:
                 for _ in range(CORE_PAIRS):  # milliseconds each: more pairs for a steadier median
                     times["(1)"].append(timed(compute_advantages, rewards, group_ids, response_mask, CONFIG))
                     times["(1) floor"].append(timed(core_floor, response_mask, column))
+                times["(1) bool mask"].append(timed(compute_advantages, rewards, group_ids, bool_mask, CONFIG))
+                times["(1) per-rollout"].append(timed(compute_rollout_advantages, rewards, group_ids, lengths, CONFIG))
                 if len(times["(2)"]) < 3:  # the loop baseline is slow and steady: 3 runs suffice
                     times["(2)"].append(timed(loop_reference, rewards, group_ids, response_mask, CONFIG))
                 times["(3) floor"].append(timed(step_floor, experiences, columns))
@@ -275,6 +278,8 @@ def main() -> None:
     labels = {
         "(1)": "(1) estimator core, compute_advantages",
         "(1) floor": "(1) floor: read the mask once, write the advantages once",
+        "(1) bool mask": "(1) on a bool mask (no 0/1 check to make)",
+        "(1) per-rollout": "(1)'s per-rollout math alone: compute_rollout_advantages on the lengths",
         "(2)": "(2) loop baseline",
         "(3)": "(3) plugin compute_advantages_and_returns (gd2po)",
         "(3) floor": "(3) floor: read rewards and action masks, write each Experience's advantages and rewards",

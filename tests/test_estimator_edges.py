@@ -305,13 +305,18 @@ def test_the_tie_rule_never_zeroes_or_flips_a_difference_above_one_float32_ulp(o
     assert result.dimension_advantages[0, 0] < 0 < result.dimension_advantages[1, 0]
 
 
-@pytest.mark.parametrize("dtype", [torch.bool, torch.uint8, torch.int64, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize(
+    "dtype", [torch.bool, torch.uint8, torch.int64, torch.float16, torch.bfloat16, torch.float32, torch.float64]
+)
 def test_a_zero_one_mask_of_any_dtype_gives_the_float32_masks_advantages(dtype):
     rewards, groups = torch.rand(8, 2, generator=torch.Generator().manual_seed(1)), torch.arange(8) // 4
     lengths = torch.tensor([3, 7, 1, 0, 5, 6, 2, 4])
     mask = torch.arange(7) < lengths.unsqueeze(1)
     expected = compute_advantages(rewards, groups, mask.float(), SNR).advantages
-    assert torch.equal(compute_advantages(rewards, groups, mask.to(dtype), SNR).advantages, expected)
+    given = mask.to(dtype)
+    assert torch.equal(compute_advantages(rewards, groups, given, SNR).advantages, expected)
+    # The advantages are written into the call's own float32 copy, never into the caller's mask.
+    assert given.dtype == dtype and torch.equal(given, mask.to(dtype))
 
 
 @pytest.mark.parametrize(

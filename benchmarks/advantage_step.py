@@ -143,6 +143,8 @@ def makers(kl_coef: float):
     from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
 
     common = [
+        "--actor.num_gpus_per_node",  # one process: one data-parallel rank
+        "1",
         "--rollout.n_samples_per_prompt",
         str(GROUP),
         "--rollout.micro_batch_size",

@@ -29,12 +29,24 @@ def launcher_subprocess(argv, env=None, launcher=LAUNCHER) -> subprocess.Complet
     )
 
 
+# One GPU per group (OpenRLHF's defaults are 8): the tests drive a step in this process, i.e. one data-parallel rank;
+# argv's own values win (argparse keeps the last).
+ONE_GPU_PER_GROUP = [
+    "--actor.num_gpus_per_node",
+    "1",
+    "--ref.num_gpus_per_node",
+    "1",
+    "--reward.num_gpus_per_node",
+    "1",
+]
+
+
 def openrlhf_strategy(argv):
     """OpenRLHF's real argument parsing, validation and DeepspeedStrategy for ``argv``, stopped before Ray
     (the args come from the plugin's ``parse_launcher_args``, which runs the launcher up to ``train()``)."""
     import openrlhf.utils
 
-    return openrlhf.utils.get_strategy(parse_launcher_args(argv))
+    return openrlhf.utils.get_strategy(parse_launcher_args(ONE_GPU_PER_GROUP + list(argv)))
 
 
 def experience_maker(strategy, kl_coef: float = 0.0, initial_model_group=None, pad_token_id: int = 0):

@@ -180,6 +180,7 @@ def test_sampling_metrics():
         rejected_filtered=2,
         rejected_bad_reward=1,
         generated_rollouts=40,
+        filler_rollouts=8,
     )
     assert sampling_metrics(counts, trained_rollouts=8) == {
         "gd2po/dynamic_sampling/prompts_consumed": 10.0,
@@ -188,6 +189,7 @@ def test_sampling_metrics():
         "gd2po/dynamic_sampling/rejected_bad_reward": 1.0,
         "gd2po/dynamic_sampling/pass_rate": 0.4,
         "gd2po/dynamic_sampling/generated_rollouts": 40.0,
+        "gd2po/dynamic_sampling/filler_rollouts": 8.0,
         "gd2po/dynamic_sampling/generated_per_trained_rollout": 5.0,
     }
     assert SamplingCounts(passed=1, generated_rollouts=4) + SamplingCounts(rejected_constant=2) == SamplingCounts(

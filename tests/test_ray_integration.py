@@ -545,6 +545,8 @@ def test_every_experience_carries_its_own_rewards_through_concat_split_and_balan
             "-1",
             "--rollout.n_samples_per_prompt",
             str(n),
+            "--rollout.batch_size",
+            str(prompts),
             "--train.dynamic_batch_enable",
             "--rollout.max_tokens_per_gpu",
             "24",

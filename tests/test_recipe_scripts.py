@@ -156,7 +156,7 @@ def test_safe_alignment_launcher_reads_the_models_score_head(tmp_path):
     ],
 )
 def test_safe_alignment_scripts_put_reward_and_cost_models_in_their_own_groups(script, cost_weight, expected):
-    result = dry_run(script, COST_WEIGHT=cost_weight, COST_GPUS="3")
+    result = dry_run(script, COST_WEIGHT=cost_weight, COST_GPUS="4")
     assert result.returncode == 0, result.stderr[-3000:]
     assert expected in result.stdout and "KL                no KL" in result.stdout
     assert (
@@ -164,7 +164,7 @@ def test_safe_alignment_scripts_put_reward_and_cost_models_in_their_own_groups(s
         in result.stdout
     )
     assert (
-        "reward/cost                 cost_model       Artessay/Qwen2.5-7B-SafeRLHF-CM on 1x3 GPUs  weight "
+        "reward/cost                 cost_model       Artessay/Qwen2.5-7B-SafeRLHF-CM on 1x4 GPUs  weight "
         f"{float(cost_weight):+g}" in result.stdout
     )
     assert "reward models see their own chat template's rendering of each conversation" in result.stdout

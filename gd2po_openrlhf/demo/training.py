@@ -261,8 +261,14 @@ def ppo_update(policy, optimizer, policy_loss, experiences, num_mini_batches: in
 
 
 def common_flags(settings) -> List[str]:
-    """The flags every arm shares (the reward file, the group size, no KL)."""
+    """The flags every arm shares (the reward file, the group size, no KL, one process: one rank per group)."""
     return [
+        "--actor.num_gpus_per_node",
+        "1",
+        "--ref.num_gpus_per_node",
+        "1",
+        "--reward.num_gpus_per_node",
+        "1",
         "--reward.remote_url",
         TASK_FILE,
         "--rollout.n_samples_per_prompt",

@@ -26,6 +26,7 @@ import sys
 from typing import Callable, List, NamedTuple, Optional, Tuple
 
 from ..rewards import reward_client_settings
+from .cluster_shape import check_cluster_shape
 from .dry_run import describe
 from .flags import add_gd2po_arguments, load_preset
 from .settings import COST_GROUP_DEFAULTS, GD2PO_ESTIMATORS, RunSettings, _arg, resolve_settings
@@ -202,6 +203,7 @@ def check_command_line(parser: argparse.ArgumentParser, namespace: argparse.Name
         )
     try:
         settings = resolve_settings(namespace)
+        check_cluster_shape(namespace, settings)
     except ValueError as error:
         refuse(parser, str(error))
     _refuse_ignored_flags(parser, argv, estimator, settings)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from .cluster_shape import describe_shape
 from .settings import RunSettings, _arg
 
 
@@ -74,6 +75,7 @@ def describe(args, settings: RunSettings) -> str:
             f"{'on' if g.offload else 'off'}"
             for g in settings.model_groups
         ),
+        *describe_shape(args, settings),
         "  reward dimensions (info key, source, weight):",
     ]
     gpus = {g.key: f" on {g.nodes}x{g.gpus_per_node} GPUs" for g in settings.model_groups}

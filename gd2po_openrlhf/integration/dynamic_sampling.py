@@ -18,6 +18,7 @@ place. The plugin runs that loop unchanged:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
 import math
@@ -29,7 +30,9 @@ from openrlhf.utils.logging_utils import init_logger
 
 from ..estimator import group_verdicts
 from ..rewards import MAX_ABS_REWARD
+from .cluster_shape import step_shape
 from .openrlhf_patches import UPSTREAM
+from .rollout_selection import FILLER_ATTRIBUTE
 from .settings import RunSettings, generator_settings
 
 logger = init_logger(__name__)
@@ -49,6 +52,7 @@ class SamplingCounts:
     rejected_filtered: int = 0  # varying, but fewer than min_kept rollouts survive with a non-zero score
     rejected_bad_reward: int = 0  # a reward arrived bad (--gd2po.on_bad_reward drop_group)
     generated_rollouts: int = 0
+    filler_rollouts: int = 0  # rejected groups' rollouts topping a short batch up to a balanced size (advantage 0)
 
     def __add__(self, other: "SamplingCounts") -> "SamplingCounts":
         return SamplingCounts(
@@ -104,13 +108,16 @@ class GroupTally:
     """Collects the rollouts of each prompt as OpenRLHF processes them, judges each complete group and writes the
     verdict into its ``scores`` for OpenRLHF's range test (``score_range``: ``--algo.dynamic_filtering_range``)."""
 
-    def __init__(self, settings: RunSettings, n_samples: int, score_range: Tuple[float, float]):
+    def __init__(self, settings: RunSettings, n_samples: int, score_range: Tuple[float, float], max_fillers: int = 0):
         self.settings = settings
         self.n_samples = n_samples
         low, high = score_range
         self.pass_score, self.reject_score = (low + high) / 2, low
         self.counts = SamplingCounts()
         self.pending: List = []
+        # Rejected groups' rollouts, at most max_fillers (a full step): the fillers of a batch that ends short.
+        self.max_fillers = max_fillers
+        self.rejected: List = []
 
     def add(self, experience) -> Optional[str]:
         """Take one rollout's Experience; returns the group's verdict at its last rollout, None before."""
@@ -139,6 +146,8 @@ class GroupTally:
         score = self.pass_score if verdict == "passed" else self.reject_score
         for experience in group:
             experience.scores = torch.tensor([score], dtype=torch.float32)
+        if verdict != "passed":
+            self.rejected.extend(group[: self.max_fillers - len(self.rejected)])
         return verdict
 
 
@@ -152,6 +161,7 @@ def sampling_metrics(counts: SamplingCounts, trained_rollouts: int) -> Dict[str,
     metrics = {prefix + name: float(getattr(counts, name)) for name in ("prompts_consumed",) + VERDICTS[1:]}
     metrics[prefix + "pass_rate"] = counts.passed / max(counts.judged, 1)
     metrics[prefix + "generated_rollouts"] = float(counts.generated_rollouts)
+    metrics[prefix + "filler_rollouts"] = float(counts.filler_rollouts)
     metrics[prefix + "generated_per_trained_rollout"] = counts.generated_rollouts / max(trained_rollouts, 1)
     return metrics
 
@@ -173,7 +183,10 @@ def _generate_vllm(self, dataloader_iter, num_prompts: int, dynamic_filtering, *
         return upstream(self, dataloader_iter, num_prompts, dynamic_filtering, **generate_kwargs)
     max_prompts = math.ceil(settings.dynamic_sampling_max_prompts_factor * num_prompts)
     n_samples = generate_kwargs.get("n_samples_per_prompt", self.args.rollout.n_samples_per_prompt)
-    tally = self.gd2po_group_tally = GroupTally(settings, n_samples, self.args.algo.dynamic_filtering_range)
+    shape = step_shape(self.args, settings)
+    tally = self.gd2po_group_tally = GroupTally(
+        settings, n_samples, self.args.algo.dynamic_filtering_range, max_fillers=shape.full
+    )
     try:
         experiences, consumed, exhausted = upstream(
             self, itertools.islice(dataloader_iter, max_prompts), num_prompts, True, **generate_kwargs
@@ -190,14 +203,33 @@ def _generate_vllm(self, dataloader_iter, num_prompts: int, dynamic_filtering, *
             f"{num_prompts}) and {counts.passed} of {num_prompts} prompt groups passed (pass rate "
             f"{counts.passed / max(counts.judged, 1):.1%}: {counts.rejected_constant} constant, "
             f"{counts.rejected_filtered} filtered, {counts.rejected_bad_reward} with a bad reward): training on the "
-            "groups that passed. A batch of fewer rollouts than --train.batch_size leaves DeepSpeed's gradient "
-            "accumulation mid-window, as any short batch in OpenRLHF: raise the factor if this recurs"
+            "groups that passed, topped up with rejected rollouts at advantage 0 (their gradient is lost): raise the "
+            "factor if this recurs"
         )
     logger.info(
         f"--gd2po.dynamic_sampling: {counts.passed} of {counts.judged} prompt groups passed ({group_test(settings)}); "
         f"rejected: {counts.rejected_constant} constant, {counts.rejected_filtered} filtered, "
         f"{counts.rejected_bad_reward} with a bad reward"
     )
+    # With several data-parallel ranks, a short batch goes to OpenRLHF topped up to a size that its split spreads
+    # evenly over every group's ranks (cluster_shape): rejected groups' rollouts first (generated anyway), copies of any rollout if those run out
+    # (the last batch of an epoch). The experience maker never estimates them: advantage 0.
+    balanced = shape.balanced_size(len(experiences))
+    if experiences and balanced != len(experiences) and shape.spread:
+        pool = tally.rejected + experiences
+        fillers = [
+            copy.copy(rollout) for rollout in itertools.islice(itertools.cycle(pool), balanced - len(experiences))
+        ]
+        for filler in fillers:
+            filler.info = dict(filler.info)
+            setattr(filler, FILLER_ATTRIBUTE, True)
+        counts.filler_rollouts = len(fillers)
+        logger.info(
+            f"--gd2po.dynamic_sampling: {len(experiences)} rollouts passed; {len(fillers)} rollouts of rejected "
+            f"groups fill the batch to {balanced}, which OpenRLHF spreads evenly over the data-parallel ranks (they "
+            "train with advantage 0)"
+        )
+        experiences = experiences + fillers
     if experiences:
         setattr(experiences[0], COUNTS_ATTRIBUTE, counts)
     else:

@@ -22,6 +22,7 @@ import copy
 import itertools
 import json
 import math
+import os
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Dict, List, Optional, Tuple
@@ -32,13 +33,15 @@ from openrlhf.trainer.ppo_utils.experience import Experience
 from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
 from openrlhf.trainer.ray.launcher import RayActorGroup, RewardModelActor
 from openrlhf.utils.logging_utils import init_logger
+from ray.util.placement_group import placement_group, remove_placement_group
 
 from ..constraints import dual_ascent
 from ..estimator import compute_rollout_advantages
 from ..rewards import MAX_ABS_REWARD
+from .cluster_shape import step_shape
 from .dynamic_sampling import COUNTS_ATTRIBUTE, SamplingCounts, sampling_metrics
 from .openrlhf_patches import UPSTREAM
-from .rollout_selection import rollouts_to_train, select_rollouts
+from .rollout_selection import FILLER_ATTRIBUTE, rollouts_to_train, select_rollouts
 from .settings import (
     GD2PO_ESTIMATORS,
     REMOTE_SOURCES,
@@ -71,6 +74,7 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
         self.gd2po_model_groups: Dict[str, RayActorGroup] = {}
         self._step_report: Optional[StepReport] = None
         self._sampling_counts: Optional[SamplingCounts] = None  # --gd2po.dynamic_sampling: this step's batch
+        self._fillers: Optional[torch.Tensor] = None  # [B] this step's dynamic-sampling fillers (FILLER_ATTRIBUTE)
         # Steps whose advantages this maker computed (OpenRLHF's global step; a resumed run sets it from the
         # checkpoint): the position of --gd2po.reward_weight_schedule.
         self.completed_steps = 0
@@ -78,6 +82,7 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
         if self.advantage_estimator not in GD2PO_ESTIMATORS:
             return
         self.settings = resolve_settings(self.args)
+        self.step_shape = step_shape(self.args, self.settings)
         if self.settings.cost_budget is not None:
             self.constraint_lambda = self.settings.lambda_init
         remote_used = bool(self.settings.remote_dimensions)
@@ -124,10 +129,20 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
         return report
 
     def load_model_tokenizer(self, model_path: str):
-        """The tokenizer shipped with a reward or cost model."""
+        """The tokenizer shipped with a reward or cost model, padding on the right; without a pad token it pads with
+        its end-of-sequence token, as OpenRLHF's own ``get_tokenizer`` does (most Llama-family tokenizers)."""
         from transformers import AutoTokenizer
 
-        return AutoTokenizer.from_pretrained(model_path, trust_remote_code=True)
+        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=True)
+        tokenizer.padding_side = "right"
+        if tokenizer.pad_token is None:
+            if tokenizer.eos_token is None:
+                raise ValueError(
+                    f"the tokenizer of the reward/cost model {model_path} has neither a pad nor an end-of-sequence "
+                    "token: a batch of its renderings cannot be padded; give it a pad_token in tokenizer_config.json"
+                )
+            tokenizer.pad_token = tokenizer.eos_token
+        return tokenizer
 
     def _render_for_model(self, samples_list: List[Experience], model_tokenizer) -> Dict[str, list]:
         """Each rollout as ``model_tokenizer``'s chat template renders it: label conversation + decoded response.
@@ -162,11 +177,25 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
     def _create_model_group(self, group: ModelGroup) -> RayActorGroup:
         """A sequence-regression model as its own Ray actor group on its own GPUs, with the group's settings."""
         args = self.args
+        # Placed here, with a deadline: RayActorGroup would wait for its GPUs for ever (a free-GPU count read once
+        # can be wrong by the time the group asks, e.g. when another job takes them).
+        placement = placement_group([{"GPU": 1, "CPU": 1}] * group.gpus, strategy="PACK")
+        timeout_s = float(os.environ.get("GD2PO_PLACEMENT_TIMEOUT_S", "600"))
+        try:
+            ray.get(placement.ready(), timeout=timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            remove_placement_group(placement)
+            raise RuntimeError(
+                f"the model group of reward key {group.key!r} ({group.flag}, {group.nodes}x{group.gpus_per_node} "
+                f"GPUs) could not be placed within {timeout_s:g} s (GD2PO_PLACEMENT_TIMEOUT_S): the Ray cluster has "
+                f"{ray.available_resources().get('GPU', 0):g} GPUs free now. Lower its nodes or gpus_per_node, or "
+                "free GPUs"
+            ) from None
         actors = RayActorGroup(
             group.nodes,
             group.gpus_per_node,
             self.model_actor_class,
-            pg=None,
+            pg=placement,
             num_gpus_per_actor=1,
             duplicate_actors=args.ds.ring_attn_size * args.ds.tensor_parallel_size,
         )
@@ -190,10 +219,23 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
             self._sampling_counts = sum(counts, SamplingCounts()) if counts else None
             # A rollout whose reward failed (kept for --gd2po.on_bad_reward drop_group) lacks its reward source's
             # extra_logs. OpenRLHF's concat would then build shorter info columns that misalign every later row:
-            # give it zeros instead (its group is dropped before anything reads them).
-            keys = set().union(*(sample.info for sample in rollout_samples))
-            for sample in rollout_samples:
-                sample.info.update({key: torch.zeros(1) for key in keys - sample.info.keys()})
+            # give it zeros instead (its group is dropped before anything reads them). Every rollout's info keys in
+            # one order: OpenRLHF's strategy.all_reduce runs one collective per key in dict order, so ranks whose
+            # orders differ would average different metrics together.
+            keys = list(dict.fromkeys(itertools.chain.from_iterable(sample.info for sample in rollout_samples)))
+            fillers = [bool(vars(sample).get(FILLER_ATTRIBUTE)) for sample in rollout_samples]
+            for sample, filler in zip(rollout_samples, fillers):
+                info = {key: sample.info.get(key, torch.zeros(1)) for key in keys}
+                if filler:  # a rejected group's rollout: its rewards are logged as trained, never estimated
+                    info.update(
+                        {
+                            key: torch.where(value.isfinite() & (value.abs() <= MAX_ABS_REWARD), value, 0.0)
+                            for key, value in info.items()
+                            if key.startswith("reward/")
+                        }
+                    )
+                sample.info = info
+            self._fillers = torch.tensor(fillers, dtype=torch.bool)
         return super().split_rollout_samples(rollout_samples)
 
     @torch.no_grad()
@@ -249,8 +291,12 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
         indices = torch.tensor(list(itertools.chain.from_iterable(exp.index for exp in experiences)))
         groups = indices // self.settings.n_samples_per_prompt
         lengths = torch.cat([exp.action_mask.sum(dim=-1) for exp in experiences])
-        rewards, dropped = self._drop_bad_groups(experiences, rewards, indices, groups)
-        good = ~dropped
+        # Dynamic sampling's fillers (rejected groups topping up a short batch) are never estimated.
+        fillers = self._fillers[indices] if self._fillers is not None else torch.zeros(len(indices), dtype=torch.bool)
+        self._fillers = None
+        rewards, dropped = self._drop_bad_groups(experiences, rewards, indices, groups, fillers)
+        excluded = dropped | fillers
+        good = ~excluded
         # --gd2po.reward_condition on the raw rewards; info["reward/<key>"] keeps what the source returned.
         rewards, condition_failed = self.settings.condition_rewards(rewards)
         settings, weight_metrics = self._step_settings(rewards[good])
@@ -278,16 +324,20 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
         if self._sampling_counts is not None:
             metrics.update(sampling_metrics(self._sampling_counts, int((good & keep).sum())))
             self._sampling_counts = None
+        # The rollouts to train, sized so that every data-parallel rank gets equal work (cluster_shape.StepShape).
         generated = trained = experiences
-        if self.settings.drop_filtered or dropped.any():
+        shortened = self.settings.drop_filtered or bool(excluded.any())
+        if shortened or self.step_shape.balanced_size(len(indices)) != len(indices):
             micro_batch_size, pad_token_id = self.args.rollout.micro_batch_size, self.tokenizer.pad_token_id
-            if dropped.any():
+            if excluded.any():
                 generated = select_rollouts(experiences, good, micro_batch_size, pad_token_id)
             selected = rollouts_to_train(
-                good & keep if self.settings.drop_filtered else good, lengths, dropped, self.args.train.batch_size
+                good & keep if self.settings.drop_filtered else good, lengths, excluded, self.step_shape
             )
-            trained = select_rollouts(experiences, selected, micro_batch_size, pad_token_id)
-            metrics["gd2po/trained_ratio"] = int(selected.sum()) / len(indices)
+            if not bool(selected.all()):
+                trained = select_rollouts(experiences, selected, micro_batch_size, pad_token_id)
+            if shortened:
+                metrics["gd2po/trained_ratio"] = int(selected.sum()) / len(indices)
         self._step_report = StepReport(generated=generated, metrics=metrics)
         return trained
 
@@ -347,7 +397,12 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
         return torch.stack(columns, dim=1).double()
 
     def _drop_bad_groups(
-        self, experiences: List[Experience], rewards: torch.Tensor, indices: torch.Tensor, groups: torch.Tensor
+        self,
+        experiences: List[Experience],
+        rewards: torch.Tensor,
+        indices: torch.Tensor,
+        groups: torch.Tensor,
+        fillers: torch.Tensor,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
         """The rewards with every bad value zeroed, and the mask [B] of rollouts whose prompt group has a bad reward
         (a model group's NaN, inf or |r| > MAX_ABS_REWARD, or a remote reward that arrived as the NaN marker under
@@ -357,8 +412,8 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
         the run, not burn GPU hours), raises naming each bad group's first bad value; with drop_group, warns and
         zeroes the bad values in the experiences' info too (OpenRLHF concatenates and logs them).
         """
-        invalid = ~(torch.isfinite(rewards) & (rewards.abs() <= MAX_ABS_REWARD))
-        dropped = torch.isin(groups, groups[invalid.any(dim=1)])
+        invalid = ~(torch.isfinite(rewards) & (rewards.abs() <= MAX_ABS_REWARD)) & ~fillers.unsqueeze(1)
+        dropped = torch.isin(groups, groups[invalid.any(dim=1)]) & ~fillers
         if not dropped.any():
             return rewards, dropped
         policy, n_samples = self.settings.on_bad_reward, self.settings.n_samples_per_prompt
@@ -380,7 +435,7 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
                 f"for rollout {int(indices[row])} (sample {int(indices[row]) % n_samples} of prompt "
                 f"{prompts[row]!r:.200})"
             )
-        if policy == "error" or bool(dropped.all()):
+        if policy == "error" or bool((dropped | fillers).all()):
             raise ValueError(
                 ("every prompt group of the step has a bad reward, nothing to train on: " if policy != "error" else "")
                 + "; ".join(reasons[:3])

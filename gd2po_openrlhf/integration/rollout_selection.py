@@ -1,5 +1,6 @@
-"""Which rollouts of a step go to the actors (``--gd2po.drop_filtered``, dropped bad-reward groups), and the
-re-cut of OpenRLHF's experiences to exactly those rollouts."""
+"""Which rollouts of a step go to the actors (``--gd2po.drop_filtered``, dropped bad-reward groups, dynamic
+sampling's short batches), sized so that every data-parallel rank gets equal work, and the re-cut of OpenRLHF's
+experiences to exactly those rollouts."""
 
 from __future__ import annotations
 
@@ -12,21 +13,37 @@ import torch
 from openrlhf.trainer.ppo_utils.experience import Experience
 from openrlhf.utils.utils import zero_pad_sequences
 
+from .cluster_shape import StepShape
+
+# The Experience attribute that marks a rollout handed to OpenRLHF only to fill a short step (dynamic sampling at its
+# prompt budget): never estimated, advantage 0.
+FILLER_ATTRIBUTE = "gd2po_filler"
+
 
 def rollouts_to_train(
-    train: torch.Tensor, lengths: torch.Tensor, dropped: torch.Tensor, batch_size: int
+    train: torch.Tensor, lengths: torch.Tensor, excluded: torch.Tensor, shape: StepShape
 ) -> torch.Tensor:
-    """The mask [B] of rollouts sent to the actors: every ``train`` rollout, topped up with fillers to a multiple of
-    OpenRLHF's global ``batch_size`` (``--train.batch_size``), and at least one such batch.
+    """The mask [B] of rollouts sent to the actors: every ``train`` rollout, topped up with fillers to
+    ``shape.balanced_size(#train)`` rollouts (``cluster_shape``): a multiple of --train.batch_size and of the
+    micro-batch × the ranks of the policy (and of every ZeRO-3 group), or the full step.
 
-    Every optimiser step then sees a full mini-batch and data-parallel ranks get equal shares (a step in which every
-    rollout was filtered still trains one zero-advantage mini-batch instead of leaving the actors an empty replay
-    buffer). Fillers have advantage 0: the shortest non-``train`` rollouts first, then the shortest ``dropped`` ones
-    (a dropped group's advantages were never computed).
+    Every data-parallel rank then gets the same number of whole micro-batches and the same whole optimiser steps (a
+    step in which every rollout was filtered still trains one zero-advantage batch instead of leaving the actors an
+    empty replay buffer). Fillers have advantage 0: the shortest non-``train`` rollouts first, then the shortest
+    ``excluded`` ones (dropped groups and dynamic sampling's fillers, whose advantages were never computed).
     """
     num_train = int(train.sum())
-    target = min(len(train), max(1, math.ceil(num_train / batch_size)) * batch_size)
-    fill_rank = lengths.double() + dropped.double() * (float(lengths.max()) + 1)
+    target = shape.balanced_size(num_train)
+    if target > len(train) and not shape.spread:
+        target = len(train)  # one rank in every group: nothing to balance, the short batch trains whole
+    if target > len(train):
+        raise RuntimeError(
+            f"the step has {len(train)} rollouts, fewer than the {target} that OpenRLHF spreads evenly over the "
+            f"data-parallel ranks (a multiple of {shape.unit}, at least {shape.minimum}, or the full step of "
+            f"{shape.full}): training it would leave ranks waiting on each other. This OpenRLHF handed the plugin a "
+            "batch shape it does not expect (see gd2po_openrlhf/integration/cluster_shape.py)"
+        )
+    fill_rank = lengths.double() + excluded.double() * (float(lengths.max()) + 1)
     fill_order = torch.argsort(torch.where(train, math.inf, fill_rank), stable=True)
     selected = train.clone()
     selected[fill_order[: target - num_train]] = True

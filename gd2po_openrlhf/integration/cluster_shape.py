@@ -147,10 +147,10 @@ def check_cluster_shape(args, settings: RunSettings) -> StepShape:
         if min(shares) == 0:
             raise ValueError(
                 f"a step of {full} rollouts (--rollout.batch_size × --rollout.n_samples_per_prompt) is "
-                f"{sum(shares)} micro-batches of --rollout.micro_batch_size {micro_batch}, fewer than the "
-                f"{group.ranks} data-parallel ranks of {group.name}: OpenRLHF would leave ranks without work "
-                "(rank shares " + _shares_text(shares) + "). Raise --rollout.batch_size or lower "
-                "--rollout.micro_batch_size or the group's GPUs"
+                f"{sum(shares)} micro-batches of --rollout.micro_batch_size {micro_batch}, which OpenRLHF splits over "
+                f"the {group.ranks} data-parallel ranks of {group.name} as {_shares_text(shares)}: a rank without "
+                f"work. Make the step a multiple of --rollout.micro_batch_size × {group.ranks} "
+                f"({micro_batch * group.ranks}) rollouts, or give the group fewer GPUs"
             )
         if group.zero3 and len(set(shares)) > 1:
             raise ValueError(

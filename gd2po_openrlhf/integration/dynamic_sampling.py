@@ -212,8 +212,8 @@ def _generate_vllm(self, dataloader_iter, num_prompts: int, dynamic_filtering, *
         f"{counts.rejected_bad_reward} with a bad reward"
     )
     # With several data-parallel ranks, a short batch goes to OpenRLHF topped up to a size that its split spreads
-    # evenly over every group's ranks (cluster_shape): rejected groups' rollouts first (generated anyway), copies of any rollout if those run out
-    # (the last batch of an epoch). The experience maker never estimates them: advantage 0.
+    # evenly over every group's ranks (cluster_shape): rejected groups' rollouts first (generated anyway), copies of
+    # any rollout if those run out (the last batch of an epoch). The experience maker never estimates them.
     balanced = shape.balanced_size(len(experiences))
     if experiences and balanced != len(experiences) and shape.spread:
         pool = tally.rejected + experiences

@@ -225,6 +225,7 @@ class RayHead:
             "--head",
             "--block",
             f"--port={self.port}",
+            "--node-ip-address=127.0.0.1",  # loopback only: nothing of the test cluster listens elsewhere
             f"--num-gpus={self.num_gpus}",
             "--num-cpus=8",
             f"--temp-dir={self.temp_dir}",
@@ -273,6 +274,7 @@ class RayHead:
             str(ray_cli),
             "start",
             f"--address={self.address}",
+            "--node-ip-address=127.0.0.1",
             "--block",
             f"--num-gpus={num_gpus}",
             f"--num-cpus={num_cpus}",

@@ -9,6 +9,7 @@ Used by ``openrlhf/trainer/ray/vllm_engine.py`` (``AsyncEngineArgs``, ``AsyncLLM
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import os
 import socket
@@ -97,7 +98,9 @@ class _Worker:
             torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
 
     @torch.no_grad()
-    def generate(self, prompt_token_ids: List[int], params: SamplingParams):
+    async def generate(self, prompt_token_ids: List[int], params: SamplingParams, token_delay_s: float = 0.0):
+        """One request, token by token; with ``token_delay_s`` > 0 each token waits that long on the event loop, so
+        that the engine's other requests progress in between (as vLLM's continuous batching interleaves them)."""
         if params.logprobs is not None:
             raise NotImplementedError(
                 "vLLM stand-in: logprobs are not supported (--algo.advantage.is_correction_level off)"
@@ -121,6 +124,8 @@ class _Worker:
                 token = int(logits.argmax())
             generated.append(token)
             tokens = torch.cat([tokens, torch.tensor([[token]])], dim=1)
+            if token_delay_s > 0:
+                await asyncio.sleep(token_delay_s)
             if token == eos:
                 break
         finish_reason = "stop" if generated and generated[-1] == eos else "length"
@@ -150,14 +155,20 @@ class AsyncLLMEngine:
         self.num_syncs = 0
         self.output_processor = SimpleNamespace(get_num_unfinished_requests=lambda: self._unfinished)
         self._unfinished = 0
+        # GD2PO_E2E_TOKEN_DELAY_S: per-token latency, requests interleaved; the most in flight at once is logged.
+        self.token_delay_s = float(os.environ.get("GD2PO_E2E_TOKEN_DELAY_S", "0"))
+        self.peak_in_flight = 0
+        if self.token_delay_s > 0:
+            _log(f"vLLM stand-in engine seed {self.seed}: {self.token_delay_s:g} s per token, requests interleaved")
 
     async def is_sleeping(self) -> bool:
         return False
 
     async def generate(self, prompt, sampling_params: SamplingParams, request_id: str):
         self._unfinished += 1
+        self.peak_in_flight = max(self.peak_in_flight, self._unfinished)
         try:
-            output = self.worker.generate(prompt["prompt_token_ids"], sampling_params)
+            output = await self.worker.generate(prompt["prompt_token_ids"], sampling_params, self.token_delay_s)
         finally:
             self._unfinished -= 1
         yield output
@@ -173,7 +184,10 @@ class AsyncLLMEngine:
         """Log each completed weight sync and, when the harness asks (GD2PO_E2E_REPORT_DIR), save what arrived."""
         self.num_syncs += 1
         synced = self.worker.model_runner.model.synced
-        _log(f"vLLM stand-in engine seed {self.seed}: weight sync {self.num_syncs} received {len(synced)} tensors")
+        _log(
+            f"vLLM stand-in engine seed {self.seed}: weight sync {self.num_syncs} received {len(synced)} tensors; "
+            f"at most {self.peak_in_flight} requests in flight so far"
+        )
         report_dir = os.environ.get("GD2PO_E2E_REPORT_DIR")
         if report_dir:
             os.makedirs(report_dir, exist_ok=True)

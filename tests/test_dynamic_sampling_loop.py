@@ -14,6 +14,7 @@ import torch
 from gd2po_testing import experience_maker, openrlhf_strategy
 from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
 
+from gd2po_openrlhf import compute_rollout_advantages
 from gd2po_openrlhf.integration.dynamic_sampling import COUNTS_ATTRIBUTE, SamplingCounts
 
 pytestmark = pytest.mark.ray
@@ -200,3 +201,38 @@ def test_the_log_says_what_the_group_test_found_with_the_settings_it_used(reward
         "--gd2po.dynamic_sampling: 4 of 7 prompt groups passed (at least 1 of 4 rollouts survive the snr filter at "
         "τ = 0.3 with a non-zero score); rejected: 1 constant, 1 filtered, 1 with a bad reward" in text
     )
+
+
+def test_with_four_ranks_a_short_batch_is_topped_up_with_rejected_rollouts_that_never_train(reward_file, engine):
+    # 4 policy ranks, micro-batches of 2, optimiser steps of 4: a step must be a multiple of 8 rollouts. One group
+    # passes within the limit of 8 prompts; the first rejected group (no reward at all) fills the batch to 8.
+    prompts = ["bad 0", "pass 1"] + [f"constant {i}" for i in range(2, 12)]
+    shape_flags = ["--actor.num_gpus_per_node", "4", "--rollout.micro_batch_size", "2", "--train.batch_size", "4"]
+    flags = shape_flags + ["--gd2po.dynamic_sampling_max_prompts_factor", "2"]
+    samples_generator = generator(reward_file, engine, prompts, *flags)
+    experiences, _, consumed, _ = samples_generator.generate_samples()
+    assert consumed == 8 and len(experiences) == 8
+    assert [e.prompts[0] for e in experiences] == ["pass 1"] * N + ["bad 0"] * N
+    assert vars(experiences[0])[COUNTS_ATTRIBUTE].filler_rollouts == N
+
+    maker = experience_maker(samples_generator.strategy)
+    trained = maker.compute_advantages_and_returns(maker.split_rollout_samples(experiences))
+    report = maker.take_step_report()
+    # The estimator saw the passed group alone: its advantages are those of that group on its own.
+    passed = torch.tensor(GROUPS["pass"], dtype=torch.float64)
+    expected = compute_rollout_advantages(
+        passed, torch.zeros(N, dtype=torch.int64), torch.full((N,), 3), maker.settings.gd2po_config
+    )
+    advantages = torch.cat([e.advantages[:, -1] for e in trained])
+    indices = [i for e in trained for i in e.index]
+    assert sorted(indices) == list(range(8))
+    by_index = dict(zip(indices, advantages.tolist()))
+    assert [by_index[i] for i in range(N)] == pytest.approx(expected.rollout_advantages.tolist(), abs=1e-6)
+    assert [by_index[i] for i in range(N, 2 * N)] == [0.0] * N  # fillers: advantage 0
+    # The fillers' missing rewards (NaN markers) reach neither the estimator nor the logs; the step's statistics
+    # describe the passed group only.
+    assert all(torch.isfinite(e.info["reward/correctness"]).all() for e in trained)
+    assert sum(len(e.index) for e in report.generated) == N
+    assert report.metrics["gd2po/dynamic_sampling/filler_rollouts"] == N
+    # Each micro-batch has the same info keys in the same order.
+    assert len({tuple(e.info) for e in trained}) == 1

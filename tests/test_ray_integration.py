@@ -695,3 +695,37 @@ def test_model_groups_that_cannot_be_placed_are_refused_with_the_counts(local_ra
     )
     with pytest.raises(ValueError, match=r"ask for 128 GPUs \(honest: 2x64\) but the Ray cluster has [0-9]+ free"):
         LightMaker(None, None, None, None, FixedKLController(0.0), strategy, LightTokenizer())
+
+
+def test_a_group_the_cluster_cannot_place_in_time_is_named_instead_of_waiting_for_ever(local_ray, monkeypatch):
+    # The free-GPU count passed (another job took the GPUs since, say): placement then waits at most
+    # GD2PO_PLACEMENT_TIMEOUT_S and names the group.
+    import gd2po_openrlhf.integration.experience_maker as experience_maker_module
+
+    monkeypatch.setattr(experience_maker_module, "_check_free_gpus", lambda groups: None)
+    monkeypatch.setenv("GD2PO_PLACEMENT_TIMEOUT_S", "2")
+    strategy = openrlhf_strategy(
+        [
+            *("--advantage_estimator", "gdpo", "--reward.model_name_or_path", "helpful-rm"),
+            *("--gd2po.reward_model", "honest=light/helpful-rm,nodes=2,gpus_per_node=64"),
+            *("--rollout.n_samples_per_prompt", str(N), "--algo.kl.init_coef", "0"),
+        ]
+    )
+    with pytest.raises(
+        RuntimeError,
+        match=r"the model group of reward key 'honest' \(--gd2po.reward_model, 2x64 GPUs\) could not be placed within "
+        r"2 s \(GD2PO_PLACEMENT_TIMEOUT_S\): the Ray cluster has [0-9]+ GPUs free now",
+    ):
+        LightMaker(None, None, None, None, FixedKLController(0.0), strategy, LightTokenizer())
+
+
+def test_a_model_tokenizer_without_a_pad_token_pads_with_its_eos_as_openrlhfs_own(tmp_path):
+    # Most Llama-family tokenizers ship without a pad token; OpenRLHF's get_tokenizer pads with eos.
+    word_level = Tokenizer(models.WordLevel({"[UNK]": 0, "</s>": 1, "a": 2, "b": 3}, unk_token="[UNK]"))
+    word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="[UNK]", eos_token="</s>").save_pretrained(tmp_path)
+    tokenizer = GD2POExperienceMaker.load_model_tokenizer(None, str(tmp_path))
+    assert tokenizer.pad_token == "</s>" and tokenizer.padding_side == "right"
+    encoded = tokenizer(["a b a", "b"], add_special_tokens=False, padding=True, return_tensors="pt")
+    assert encoded["input_ids"].tolist() == [[2, 3, 2], [3, 1, 1]]
+    assert encoded["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]

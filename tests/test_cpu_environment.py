@@ -73,3 +73,21 @@ def test_openrlhf_falls_back_to_torch_without_flash_attn_kernels():
     labels = torch.randint(0, 5, (2, 3))
     expected = torch.log_softmax(logits, -1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
     torch.testing.assert_close(log_probs_from_logits(logits, labels), expected)
+
+
+def test_the_e2e_vllm_stand_in_refuses_what_vllm_0_29_would_refuse(monkeypatch):
+    # Loaded by path under another name: the CPU stubs' `vllm` stays what this process imports.
+    spec = importlib.util.spec_from_file_location(
+        "gd2po_e2e_vllm_standin", REPO / "dev" / "e2e" / "vllm" / "__init__.py"
+    )
+    standin = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, standin)  # dataclasses look their module up there
+    spec.loader.exec_module(standin)
+    params = standin.SamplingParams(temperature=0.7, max_tokens=5, logprobs=1, seed=3)
+    assert (params.temperature, params.max_tokens, params.logprobs, params.ignored) == (0.7, 5, 1, {"seed": 3})
+    with pytest.raises(TypeError, match=r"vLLM 0.29.0's SamplingParams accepts no 'max_new_tokens'"):
+        standin.SamplingParams(max_new_tokens=5)
+    args = standin.AsyncEngineArgs(model="m", seed=1, enable_prefix_caching=True, gpu_memory_utilization=0.5)
+    assert args.ignored == {"enable_prefix_caching": True, "gpu_memory_utilization": 0.5}
+    with pytest.raises(TypeError, match=r"AsyncEngineArgs accepts no 'enable_sleep'"):
+        standin.AsyncEngineArgs(model="m", enable_sleep=True)  # vLLM's name is enable_sleep_mode

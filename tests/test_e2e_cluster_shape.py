@@ -132,13 +132,16 @@ def test_m_a_reward_model_group_on_two_ranks_with_zero3(cluster):
     assert all(abs(value) < 1e6 for value in scalars["train/reward/rm"])
 
 
-def test_n_two_engines_answering_interleaved_with_async_training(cluster):
+def test_n_two_engines_answering_interleaved_with_async_training_and_logprobs(cluster):
     assets, reward_file, head, root = cluster
     run_dir = root / "n"
     flags = cluster_flags(assets, reward_file, run_dir, ranks=1) + [
         "--vllm.num_engines",
         "2",
         "--train.async_enable",
+        # the engines return logprobs as vLLM does; OpenRLHF corrects for the rollout policy's staleness with them
+        "--algo.advantage.is_correction_level",
+        "token",
     ]
     result = harness.run_launcher("n: 2 vLLM engines, async", flags, run_dir, head, timeout_s=TIMEOUT_S)
     result.check()
@@ -149,3 +152,4 @@ def test_n_two_engines_answering_interleaved_with_async_training(cluster):
     assert "s per token, requests interleaved" in result.log
     scalars = result.scalars()
     assert len(scalars["train/gd2po/keep_ratio"]) == 2
+    assert len(scalars["train/vllm_kl"]) == 2 and all(abs(value) < 10 for value in scalars["train/vllm_kl"])

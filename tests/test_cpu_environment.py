@@ -91,3 +91,23 @@ def test_the_e2e_vllm_stand_in_refuses_what_vllm_0_29_would_refuse(monkeypatch):
     assert args.ignored == {"enable_prefix_caching": True, "gpu_memory_utilization": 0.5}
     with pytest.raises(TypeError, match=r"AsyncEngineArgs accepts no 'enable_sleep'"):
         standin.AsyncEngineArgs(model="m", enable_sleep=True)  # vLLM's name is enable_sleep_mode
+
+
+def test_the_e2e_cuda_shim_names_a_tensor_the_device_move_does_not_reach():
+    from types import SimpleNamespace
+
+    import torch
+    from openrlhf.trainer.ppo_utils.experience import Experience
+
+    spec = importlib.util.spec_from_file_location("gd2po_e2e_shim", REPO / "dev" / "e2e" / "gd2po_e2e_cuda_shim.py")
+    shim = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shim)
+    module = SimpleNamespace(Experience=type("ShimmedExperience", (Experience,), {}))  # leaves Experience alone
+    shim._patch_experience(module)
+    moved = module.Experience(sequences=torch.ones(1, 3), info={"reward/a": torch.ones(1)})
+    moved.to_device(torch.device("cpu"))
+    assert shim.host_tensors(moved) == []
+    nested = module.Experience(sequences=torch.ones(1, 3), info={"stats": {"kept": torch.ones(1)}})
+    nested.to_device(torch.device("cpu"))  # to_device moves one level of dicts only
+    assert shim.host_tensors(nested) == ["experience.info.stats.kept"]
+    assert shim.host_tensors(module.Experience(sequences=torch.ones(1, 3))) == ["experience.sequences"]

@@ -72,6 +72,8 @@ def test_k_four_actor_ranks_with_drop_filtered(cluster):
     result = harness.run_launcher("k: 4 actor ranks, --gd2po.drop_filtered", flags, run_dir, head, timeout_s=TIMEOUT_S)
     result.check()
     assert result.log.count("torch.cuda shim active") >= 4
+    # every tensor the actors trained on was reached by OpenRLHF's Experience.to_device (the fillers' included)
+    assert result.log.count("device-move check active") >= 4
     # micro-batches per rank, as the dry run would show them: 8 micro-batches of 2 over 4 ranks, at least 1 each
     assert "4 ranks, [2,2,2,2] in a full step, [1,1,1,1] in the shortest" in result.log
     scalars = result.scalars()

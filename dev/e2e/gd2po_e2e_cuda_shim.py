@@ -6,7 +6,10 @@ execute, through a meta-path finder, so processes that never import torch pay no
   ``launcher.py:136,190``, ``ppo_actor.py:148,171,627``, ``deepspeed.py:614,633``);
 - ``set_device``, ``synchronize`` and ``current_stream`` do nothing (``deepspeed.py:97``,
   ``ppo_actor.py:436,600-605``, ``distributed_util.py:10``, ``vllm_worker_wrap.py:40,46``);
-- ``NaiveReplayBuffer`` keeps its items on the CPU instead of ``cuda:{current_device()}`` (``replay_buffer.py:40``).
+- ``NaiveReplayBuffer`` keeps its items on the CPU instead of ``cuda:{current_device()}`` (``replay_buffer.py:40``);
+- ``Experience.to_device`` tags every tensor it reaches (on a GPU they would be moved; here they stay where they are),
+  and ``ActorPPOTrainer.training_step`` refuses an Experience holding an untagged tensor, naming it: a tensor the
+  plugin put where OpenRLHF's move does not reach would stay on the host on a GPU cluster.
 """
 
 import importlib.abc
@@ -14,6 +17,8 @@ import importlib.machinery
 import sys
 
 TORCH, REPLAY_BUFFER = "torch", "openrlhf.trainer.ppo_utils.replay_buffer"
+EXPERIENCE, PPO_ACTOR = "openrlhf.trainer.ppo_utils.experience", "openrlhf.trainer.ray.ppo_actor"
+DEVICE_TAG = "_gd2po_e2e_on_device"
 
 
 def _patch_torch(torch) -> None:
@@ -45,6 +50,58 @@ def _patch_replay_buffer(module) -> None:
     module.NaiveReplayBuffer.__init__ = __init__
 
 
+def _tag_reached(value) -> None:
+    """Tags what OpenRLHF's ``experience.to`` moves: a tensor, or the tensors of a (nested) list."""
+    if isinstance(value, list):
+        for item in value:
+            _tag_reached(item)
+    elif hasattr(value, "is_floating_point"):  # a tensor
+        setattr(value, DEVICE_TAG, True)
+
+
+def _patch_experience(module) -> None:
+    original = module.Experience.to_device
+
+    def to_device(self, device):
+        moved = original(self, device)
+        for value in vars(self).values():  # as Experience.to_device walks them: fields, and one level of dicts
+            for item in value.values() if isinstance(value, dict) else [value]:
+                _tag_reached(item)
+        return moved
+
+    module.Experience.to_device = to_device
+
+
+def host_tensors(experience, path: str = "experience"):
+    """Paths of the tensors anywhere in ``experience`` that ``Experience.to_device`` did not reach."""
+    value = vars(experience) if path == "experience" else experience
+    if isinstance(value, dict):
+        return [found for key, item in value.items() for found in host_tensors(item, f"{path}.{key}")]
+    if isinstance(value, (list, tuple)):
+        return [found for i, item in enumerate(value) for found in host_tensors(item, f"{path}[{i}]")]
+    return [path] if hasattr(value, "is_floating_point") and not getattr(value, DEVICE_TAG, False) else []
+
+
+def _patch_ppo_actor(module) -> None:
+    original = module.ActorPPOTrainer.training_step
+
+    def training_step(self, experience, *args, **kwargs):
+        left = host_tensors(experience)
+        if left:
+            raise RuntimeError(
+                f"[gd2po e2e stand-in] {', '.join(left)} of the Experience stayed on the host: Experience.to_device "
+                "does not reach it, so on a GPU it would not be moved"
+            )
+        return original(self, experience, *args, **kwargs)
+
+    module.ActorPPOTrainer.training_step = training_step
+    print(
+        f"[gd2po e2e stand-in] device-move check active in pid {__import__('os').getpid()}",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
 class _PatchAfterExec(importlib.abc.Loader):
     def __init__(self, loader, patch):
         self._loader, self._patch = loader, patch
@@ -62,7 +119,12 @@ class _PatchAfterExec(importlib.abc.Loader):
 
 class _Finder(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname, path, target=None):
-        patch = {TORCH: _patch_torch, REPLAY_BUFFER: _patch_replay_buffer}.get(fullname)
+        patch = {
+            TORCH: _patch_torch,
+            REPLAY_BUFFER: _patch_replay_buffer,
+            EXPERIENCE: _patch_experience,
+            PPO_ACTOR: _patch_ppo_actor,
+        }.get(fullname)
         if patch is None:
             return None
         spec = importlib.machinery.PathFinder.find_spec(fullname, path)

@@ -149,8 +149,10 @@ def render() -> str:
         "generated from the parser by `python dev/flag_reference.py` (a test fails when this page and the parser",
         "differ). All of them act only with `--advantage_estimator gd2po` or `gdpo`; given with one of OpenRLHF's",
         "own estimators they are refused before Ray starts. A preset (`--gd2po.config FILE.yaml`, see",
-        "[recipes](recipes.md)) sets the same values; the command line wins. Every refusal names the flag and",
-        "happens at parse time, before any GPU is touched; the dry run (`--gd2po.dry_run`) prints what a launch",
+        "[recipes](recipes.md)) sets the same values; the command line wins. A preset's entries follow their reward",
+        "keys: `--gd2po.reward_keys` on the command line keeps each key's preset weight (reordered or fewer), and",
+        "keyed entries (schedules, conditions, reward models) are replaced key by key. Every refusal names the flag",
+        "and happens at parse time, before any GPU is touched; the dry run (`--gd2po.dry_run`) prints what a launch",
         "would train with.",
         "",
     ]

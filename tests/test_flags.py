@@ -218,3 +218,39 @@ def test_a_presets_settings_for_another_variant_are_ignored_not_refused(tmp_path
     )
     settings = resolve_settings(preset_args(tmp_path, text, "--gd2po.filter", "hard"))
     assert settings.filter == "hard" and settings.cost_budget is None
+
+
+def test_reordered_or_fewer_reward_keys_keep_the_presets_weight_for_each_key(capsys):
+    preset = str(CONFIGS / "tool_calling.yaml")  # correctness 1, format 0, length 1
+    _, config, _ = launch("--gd2po.config", preset, "--gd2po.reward_keys", "format", "correctness", "length")
+    assert config.reward_keys == ("format", "correctness", "length") and config.weights == (0.0, 1.0, 1.0)
+    _, config, _ = launch("--gd2po.config", preset, "--gd2po.reward_keys", "length", "format")
+    assert config.weights == (1.0, 0.0)
+    # weights given with the keys are the command line's, in its order
+    _, config, _ = launch(
+        "--gd2po.config", preset, "--gd2po.reward_keys", "format", "length", "--gd2po.reward_weights", "1", "0"
+    )
+    assert config.weights == (1.0, 0.0)
+    with pytest.raises(SystemExit):  # a key the preset does not weigh
+        launch("--gd2po.config", preset, "--gd2po.reward_keys", "correctness", "brevity")
+    err = capsys.readouterr().err
+    assert "--gd2po.reward_keys correctness brevity on the command line, but the preset" in err
+    assert "not ['brevity']: give --gd2po.reward_weights on the command line too" in err
+
+
+def test_keyed_preset_entries_follow_their_keys_when_the_command_line_reorders_them(tmp_path):
+    preset = tmp_path / "keyed.yaml"
+    preset.write_text(
+        "gd2po:\n  reward_keys: [a, b, c]\n  reward_weights: [1, 2, 3]\n"
+        "  reward_weight_schedule: ['b=2:0:10']\n  reward_condition: ['c=a>=1']\n"
+        "reward:\n  remote_url: rewards.py\n"
+    )
+    (tmp_path / "rewards.py").write_text("def reward_func(queries, prompts, labels):\n    return {'rewards': 0.0}\n")
+    args = parse_launcher_args(
+        ["--advantage_estimator", "gd2po", "--rollout.n_samples_per_prompt", "4", "--gd2po.config", str(preset)]
+        + ["--gd2po.reward_keys", "c", "b", "a"]
+    )
+    settings = resolve_settings(args)
+    assert [(d.key, d.weight) for d in settings.dimensions] == [("c", 3.0), ("b", 2.0), ("a", 1.0)]
+    assert [(s.key, s.start) for s in settings.weight_schedules] == [("b", 2.0)]
+    assert [(c.key, c.gate_key) for c in settings.conditions] == [("c", "a")]

@@ -136,6 +136,8 @@ def install_argparse_extension() -> None:
             preset_lists = {dest: values.pop(dest) for dest in KEYED_LISTS if values.get(dest)}
             self.set_defaults(**values)
         namespace, extras = original_parse_known_args(self, args, namespace)
+        if path and values.get("gd2po.reward_weights") and values.get("gd2po.reward_keys"):
+            _weights_follow_keys(self, namespace, argv, path, values)
         for dest, preset_entries in preset_lists.items():
             given = getattr(namespace, dest) or []
             overridden = {_entry_key(text) for text in given}
@@ -147,6 +149,27 @@ def install_argparse_extension() -> None:
     add_argument.gd2po_extension = True
     argparse.ArgumentParser.add_argument = add_argument
     argparse.ArgumentParser.parse_known_args = parse_known_args
+
+
+def _weights_follow_keys(parser, namespace, argv: List[str], path: str, preset: dict) -> None:
+    """A preset's reward_weights are its reward_keys' weights: when the command line gives --gd2po.reward_keys of
+    its own (reordered, or a subset) and no --gd2po.reward_weights, each key keeps the preset's weight for it; a key
+    the preset does not weigh is refused. (By position, reordered keys would silently train the wrong reward.)"""
+    given = {dest for dest, _, _ in _given_options(parser, argv)}
+    if "gd2po.reward_keys" not in given or "gd2po.reward_weights" in given:
+        return
+    preset_weights = dict(zip(preset["gd2po.reward_keys"], preset["gd2po.reward_weights"]))
+    keys = list(getattr(namespace, "gd2po.reward_keys"))
+    unweighted = [key for key in keys if key not in preset_weights]
+    if len(preset["gd2po.reward_weights"]) != len(preset["gd2po.reward_keys"]) or unweighted:
+        refuse(
+            parser,
+            f"--gd2po.reward_keys {' '.join(keys)} on the command line, but the preset {path} weighs "
+            f"{dict(preset_weights)}"
+            + (f", not {unweighted}" if unweighted else f" with {len(preset['gd2po.reward_weights'])} weights")
+            + ": give --gd2po.reward_weights on the command line too, one per key in its order",
+        )
+    setattr(namespace, "gd2po.reward_weights", [preset_weights[key] for key in keys])
 
 
 def _entry_key(text: str) -> str:

@@ -145,11 +145,10 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
         return tokenizer
 
     def _render_for_model(self, samples_list: List[Experience], model_tokenizer) -> Dict[str, list]:
-        """Each rollout as ``model_tokenizer``'s chat template renders it: label conversation + decoded response.
-
-        The response is the policy's action tokens decoded without special tokens; the conversation is the label,
-        JSON chat messages or a plain user message. Returns ``sequences`` and ``attention_mask`` lists, one
-        right-padded tensor per micro-batch, as the model groups' ``forward`` takes them.
+        """Each rollout as ``model_tokenizer``'s chat template renders it: label conversation + decoded response
+        (``render_for_model``). The response is the policy's action tokens decoded without special tokens; the
+        conversation is the label, JSON chat messages or a plain user message. Returns ``sequences`` and
+        ``attention_mask`` lists, one right-padded tensor per micro-batch, as the model groups' ``forward`` takes them.
         """
         sequences, attention_masks = [], []
         for samples in samples_list:
@@ -160,10 +159,7 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
             conversations = [
                 _label_conversation(label, prompt) for label, prompt in zip(samples.labels, samples.prompts)
             ]
-            texts = model_tokenizer.apply_chat_template(
-                [c + [{"role": "assistant", "content": r}] for c, r in zip(conversations, responses)], tokenize=False
-            )
-            encoded = model_tokenizer(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+            encoded = render_for_model(model_tokenizer, conversations, responses)
             sequences.append(encoded["input_ids"])
             attention_masks.append(encoded["attention_mask"])
         return {"sequences": sequences, "attention_mask": attention_masks}
@@ -504,6 +500,54 @@ def _check_free_gpus(groups: List[ModelGroup]) -> None:
             f"the reward/cost model groups ask for {asked} GPUs ({each}) but the Ray cluster has {free:g} free after "
             "the actor, reference and vLLM groups: lower their nodes or gpus_per_node, or add GPUs"
         )
+
+
+# Stands for the response while the chat template renders around it: private-use characters no template writes.
+RESPONSE_MARK = "\ue000gd2po-response\ue000"
+
+
+def render_for_model(
+    model_tokenizer, conversations: List[List[dict]], responses: List[str]
+) -> Dict[str, torch.Tensor]:
+    """``input_ids`` and ``attention_mask`` [B, T] (right-padded) of each conversation + its assistant response as
+    ``model_tokenizer``'s chat template renders it, with the template's special tokens parsed and the response's
+    never: a policy that spells ``<|im_end|>`` or ``<|eot_id|>`` in ordinary tokens cannot close its turn and write
+    a user turn that the reward model would read as real.
+
+    The template renders each conversation twice, around the response and around ``RESPONSE_MARK``: what precedes
+    and follows the mark is the template's (tokenized with special tokens), what lies between them in the real
+    rendering is the response as the template put it (trimmed, say), tokenized with ``split_special_tokens``.
+    """
+    honest = model_tokenizer.apply_chat_template(
+        [c + [{"role": "assistant", "content": r}] for c, r in zip(conversations, responses)], tokenize=False
+    )
+    marked = model_tokenizer.apply_chat_template(
+        [c + [{"role": "assistant", "content": RESPONSE_MARK}] for c in conversations], tokenize=False
+    )
+    parts = []  # (template before, response, template after) of each rollout
+    for text, template in zip(honest, marked):
+        before, found, after = template.partition(RESPONSE_MARK)
+        if (
+            not found
+            or len(before) + len(after) > len(text)
+            or not text.startswith(before)
+            or not text.endswith(after)
+        ):
+            raise ValueError(
+                f"the chat template of the reward model tokenizer {model_tokenizer.name_or_path!r} renders the "
+                "assistant's message in a way the plugin cannot separate from the template's own text, so it cannot "
+                "keep special tokens the policy wrote out of the reward model's input: use a template that inserts "
+                "the message's content as it is"
+            )
+        parts.append((before, text[len(before) : len(text) - len(after)], after))
+    before, response, after = (list(column) for column in zip(*parts))
+    template_ids = model_tokenizer(before + after, add_special_tokens=False)["input_ids"]
+    response_ids = model_tokenizer(response, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    rows = [
+        head + middle + tail
+        for head, middle, tail in zip(template_ids[: len(parts)], response_ids, template_ids[len(parts) :])
+    ]
+    return model_tokenizer.pad({"input_ids": rows}, padding=True, return_tensors="pt")
 
 
 def _label_conversation(label, prompt) -> List[dict]:

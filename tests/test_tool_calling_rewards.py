@@ -221,3 +221,41 @@ def test_length_reads_the_last_think_block():
     first, last = " ".join(["w"] * 256), "one two three"
     response = f"<think>{first}</think><think>{last}</think>\n<response>x</response>"
     assert tool_calling.score(response, "<response>x</response>")["length"] == 0.01  # 3/512, not 256/512
+
+
+DEGENERATE_CALL_LINES = [
+    "[" * 1000,  # nesting beyond the JSON parser's recursion
+    '{"name": "get_weather", "parameters": ' + "[" * 5000 + "]" * 5000 + "}",
+    '{"name": "get_weather", "parameters": {"city": ' + "9" * 4301 + "}}",  # beyond int()'s digit limit
+    '{"name": ' + "1" * 5000 + "}",
+    '{"name": "get_weather"\x00\x01\x1b}',
+    '{"name": "\\ud800"}',  # a lone surrogate
+    "x" * 100_000,
+]
+
+
+@pytest.mark.parametrize("line", DEGENERATE_CALL_LINES, ids=range(len(DEGENERATE_CALL_LINES)))
+def test_degenerate_tool_calls_score_as_unparsable_output_instead_of_raising(line):
+    response = turn(tool_calls=line)
+    scores = tool_calling.reward_func([response], [""], [GT_TWO_CALLS])["extra_logs"]
+    # an unparsable tool block: ToolRL's lowest correctness; format and length read the tags as usual
+    assert scores["reward/correctness"] == [-3.0] or line.startswith(
+        '{"name": "get_weather", "parameters": {"city": NaN'
+    )
+    assert all(len(values) == 1 and isinstance(values[0], float) for values in scores.values())
+
+
+def test_a_nan_parameter_is_a_value_that_matches_nothing():
+    # JSON's NaN parses; it equals no label value: names 1/2, get_weather's keys 1/2, no value: 6 · 1/6 − 3
+    line = '{"name": "get_weather", "parameters": {"city": NaN}}'
+    assert tool_calling.correctness(turn(tool_calls=line), GT_TWO_CALLS) == -2.0
+
+
+def test_unbalanced_tags_and_a_huge_response_score_without_raising():
+    for response in [
+        "<tool_call>\n" + "{" * 3000,
+        "</think><tool_call><tool_call>\n\n</tool_call>",
+        "<think>" * 50_000,
+    ]:
+        scores = tool_calling.score(response, GT_TWO_CALLS)
+        assert scores["correctness"] == -3.0 and scores["format"] == 0.0

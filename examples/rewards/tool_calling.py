@@ -93,7 +93,7 @@ def predicted_calls(response):
     for line in content.strip().split("\n"):
         try:
             call = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # not JSON, an integer beyond Python's 4300 digits, deep nesting
             return None
         if not isinstance(call, dict) or "name" not in call:
             return None

@@ -488,3 +488,40 @@ def test_a_reward_too_large_for_a_float_is_named_and_drop_group_catches_it(tmp_p
     else:
         experience = trainer_side(strategy, response)
         assert math.isnan(experience.info["reward/correctness"].item())  # its group is dropped from the step
+
+
+@pytest.mark.parametrize(
+    "value, shown",
+    [
+        ("'high'", "'high'"),
+        ("None", "None"),
+        ("{'a': 1}", "{'a': 1}"),
+        ("float('nan')", "nan"),
+        ("[1.0, 2.0]", r"\[1.0, 2.0\]"),
+    ],
+)
+def test_an_extra_logs_value_that_is_no_number_is_named_and_drop_group_catches_it(tmp_path, tokenizer, value, shown):
+    # OpenRLHF would fail later in its concat ("too many dimensions 'str'") naming neither the source nor the key.
+    rules = tmp_path / "chatty.py"
+    rules.write_text(
+        "def reward_func(queries, prompts, labels):\n"
+        f"    return {{'rewards': {{'correctness': 1.0, 'format': 0.0}}, 'extra_logs': {{'mood': {value}}}}}\n"
+    )
+    response = rollout(SingleTurnAgentExecutor(str(rules)), tokenizer, "four")
+    with pytest.raises(
+        ValueError, match=rf"chatty.py for prompt 'what is two plus two' returned extra_logs\['mood'\] = {shown}"
+    ):
+        trainer_side(strategy_for(str(rules)), response)
+    experience = trainer_side(strategy_for(str(rules), "--gd2po.on_bad_reward", "drop_group"), response)
+    assert math.isnan(experience.info["reward/correctness"].item()) and "mood" not in experience.info
+
+
+def test_numeric_extra_logs_reach_the_info_as_one_number_each(tmp_path, tokenizer):
+    rules = tmp_path / "metrics.py"
+    rules.write_text(
+        "def reward_func(queries, prompts, labels):\n"
+        "    return {'rewards': {'correctness': 1.0, 'format': 0.0}, 'extra_logs': {'steps': 3, 'acc': [0.5]}}\n"
+    )
+    response = rollout(SingleTurnAgentExecutor(str(rules)), tokenizer, "four")
+    experience = trainer_side(strategy_for(str(rules)), response)
+    assert experience.info["steps"].tolist() == [3.0] and experience.info["acc"].tolist() == [0.5]

@@ -19,7 +19,7 @@ import math
 import torch
 from openrlhf.utils.logging_utils import init_logger
 
-from ..rewards import dimensions_from_payload
+from ..rewards import MAX_ABS_REWARD, dimensions_from_payload
 from .openrlhf_patches import UPSTREAM
 from .reward_client import REWARD_ERROR_KEY, failed_rewards, post_with_retries
 from .settings import GD2PO_ESTIMATORS, generator_settings
@@ -76,13 +76,29 @@ def _process_response_into_experience(self, response, **generate_kwargs):
             )
         payload = {"rewards": response.get("reward"), "extra_logs": extra_logs}
         values = {key: column[0] for key, column in dimensions_from_payload(payload, 1, remote_keys, where).items()}
+        # OpenRLHF makes each other extra_logs value a tensor and averages it as a metric: a string, None, a dict
+        # or a long list would fail deep in its concat ("too many dimensions 'str'") naming neither source nor key.
+        logged = {}  # the other extra_logs, each as the one number OpenRLHF makes a [1] tensor of
+        for key, value in extra_logs.items():
+            number = value.flatten()[0].item() if isinstance(value, torch.Tensor) and value.numel() == 1 else value
+            if isinstance(number, (list, tuple)) and len(number) == 1:  # a batched reward function's one rollout
+                number = number[0]
+            if key.startswith("reward/"):
+                continue
+            if isinstance(number, (int, float)) and not isinstance(number, bool) and abs(number) <= MAX_ABS_REWARD:
+                logged[key] = float(number)
+                continue
+            raise ValueError(
+                f"{where} returned extra_logs[{key!r}] = {value!r:.100}: OpenRLHF logs every extra_logs value as a "
+                f"metric, so it must be a finite number with |x| <= {MAX_ABS_REWARD:g}"
+            )
     except ValueError as error:
         if settings.on_bad_reward != "drop_group":
             raise
         # NaN marks the rollout: the experience maker drops its whole group from the step.
         logger.warning(f"bad reward, its prompt group will be dropped (--gd2po.on_bad_reward drop_group): {error}")
-        values = {key: math.nan for key in remote_keys}
-        response = {**response, "reward": 0.0, "scores": 0.0, "extra_logs": {}}
+        values, logged = {key: math.nan for key in remote_keys}, {}
+        response = {**response, "reward": 0.0, "scores": 0.0}
     # Until the model-group dimensions arrive, reward/score are the weighted sum of these dimensions.
     partial_total = sum(dim.weight * values[dim.key] for dim in remote)
     response = dict(response)
@@ -90,9 +106,7 @@ def _process_response_into_experience(self, response, **generate_kwargs):
     for field in ("reward", "scores"):
         if isinstance(response.get(field), bool) or not isinstance(response.get(field), (int, float)):
             response[field] = partial_total
-    response["extra_logs"] = {
-        k: v for k, v in (response.get("extra_logs") or {}).items() if not k.startswith("reward/")
-    }
+    response["extra_logs"] = logged
     experience = upstream(self, response, **generate_kwargs)
     for key, value in values.items():
         experience.info[f"reward/{key}"] = torch.tensor([value], dtype=torch.float32)

@@ -3,6 +3,7 @@ the authors' settings, flags on the command line override them, bad presets are 
 
 import json
 import pathlib
+import time
 
 import pytest
 
@@ -254,3 +255,30 @@ def test_keyed_preset_entries_follow_their_keys_when_the_command_line_reorders_t
     assert [(d.key, d.weight) for d in settings.dimensions] == [("c", 3.0), ("b", 2.0), ("a", 1.0)]
     assert [(s.key, s.start) for s in settings.weight_schedules] == [("b", 2.0)]
     assert [(c.key, c.gate_key) for c in settings.conditions] == [("c", "a")]
+
+
+def test_a_preset_whose_few_aliases_expand_to_gigabytes_is_refused(tmp_path, capsys):
+    # 63 aliases, under the alias cap, 3 per level over 21 levels: 3^21 values once expanded.
+    lines = ["a0: &a0 [x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 3)}]" for i in range(1, 22)]
+    lines += ["gd2po:", "  reward_keys: *a21"]
+    started = time.monotonic()
+    with pytest.raises(SystemExit):
+        preset_args(tmp_path, "\n".join(lines) + "\n")
+    assert time.monotonic() - started < 30  # a hang guard (expanding would take hours), not a timing claim
+    err = capsys.readouterr().err
+    assert "more than 10000 values once its YAML aliases are expanded, not a preset" in err and len(err) < 1000
+
+
+@pytest.mark.parametrize(
+    "digits, message",
+    [
+        (4000, "snr_threshold: int too large to convert to float"),
+        (4400, "cannot read it: Exceeds the limit (4300 digits)"),
+    ],
+)
+def test_a_huge_integer_in_a_preset_is_named_without_a_traceback(tmp_path, capsys, digits, message):
+    with pytest.raises(SystemExit):
+        preset_args(tmp_path, f"gd2po:\n  snr_threshold: {'9' * digits}\n")
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err) < 1500

@@ -16,6 +16,7 @@ from .settings import COST_GROUP_DEFAULTS, ON_BAD_REWARD, REWARD_CHAT_TEMPLATES,
 DEFAULTS = RunSettings()
 MAX_PRESET_BYTES = 256 * 1024
 MAX_PRESET_ALIASES = 64
+MAX_PRESET_NODES = 10_000  # values and entries of a preset with every alias expanded
 
 
 def _short(value, limit: int = 300) -> str:
@@ -337,7 +338,37 @@ def load_preset(parser: argparse.ArgumentParser, path: str) -> dict:
         aliases = sum(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader))
         if aliases > MAX_PRESET_ALIASES:
             raise ValueError(f"--gd2po.config {path}: {aliases} YAML aliases; a preset may use {MAX_PRESET_ALIASES}")
-        data = yaml.load(text, Loader=UniqueKeyLoader)
+        # Fewer aliases can still nest (3 per level over 22 levels: 3^22 values): count the expanded tree on the
+        # composed graph, where an alias is the node it names, once per node.
+        expanded, visiting = {}, set()
+
+        def size(node) -> int:
+            if id(node) not in expanded:
+                if id(node) in visiting:
+                    raise ValueError(f"--gd2po.config {path}: a YAML alias refers to itself, not a preset")
+                visiting.add(id(node))
+                children = node.value if isinstance(node, yaml.SequenceNode) else []
+                if isinstance(node, yaml.MappingNode):
+                    children = [part for pair in node.value for part in pair]
+                total = 1
+                for child in children:
+                    total += size(child)
+                    if total > MAX_PRESET_NODES:
+                        break
+                visiting.discard(id(node))
+                expanded[id(node)] = total
+            return expanded[id(node)]
+
+        document = yaml.compose(text, Loader=yaml.SafeLoader)
+        if document is not None and size(document) > MAX_PRESET_NODES:
+            raise ValueError(
+                f"--gd2po.config {path}: more than {MAX_PRESET_NODES} values once its YAML aliases are expanded, "
+                "not a preset"
+            )
+        try:
+            data = yaml.load(text, Loader=UniqueKeyLoader)
+        except ValueError as error:  # an integer beyond Python's 4300 digits
+            raise ValueError(f"--gd2po.config {path}: cannot read it: {_short(error, 1000)}") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
         raise ValueError(f"--gd2po.config {path}: cannot read it: {_short(error, 1000)}") from None
     if not isinstance(data, dict):
@@ -376,7 +407,7 @@ def load_preset(parser: argparse.ArgumentParser, path: str) -> dict:
                     value = action.type(value)
                 if action.choices is not None and value not in action.choices:
                     raise ValueError(f"expected one of {list(action.choices)}, got {_short(value)}")
-            except (TypeError, ValueError) as error:
+            except (TypeError, ValueError, OverflowError) as error:  # OverflowError: float(10**400)
                 raise ValueError(f"--gd2po.config {path}: {dest}: {_short(error, 1000)}") from None
             if dest == "reward.remote_url" and isinstance(value, str):
                 here = os.path.dirname(os.path.abspath(path))

@@ -25,7 +25,7 @@ import torch
 
 import gd2po_openrlhf
 from gd2po_openrlhf import GD2POConfig, compute_advantages, compute_rollout_advantages
-from gd2po_openrlhf.integration.launcher_args import parse_launcher_args
+from gd2po_openrlhf.integration.launcher_args import ONE_RANK_PER_GROUP, parse_launcher_args
 
 PROMPTS, GROUP, DIMS, MAX_LEN, MICRO_BATCH, PROMPT_LEN = 512, 8, 3, 1024, 16, 16
 KEYS = ["correctness", "format", "length"]
@@ -142,9 +142,7 @@ def makers(kl_coef: float):
     import openrlhf.trainer.ppo_trainer as ppo_trainer
     from openrlhf.trainer.ppo_utils.kl_controller import FixedKLController
 
-    common = [
-        "--actor.num_gpus_per_node",  # one process: one data-parallel rank
-        "1",
+    common = ONE_RANK_PER_GROUP + [
         "--rollout.n_samples_per_prompt",
         str(GROUP),
         "--rollout.micro_batch_size",

@@ -53,7 +53,7 @@ def main() -> None:
     gd2po_openrlhf.register()
     from openrlhf.trainer.ppo_utils.samples_generator import SamplesGenerator
 
-    from gd2po_openrlhf.integration.launcher_args import parse_launcher_args
+    from gd2po_openrlhf.integration.launcher_args import ONE_RANK_PER_GROUP, parse_launcher_args
 
     @ray.remote(num_cpus=0)
     class LatencyEngine:
@@ -108,7 +108,7 @@ def main() -> None:
         reward_file = Path(folder) / "rewards.py"  # named by the flags; the engines return the rewards themselves
         reward_file.write_text("def reward_func(queries, prompts, labels):\n    return {'rewards': 0.0}\n")
         common = ["--advantage_estimator", "gd2po", "--reward.remote_url", str(reward_file)]
-        common += ["--gd2po.reward_keys", "correctness", "format", "--actor.num_gpus_per_node", "1"]
+        common += ["--gd2po.reward_keys", "correctness", "format", *ONE_RANK_PER_GROUP]
         common += ["--rollout.n_samples_per_prompt", str(settings.group_size)]
         common += ["--rollout.batch_size", str(settings.prompts), "--rollout.max_new_tokens", str(settings.tokens)]
         arms = {

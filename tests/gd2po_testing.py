@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import torch
 
-from gd2po_openrlhf.integration.launcher_args import parse_launcher_args
+from gd2po_openrlhf.integration.launcher_args import ONE_RANK_PER_GROUP, parse_launcher_args
 
 LAUNCHER = [sys.executable, "-m", "openrlhf.cli.train_ppo_ray"]
 # A valid gd2po command line, given a reward source (a reward file returning "correctness", or a server).
@@ -29,24 +29,13 @@ def launcher_subprocess(argv, env=None, launcher=LAUNCHER) -> subprocess.Complet
     )
 
 
-# One GPU per group (OpenRLHF's defaults are 8): the tests drive a step in this process, i.e. one data-parallel rank;
-# argv's own values win (argparse keeps the last).
-ONE_GPU_PER_GROUP = [
-    "--actor.num_gpus_per_node",
-    "1",
-    "--ref.num_gpus_per_node",
-    "1",
-    "--reward.num_gpus_per_node",
-    "1",
-]
-
-
 def openrlhf_strategy(argv):
     """OpenRLHF's real argument parsing, validation and DeepspeedStrategy for ``argv``, stopped before Ray
     (the args come from the plugin's ``parse_launcher_args``, which runs the launcher up to ``train()``)."""
     import openrlhf.utils
 
-    return openrlhf.utils.get_strategy(parse_launcher_args(ONE_GPU_PER_GROUP + list(argv)))
+    # one rank per group, as in this process; argv's own values win (argparse keeps the last)
+    return openrlhf.utils.get_strategy(parse_launcher_args(ONE_RANK_PER_GROUP + list(argv)))
 
 
 def experience_maker(strategy, kl_coef: float = 0.0, initial_model_group=None, pad_token_id: int = 0):

@@ -34,7 +34,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 import gd2po_openrlhf
 from gd2po_openrlhf import GD2POConfig, compute_rollout_advantages
 from gd2po_openrlhf.integration.dynamic_sampling import COUNTS_ATTRIBUTE, GroupTally
-from gd2po_openrlhf.integration.launcher_args import parse_launcher_args
+from gd2po_openrlhf.integration.launcher_args import ONE_RANK_PER_GROUP, parse_launcher_args
 from gd2po_openrlhf.integration.settings import RunSettings
 
 from . import task
@@ -262,13 +262,7 @@ def ppo_update(policy, optimizer, policy_loss, experiences, num_mini_batches: in
 
 def common_flags(settings) -> List[str]:
     """The flags every arm shares (the reward file, the group size, no KL, one process: one rank per group)."""
-    return [
-        "--actor.num_gpus_per_node",
-        "1",
-        "--ref.num_gpus_per_node",
-        "1",
-        "--reward.num_gpus_per_node",
-        "1",
+    return ONE_RANK_PER_GROUP + [
         "--reward.remote_url",
         TASK_FILE,
         "--rollout.n_samples_per_prompt",

@@ -5,6 +5,17 @@ from __future__ import annotations
 import argparse
 from typing import List
 
+# A run whose steps are driven in one process (the CPU demo, the tests, the benchmarks) has one data-parallel rank per
+# group; OpenRLHF's defaults are 8 GPUs, whose step shapes the plugin's parse-time check would judge instead.
+ONE_RANK_PER_GROUP = [
+    "--actor.num_gpus_per_node",
+    "1",
+    "--ref.num_gpus_per_node",
+    "1",
+    "--reward.num_gpus_per_node",
+    "1",
+]
+
 
 def parse_launcher_args(argv: List[str]) -> argparse.Namespace:
     """The ``args`` OpenRLHF's ``train_ppo_ray`` hands to ``train()`` for ``argv``: parsed by its own parser

@@ -25,6 +25,15 @@ def reward_func(queries, prompts, labels):
             "extra_logs": {"reward/length": float(words), "reward/odd": float(words % 2)}}
 """
 KEYS = ["length", "odd"]
+# The same, but constant (rejected by dynamic sampling's group test) for prompts whose first number is below 5: 6 of
+# the first 12 prompts, so batches end short whatever the policy writes.
+HALF_CONSTANT_REWARDS = """
+def reward_func(queries, prompts, labels):
+    words = len(queries[0][len(prompts[0]):].split())
+    first = prompts[0].split()[1]
+    length, odd = (0.0, 0.0) if first.isdigit() and int(first) < 5 else (float(words), float(words % 2))
+    return {"rewards": length, "scores": length, "extra_logs": {"reward/length": length, "reward/odd": odd}}
+"""
 
 
 @pytest.fixture(scope="module")
@@ -90,12 +99,15 @@ def test_l_four_actor_ranks_with_dynamic_sampling_at_its_prompt_budget(cluster):
     assets, reward_file, head, root = cluster
     run_dir = root / "l"
     # A factor of 1: a rejected group is never replaced, so any rejection leaves the batch short.
-    flags = cluster_flags(assets, reward_file, run_dir, ranks=4, steps=3) + [
+    half_constant = root / "half_constant_rewards.py"
+    half_constant.write_text(HALF_CONSTANT_REWARDS)
+    flags = cluster_flags(assets, half_constant, run_dir, ranks=4, steps=3) + [
         "--gd2po.dynamic_sampling",
         "--gd2po.dynamic_sampling_max_prompts_factor",
         "1",
-        "--gd2po.dynamic_sampling_min_kept",
-        "2",
+        # no filter: a group passes unless its rewards are constant, so which batches end short is the prompts'
+        "--gd2po.filter",
+        "none",
     ]
     result = harness.run_launcher("l: 4 actor ranks, dynamic sampling", flags, run_dir, head, timeout_s=TIMEOUT_S)
     result.check()
@@ -109,7 +121,11 @@ def test_l_four_actor_ranks_with_dynamic_sampling_at_its_prompt_budget(cluster):
         assert (4 * passed + fillers) in (8, 16), (passed, fillers)
         assert scalars["train/rollout/num_samples"][step] == 4 * passed  # OpenRLHF's statistics: what passed
     assert sum(scalars[prefix + "filler_rollouts"]) > 0, "l: no batch ended short, the top-up was not exercised"
-    assert re.search(r"rollouts passed; \d+ rollouts of rejected groups fill the batch to 8", result.log)
+    # a batch of 4 or 12 passed rollouts is filled to 8 or 16: a multiple of lcm(train batch 4, micro-batch 2 × 4)
+    filled = re.findall(
+        r"(\d+) rollouts passed; (\d+) rollouts of rejected groups fill the batch to (\d+)", result.log
+    )
+    assert filled and all(int(target) == -(-int(passed) // 8) * 8 for passed, _, target in filled), filled
 
 
 def test_m_a_reward_model_group_on_two_ranks_with_zero3(cluster):

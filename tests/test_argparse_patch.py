@@ -418,7 +418,7 @@ def test_reward_urls_that_openrlhf_would_misread_are_refused(remote_url, message
         ),
         (
             ["--advantage_estimator", "gd2po", "--gd2po.reward_keys", "correctness,format"],
-            "reward key 'correctness,format' must be a non-empty name without commas, spaces or '/'",
+            "reward key 'correctness,format' must be a non-empty name of letters, digits, '_', '-' and '.'",
         ),
         (
             ["--advantage_estimator", "gd2po", "--gd2po.reward_weights", "1e9"],
@@ -503,3 +503,27 @@ def test_help_shows_the_defaults():
         "nodes of the cost model group (default 1)",
     ):
         assert flag_help in " ".join(result.stdout.split()), flag_help
+
+
+@pytest.mark.parametrize("key", ["a\r", "a\u00a0b", "a\u2028", "a=b", "a>=1", "e\u0301", ""])
+def test_reward_keys_outside_the_documented_character_set_are_refused(reward_file, key, capsys):
+    argv = ["--advantage_estimator", "gd2po", "--reward.remote_url", reward_file, "--gd2po.reward_keys", key]
+    with pytest.raises(SystemExit) as exit_info:
+        openrlhf_strategy(argv + ["--rollout.n_samples_per_prompt", "4"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"reward key {key!r} must be a non-empty name of letters, digits, '_', '-' and '.'" in err
+    assert ("(write it in NFC form, '\u00e9')" in err) == (key == "e\u0301")
+
+
+def test_reward_keys_of_any_script_in_nfc_are_accepted(reward_file):
+    argv = [
+        "--advantage_estimator",
+        "gd2po",
+        "--reward.remote_url",
+        reward_file,
+        "--rollout.n_samples_per_prompt",
+        "4",
+    ]
+    strategy = openrlhf_strategy(argv + ["--gd2po.reward_keys", "\u00e9l\u00e9gance", "корректность", "len.v-2"])
+    assert strategy.args.gd2po.reward_keys == ["\u00e9l\u00e9gance", "корректность", "len.v-2"]

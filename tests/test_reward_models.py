@@ -53,6 +53,8 @@ def test_an_entry_with_every_option(models):
         ("harmless=OpenRLHF/rm,offload=yes", "offload must be true or false, got 'yes'"),
         ("harmless=OpenRLHF/rm,chat_template=mine", "chat_template must be policy or own, got 'mine'"),
         ("harmless=OpenRLHF/rm,nodes=1,nodes=2", "option 'nodes=2' is given twice"),
+        ("harmless=OpenRLHF/rm,nodes=²", "nodes must be an integer >= 1, got '²'"),  # int('²') would raise bare
+        ("harmless=OpenRLHF/rm,gpus_per_node=٣", "gpus_per_node must be an integer >= 1, got '٣'"),  # int() gives 3
     ],
 )
 def test_bad_entries_are_refused_naming_the_entry(text, message):
@@ -260,3 +262,9 @@ def test_the_three_reward_models_preset_dry_runs():
     assert [g.flag for g in settings.model_groups] == ["--reward.model_name_or_path"] + ["--gd2po.reward_model"] * 2
     text = describe(args, settings)
     assert "reward/honesty              --gd2po.reward_model         1x1 GPUs" in text
+
+
+def test_a_home_relative_model_path_is_expanded(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "rm").mkdir()
+    assert parse_reward_model("helpful=~/rm").path == str(tmp_path / "rm")

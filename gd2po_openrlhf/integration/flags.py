@@ -61,7 +61,8 @@ def add_gd2po_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="names of the reward dimensions, in order. Keys returned by --reward.remote_url (a reward file's "
         "reward_func returning {'rewards': {key: value}} or extra_logs 'reward/<key>', or an HTTP server) plus "
-        "--gd2po.reward_model_key and --gd2po.cost_model_key for the model groups. Default: the model groups' keys",
+        "--gd2po.reward_model_key and --gd2po.cost_model_key for the model groups. A key is letters and digits of "
+        "any script, '_', '-' and '.', in Unicode NFC form. Default: the model groups' keys",
     )
     group.add_argument(
         "--gd2po.reward_weights",

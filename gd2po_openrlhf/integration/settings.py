@@ -14,6 +14,7 @@ import dataclasses
 import math
 import os
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -37,6 +38,8 @@ COST_GROUP_DEFAULTS = {
 
 
 REWARD_MODEL_FLAG = "--gd2po.reward_model"
+# What a reward key may be made of (str patterns are Unicode: \w is any script's letters and digits, and '_').
+REWARD_KEY = re.compile(r"[\w.-]+")
 # A Hugging Face hub id: OWNER/NAME, neither absolute nor relative to the working directory.
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -78,7 +81,7 @@ def parse_reward_model(text: str) -> ModelGroup:
     folder nor a hub id."""
     key, equals, rest = str(text).partition("=")
     path, *options = rest.split(",")
-    key, path = key.strip(), path.strip()
+    key, path = key.strip(), os.path.expanduser(path.strip())
     if not equals or not key or not path:
         raise ValueError(
             f"{REWARD_MODEL_FLAG} {text!r}: expected KEY=PATH[,OPTION=VALUE...], e.g. "
@@ -95,7 +98,7 @@ def parse_reward_model(text: str) -> ModelGroup:
             problem = "is given twice" if name in values else "is not one of " + ", ".join(MODEL_GROUP_OPTIONS)
             raise ValueError(f"{REWARD_MODEL_FLAG} {text!r}: option {option.strip()!r} {problem} (as NAME=VALUE)")
         if name in ("nodes", "gpus_per_node"):
-            if not value.isdigit() or int(value) < 1:
+            if not (value.isascii() and value.isdigit()) or int(value) < 1:  # not '²' or '٣
                 raise ValueError(f"{REWARD_MODEL_FLAG} {text!r}: {name} must be an integer >= 1, got {value!r}")
             values[name] = int(value)
         elif name in ("normalize", "offload"):
@@ -551,11 +554,15 @@ def resolve_dimensions(args) -> Tuple[Tuple[RewardDimension, ...], Tuple[ModelGr
             )
     keys = list(keys)
     for key in keys + [reward_model_key, cost_model_key]:
-        if not isinstance(key, str) or not key or any(c in key for c in ", \t\n/"):
+        # Letters and digits of any script, '_', '-', '.', in NFC: no separators, no '=' or '>=' of the entries that
+        # name keys, and one spelling per key (an NFD twin would be another info key).
+        if not isinstance(key, str) or not REWARD_KEY.fullmatch(key) or unicodedata.normalize("NFC", key) != key:
             hint = " (separate keys with spaces, not commas)" if isinstance(key, str) and "," in key else ""
+            nfc = unicodedata.normalize("NFC", key) if isinstance(key, str) else None
+            hint += f" (write it in NFC form, {nfc!r})" if nfc != key and REWARD_KEY.fullmatch(nfc or "") else ""
             raise ValueError(
-                f"reward key {key!r} must be a non-empty name without commas, spaces or '/': it becomes the info "
-                f"key reward/<key> and a TensorBoard tag{hint}"
+                f"reward key {key!r} must be a non-empty name of letters, digits, '_', '-' and '.': it becomes the "
+                f"info key reward/<key> and a TensorBoard tag{hint}"
             )
     if reward_model and reward_model_key not in keys:
         raise ValueError(

@@ -1,6 +1,7 @@
 """Resuming with --ckpt.load_enable: the GD²PO settings travel in the actors' checkpoint client state; a resumed
 run restores the checkpoint's estimator settings and warns about every flag that differs."""
 
+import importlib.metadata
 from pathlib import Path
 from types import SimpleNamespace
 from unittest import mock
@@ -203,7 +204,11 @@ def test_resume_restores_lambda_and_the_schedule_position(tmp_path, reward_file,
     assert original.experience_maker.constraint_lambda == pytest.approx(1.0 - 3 * 0.025)
     save(original, step=3)
     states = torch.load(tmp_path / "_actor" / "global_step3" / "client_states.pt", weights_only=False)
-    assert states["gd2po_state"] == {"constraint_lambda": pytest.approx(0.925)}
+    assert states["gd2po_state"] == {
+        "constraint_lambda": pytest.approx(0.925),
+        "openrlhf_version": importlib.metadata.version("openrlhf"),
+        "openrlhf_drift": [],  # the pinned OpenRLHF: nothing differs from what the plugin was written against
+    }
     assert states["gd2po"]["cost.budget"] == 0.25 and states["gd2po"]["gd2po.reward_weight_schedule"] == ("a=1:3:4",)
 
     resumed = trainer(tmp_path, reward_file, *flags, "--ckpt.load_enable")
@@ -251,6 +256,20 @@ def test_a_budget_added_on_resume_starts_from_lambda_init(tmp_path, reward_file,
     assert "--cost.budget checkpoint None, command line 0.25" in caplog.text
     assert "the checkpoint holds no λ for reward/b: starting from --cost.lambda_init 2" in caplog.text
     assert resumed.experience_maker.constraint_lambda == 2.0
+
+
+def test_a_checkpoint_written_with_another_openrlhf_says_so_on_resume(tmp_path, reward_file, caplog):
+    save(trainer(tmp_path, reward_file))
+    path = tmp_path / "_actor" / "global_step3" / "client_states.pt"
+    states = torch.load(path, weights_only=False)
+    states["gd2po_state"].update(openrlhf_version="0.11.1", openrlhf_drift=["openrlhf.cli.train_ppo_ray:train"])
+    torch.save(states, path)
+    resume(trainer(tmp_path, reward_file, "--ckpt.load_enable"))
+    installed = importlib.metadata.version("openrlhf")
+    assert (
+        f"was written with openrlhf 0.11.1 (functions that differed from the plugin's: "
+        f"['openrlhf.cli.train_ppo_ray:train']); this run uses openrlhf {installed}" in caplog.text
+    )
 
 
 def test_a_checkpoint_saved_before_budgets_existed_resumes_silently(tmp_path, reward_file, caplog):

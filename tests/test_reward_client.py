@@ -152,6 +152,9 @@ def test_drop_group_drops_the_groups_of_failed_rollouts_from_reward_file_to_adva
     assert maker.last_step_report.metrics["gd2po/dropped_bad_groups"] == 2
 
 
+STOCK_ANSWERS = []  # non-empty: the server answers in the single-reward format of OpenRLHF's own estimators
+
+
 def serve(faults, port=0):
     """A real HTTP reward server on loopback speaking OpenRLHF's {query, prompts, labels} protocol.
 
@@ -168,12 +171,14 @@ def serve(faults, port=0):
             fault = faults.pop(0) if faults else None
             responses = [q[len(p) :] for q, p in zip(body["query"], body["prompts"])]
             copies = 2 if fault == "two items" else 1
-            payload = {
-                "rewards": {
-                    "correctness": [float(label in r) for r, label in zip(responses, body["labels"])] * copies,
-                    "format": [float("<format>" in r) for r in responses] * copies,
+            correctness = [float(label in r) for r, label in zip(responses, body["labels"])] * copies
+            payload = {"rewards": {"correctness": correctness, "format": [float("<format>" in r) for r in responses]}}
+            if STOCK_ANSWERS:  # one scalar reward per rollout, as OpenRLHF's own estimators read it
+                payload = {
+                    "rewards": correctness,
+                    "scores": correctness,
+                    "extra_logs": {"format": payload["rewards"]["format"]},
                 }
-            }
             status, data = 200, json.dumps(payload).encode()
             if isinstance(fault, int):
                 status, data = fault, b"reward backend overloaded"
@@ -525,3 +530,54 @@ def test_numeric_extra_logs_reach_the_info_as_one_number_each(tmp_path, tokenize
     response = rollout(SingleTurnAgentExecutor(str(rules)), tokenizer, "four")
     experience = trainer_side(strategy_for(str(rules)), response)
     assert experience.info["steps"].tolist() == [3.0] and experience.info["acc"].tolist() == [0.5]
+
+
+# ---- OpenRLHF's own estimators: the plugin's HTTP fetch ends where OpenRLHF's does
+
+
+def same_experience(first, second) -> bool:
+    fields = set(vars(first)) | set(vars(second))
+    for name in fields:
+        a, b = getattr(first, name, None), getattr(second, name, None)
+        if name == "info":
+            if a.keys() != b.keys() or not all(torch.equal(a[k], b[k]) for k in a):
+                return False
+        elif isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+            if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b)):
+                return False
+        elif a != b:
+            return False
+    return True
+
+
+@pytest.mark.parametrize("faults", [[], [500], [400] * 6, ["malformed"] * 6, [503] * 6])
+def test_with_a_stock_estimator_the_http_fetch_gives_the_experience_openrlhfs_gives(
+    tokenizer, fault_server, fast_retries, faults, monkeypatch
+):
+    """The HTTP replacement runs in the rollout actors whatever the estimator (they do not know it): for
+    OpenRLHF's own estimators its retries differ (transient faults only, with backoff), but every rollout reaches
+    the trainer as the Experience OpenRLHF's own fetch gives: the reward, or None when the server fails."""
+    from gd2po_openrlhf.integration.openrlhf_patches import UPSTREAM
+
+    monkeypatch.setattr(asyncio, "sleep", lambda seconds, sleep=asyncio.sleep: sleep(0))  # OpenRLHF waits 1 s a try
+    STOCK_ANSWERS.append(True)
+    try:
+        url, requests, queued = fault_server
+        stock = openrlhf_strategy(
+            ["--advantage_estimator", "group_norm", "--reward.remote_url", url, "--rollout.n_samples_per_prompt", "2"]
+        )
+        experiences = []
+        for fetch in (UPSTREAM["SingleTurnAgentExecutor._fetch_rewards_via_http"], None):
+            queued[:] = list(faults)
+            executor = SingleTurnAgentExecutor(url)
+            if fetch is not None:
+                executor._fetch_rewards_via_http = fetch.__get__(executor)
+            experiences.append(trainer_side(stock, rollout(executor, tokenizer, "<format> four")))
+    finally:
+        STOCK_ANSWERS.clear()
+    upstream, plugin = experiences
+    assert same_experience(upstream, plugin), (vars(upstream), vars(plugin))
+    if faults[-1:] in ([], [500]):
+        assert upstream.rewards.flatten().tolist() == [1.0] and upstream.info["format"].flatten().tolist() == [1.0]
+    else:
+        assert upstream.rewards is None  # the failure: no reward either way

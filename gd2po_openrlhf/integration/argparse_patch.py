@@ -29,6 +29,7 @@ from ..rewards import reward_client_settings
 from .cluster_shape import check_cluster_shape
 from .dry_run import describe
 from .flags import add_gd2po_arguments, load_preset
+from .openrlhf_patches import check_drift
 from .settings import COST_GROUP_DEFAULTS, GD2PO_ESTIMATORS, RunSettings, _arg, resolve_settings
 
 ESTIMATOR_FLAG = "--algo.advantage.estimator"
@@ -230,6 +231,10 @@ def check_command_line(parser: argparse.ArgumentParser, namespace: argparse.Name
     except ValueError as error:
         refuse(parser, str(error))
     _refuse_ignored_flags(parser, argv, estimator, settings)
+    # The installed OpenRLHF against the one the plugin was written for: a warning per changed function.
+    refusal = check_drift()
+    if refusal:
+        refuse(parser, refusal)
     # A missing reward file would otherwise surface as a swallowed exception in every vLLM rollout actor.
     for dim in settings.dimensions:
         if dim.source == "reward_function" and not os.path.isfile(dim.location):

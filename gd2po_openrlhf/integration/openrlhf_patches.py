@@ -7,16 +7,25 @@ original (kept in ``UPSTREAM``); besides the methods, ``RemoteExperienceMaker`` 
 becomes ``experience_maker.GD2POExperienceMaker``.
 
 ``WRITTEN_AGAINST`` holds a hash of the source of every OpenRLHF function these replace (from ``PATCHES``), override
-or rely on (``RELIED_ON``), as installed when the plugin was written; ``tests/test_openrlhf_patches.py`` compares
-them with the installed OpenRLHF, so that an upgrade names the patches to review. Imports no feature module and
-nothing of ``openrlhf`` at module level: the features import ``UPSTREAM`` from here.
+or rely on (``RELIED_ON``), as in the OpenRLHF release they were written against. Every gd2po/gdpo launch and dry
+run compares them with the installed OpenRLHF's files (``check_drift``, called by ``argparse_patch``) and warns once
+per changed function, naming the plugin features that depend on it; ``GD2PO_OPENRLHF_DRIFT=refuse`` refuses instead.
+Imports no feature module and nothing of ``openrlhf`` at module level: the features import ``UPSTREAM`` from here.
 """
 
 from __future__ import annotations
 
+import ast
+import functools
+import hashlib
 import importlib
+import importlib.metadata
+import importlib.util
 import inspect
-from typing import Callable, Dict, List, NamedTuple, Tuple
+import os
+import pathlib
+import sys
+from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
 from .hook import AGENT_MODULE, ASYNC_TRAINER_MODULE, SAMPLES_MODULE, TRAINER_MODULE
 
@@ -45,25 +54,172 @@ PATCHES: Tuple[Patch, ...] = (
     Patch(ASYNC_TRAINER_MODULE, "GenerateSamplesActor", "load_state_dict", "resume", "285d0067475979c1"),
 )
 
-# The same hashes of what the plugin overrides in a subclass or relies on without replacing it.
-RELIED_ON = {
-    # overridden by GD2POExperienceMaker, or the order of calls it relies on
-    "openrlhf.trainer.ppo_utils.experience_maker:RemoteExperienceMaker.__init__": "71047508ccbdc2b3",
-    "openrlhf.trainer.ppo_utils.experience_maker:RemoteExperienceMaker.make_experience_batch": "d8cad5d9cfb7c012",
-    "openrlhf.trainer.ppo_utils.experience_maker:RemoteExperienceMaker.split_rollout_samples": "c7286645b395b71a",
-    "openrlhf.trainer.ppo_utils.experience_maker:RemoteExperienceMaker.make_experience": "85db1fe426dec3e6",
-    "openrlhf.trainer.ppo_utils.experience_maker:RemoteExperienceMaker.compute_advantages_and_returns": "43a58ae8e1c4aea2",  # noqa: E501
-    "openrlhf.trainer.ppo_utils.experience_maker:RemoteExperienceMaker._dispatch_forward": "4339cdd888efc46b",
-    "openrlhf.trainer.ppo_trainer:BasePPOTrainer.train_step": "82f2cc733e64f4a4",
-    # dynamic sampling: which _generate_vllm call is a training batch, and what a short batch does
-    "openrlhf.trainer.ppo_utils.samples_generator:SamplesGenerator.generate_samples": "7bf3f3e95631452b",
-    "openrlhf.trainer.ppo_utils.samples_generator:SamplesGenerator.generate_eval_samples": "d5b5ff27b1a7e157",
-    # copied field by field by rollout_selection.select_rollouts
-    "openrlhf.trainer.ppo_utils.experience:Experience": "97bf8975b9f48f13",
-    # launcher_args.parse_launcher_args stops where train() asks for its strategy
-    "openrlhf.cli.train_ppo_ray:train": "b0047c66d0497de6",
+# What each plugin module does for a user: a drift warning names the features a changed OpenRLHF function feeds.
+FEATURES = {
+    "experience_maker": "the gd2po/gdpo advantages, their metrics and the --gd2po.reward_model groups",
+    "resume": "resuming a gd2po/gdpo run (--ckpt.load_enable) with its saved settings",
+    "remote_rewards": "rewards from a reward file, server or agent (--reward.remote_url), with their errors",
+    "dynamic_sampling": "--gd2po.dynamic_sampling",
+    "rollout_selection": "--gd2po.drop_filtered and the balanced steps over data-parallel ranks",
+    "launcher_args": "the demo's, benchmarks' and tests' parse of the launcher's arguments",
+    "demo": "the CPU demo (python -m gd2po_openrlhf.demo)",
 }
-WRITTEN_AGAINST = {f"{p.module}:{p.owner}.{p.method}": p.written_against for p in PATCHES} | RELIED_ON
+
+
+class Relied(NamedTuple):
+    """An OpenRLHF function or class the plugin overrides in a subclass, calls, or whose behaviour it relies on
+    without replacing it; ``written_against`` as in :class:`Patch`, ``features`` keys of ``FEATURES``."""
+
+    written_against: str
+    features: Tuple[str, ...]
+
+
+EXPERIENCE_MAKER = "openrlhf.trainer.ppo_utils.experience_maker:RemoteExperienceMaker"
+SAMPLES_GENERATOR = f"{SAMPLES_MODULE}:SamplesGenerator"
+RELIED_ON: Dict[str, Relied] = {
+    # overridden by GD2POExperienceMaker, or the order of calls it relies on
+    f"{EXPERIENCE_MAKER}.__init__": Relied("71047508ccbdc2b3", ("experience_maker",)),
+    f"{EXPERIENCE_MAKER}.make_experience_batch": Relied("d8cad5d9cfb7c012", ("experience_maker",)),
+    f"{EXPERIENCE_MAKER}.split_rollout_samples": Relied("c7286645b395b71a", ("experience_maker", "dynamic_sampling")),
+    f"{EXPERIENCE_MAKER}.make_experience": Relied("85db1fe426dec3e6", ("experience_maker",)),
+    f"{EXPERIENCE_MAKER}.compute_advantages_and_returns": Relied("43a58ae8e1c4aea2", ("experience_maker",)),
+    f"{EXPERIENCE_MAKER}._dispatch_forward": Relied("4339cdd888efc46b", ("experience_maker",)),
+    f"{EXPERIENCE_MAKER}._flatten_results": Relied("ab640fa5d44a07b5", ("experience_maker",)),
+    f"{TRAINER_MODULE}:BasePPOTrainer.train_step": Relied("82f2cc733e64f4a4", ("experience_maker",)),
+    # the model groups' actors: created, initialised and called as OpenRLHF's reward model group is
+    "openrlhf.trainer.ray.launcher:RayActorGroup.__init__": Relied("b06dd4c1c896a6c6", ("experience_maker",)),
+    "openrlhf.trainer.ray.launcher:RayActorGroup.async_run_method_batch": Relied(
+        "c0638bfdc78bfb48", ("experience_maker", "rollout_selection")
+    ),
+    "openrlhf.trainer.ray.launcher:RewardModelActor.forward": Relied("897e4928d69c366d", ("experience_maker",)),
+    # the policy's update: zero-advantage fillers, the info keys its all_reduce averages, PolicyLoss's return arity
+    "openrlhf.trainer.ray.ppo_actor:ActorPPOTrainer.training_step": Relied(
+        "ffa1acd4a5a21e37", ("rollout_selection", "experience_maker")
+    ),
+    "openrlhf.models.loss:PolicyLoss.forward": Relied("207b2f9506c3bea6", ("demo",)),
+    "openrlhf.trainer.ppo_utils.kl_controller:FixedKLController.__init__": Relied("33b45ff28415feb5", ("demo",)),
+    # dynamic sampling: which _generate_vllm call is a training batch (_dataloader_iter), what a short batch does
+    f"{SAMPLES_GENERATOR}.__init__": Relied("483b8aa85d702619", ("dynamic_sampling", "demo")),
+    f"{SAMPLES_GENERATOR}.generate_samples": Relied("7bf3f3e95631452b", ("dynamic_sampling",)),
+    f"{SAMPLES_GENERATOR}.generate_eval_samples": Relied("d5b5ff27b1a7e157", ("dynamic_sampling",)),
+    # where reward_endpoints and reward_func, which the reward replacements read, are set
+    f"{AGENT_MODULE}:SingleTurnAgentExecutor.__init__": Relied("7053d9b0bb0384e9", ("remote_rewards", "demo")),
+    # copied field by field by rollout_selection.select_rollouts; padded as OpenRLHF pads
+    "openrlhf.trainer.ppo_utils.experience:Experience": Relied("97bf8975b9f48f13", ("rollout_selection",)),
+    "openrlhf.utils.utils:zero_pad_sequences": Relied("7c7b9c792d9dacac", ("rollout_selection",)),
+    # launcher_args.parse_launcher_args stops where train() asks for its strategy
+    "openrlhf.cli.train_ppo_ray:train": Relied("b0047c66d0497de6", ("launcher_args",)),
+    "openrlhf.utils.utils:get_strategy": Relied("54dba6adc63fe0bb", ("launcher_args",)),
+    "openrlhf.utils.logging_utils:init_logger": Relied("292dad6c1658436b", ("experience_maker", "remote_rewards")),
+}
+# Private OpenRLHF attributes the plugin reads, with the function that sets them (tests/test_openrlhf_patches.py
+# scans the package for private names OpenRLHF defines, so that none is read unguarded).
+PRIVATE_ATTRIBUTES = {
+    "_dataloader_iter": f"{SAMPLES_GENERATOR}.generate_samples",
+}
+WRITTEN_AGAINST = {f"{p.module}:{p.owner}.{p.method}": p.written_against for p in PATCHES} | {
+    name: relied.written_against for name, relied in RELIED_ON.items()
+}
+# The OpenRLHF release the hashes were taken from.
+TESTED_OPENRLHF = "0.11.2"
+# GD2PO_OPENRLHF_DRIFT=refuse turns a drift warning into a refusal at launch.
+DRIFT_POLICY_VARIABLE = "GD2PO_OPENRLHF_DRIFT"
+
+
+def depending_features(name: str) -> Tuple[str, ...]:
+    """The ``FEATURES`` descriptions of what depends on the OpenRLHF function ``name`` (a ``WRITTEN_AGAINST`` key)."""
+    features = [p.feature for p in PATCHES if f"{p.module}:{p.owner}.{p.method}" == name]
+    features += list(RELIED_ON[name].features) if name in RELIED_ON else []
+    return tuple(FEATURES[feature] for feature in dict.fromkeys(features))
+
+
+def installed_source(name: str) -> Optional[str]:
+    """The source text of ``module:Qualified.name`` in the installed OpenRLHF, as ``inspect.getsource`` gives it,
+    read from its file without importing it (no torch or DeepSpeed at parse time); None if it is gone."""
+    module, qualified = name.split(":")
+    spec = importlib.util.find_spec("openrlhf")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = pathlib.Path(list(spec.submodule_search_locations)[0]).joinpath(*module.split(".")[1:])
+    path = path.with_suffix(".py") if path.with_suffix(".py").is_file() else path / "__init__.py"
+    try:
+        text = path.read_text(encoding="utf-8")
+        body = ast.parse(text).body
+    except (OSError, SyntaxError, UnicodeDecodeError):
+        return None
+    node = None
+    for part in qualified.split("."):
+        defined = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+        node = next((n for n in body if isinstance(n, defined) and n.name == part), None)
+        if node is None:
+            return None
+        body = node.body
+    first = min([decorator.lineno for decorator in node.decorator_list] + [node.lineno])
+    return "".join(text.splitlines(keepends=True)[first - 1 : node.end_lineno])
+
+
+def source_hash(source: str) -> str:
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=None)
+def source_drift() -> Tuple[str, ...]:
+    """The ``WRITTEN_AGAINST`` names whose installed source differs from (or lacks) the one the plugin was written
+    against; computed once per process."""
+    drifted = []
+    for name, written_against in WRITTEN_AGAINST.items():
+        source = installed_source(name)
+        if source is None or source_hash(source) != written_against:
+            drifted.append(name)
+    return tuple(drifted)
+
+
+def installed_openrlhf() -> str:
+    try:
+        return importlib.metadata.version("openrlhf")
+    except importlib.metadata.PackageNotFoundError:
+        return "(no metadata)"
+
+
+def drift_warnings() -> List[str]:
+    """One line per drifted OpenRLHF function, naming the plugin features that depend on it."""
+    version = installed_openrlhf()
+    return [
+        f"warning: OpenRLHF's {name} "
+        + ("is gone" if installed_source(name) is None else "changed")
+        + f" in the installed openrlhf {version} (gd2po-openrlhf was tested with {TESTED_OPENRLHF}): check "
+        + "; ".join(depending_features(name))
+        for name in source_drift()
+    ]
+
+
+def check_drift(stream=None) -> Optional[str]:
+    """Print the drift warnings once per process (to ``stream``, stderr by default). Returns the refusal message
+    when ``GD2PO_OPENRLHF_DRIFT=refuse`` and a function drifted, else None."""
+    policy = os.environ.get(DRIFT_POLICY_VARIABLE, "warn").strip().lower() or "warn"
+    if policy not in ("warn", "refuse"):
+        return f"{DRIFT_POLICY_VARIABLE}={policy!r}: expected 'warn' (the default) or 'refuse'"
+    warnings = drift_warnings()
+    if warnings and policy == "refuse":
+        return (
+            f"{len(warnings)} OpenRLHF functions the plugin relies on changed ({', '.join(source_drift())}), and "
+            f"{DRIFT_POLICY_VARIABLE}=refuse: install openrlhf=={TESTED_OPENRLHF}, or unset it to run with warnings"
+        )
+    if warnings and not getattr(check_drift, "printed", False):
+        check_drift.printed = True
+        print("\n".join(warnings), file=stream or sys.stderr, flush=True)
+    return None
+
+
+def upstream(name: str) -> Callable:
+    """OpenRLHF's original of the replaced ``Class.method`` ``name``. A process that runs a Ray actor class sent
+    by value (``GenerateSamplesActor``) never imported the module it came from: importing it here lets the hook
+    patch it, which keeps the original."""
+    if name not in UPSTREAM:
+        patch = next(p for p in PATCHES if f"{p.owner}.{p.method}" == name)
+        patch_module(importlib.import_module(patch.module))  # patched by the hook already, or now
+    return UPSTREAM[name]
+
 
 # "Class.method" → OpenRLHF's original, for the replacements to call.
 UPSTREAM: Dict[str, Callable] = {}

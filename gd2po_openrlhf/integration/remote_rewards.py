@@ -14,6 +14,7 @@ Imports nothing of ``openrlhf.trainer``: the vLLM rollout actors import this and
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 
 import torch
@@ -124,9 +125,12 @@ async def _fetch_rewards_via_http(self, queries_list, prompts_list, labels_list)
     shard posted by ``reward_client.post_with_retries`` (bounded retries of transient faults only); a failure
     travels to the trainer with the rollout instead of OpenRLHF's bare None."""
     shard_size = -(-len(queries_list) // len(self.reward_endpoints))
+    # Rollouts usually send one query: rotate across calls too, as OpenRLHF does, on a cycle of the plugin's own
+    # (OpenRLHF's private one could be renamed by a release, and a failure here is swallowed into reward=None).
+    endpoints = vars(self).setdefault("gd2po_endpoint_cycle", itertools.cycle(self.reward_endpoints))
 
     async def fetch(start: int) -> dict:
-        url = next(self._reward_endpoint_cycle)  # rollouts usually send one query: rotate across calls too
+        url = next(endpoints)
         payload = {
             key: values[start : start + shard_size]
             for key, values in (("query", queries_list), ("prompts", prompts_list), ("labels", labels_list))

@@ -17,7 +17,7 @@ from typing import Optional, Tuple
 from openrlhf.utils.logging_utils import init_logger
 
 from .dry_run import describe
-from .openrlhf_patches import UPSTREAM
+from .openrlhf_patches import UPSTREAM, installed_openrlhf, source_drift, upstream
 from .settings import REWARD_MODEL_FLAG, RunSettings, resolve_settings
 
 logger = init_logger(__name__)
@@ -168,8 +168,13 @@ def save_logs_and_checkpoints(self, global_step, logs_dict=None, client_states=N
     client state, saved and loaded with every checkpoint."""
     settings = getattr(self.experience_maker, "settings", None)
     if settings is not None:
-        # The run's state beside its settings: --cost.budget's λ (the schedule's position is the global step).
-        state = {"constraint_lambda": self.experience_maker.constraint_lambda}
+        # The run's state beside its settings: --cost.budget's λ (the schedule's position is the global step), and
+        # the OpenRLHF that wrote it with the drift seen (a resumed run on another OpenRLHF says so).
+        state = {
+            "constraint_lambda": self.experience_maker.constraint_lambda,
+            "openrlhf_version": installed_openrlhf(),
+            "openrlhf_drift": list(source_drift()),
+        }
         client_states = {**(client_states or {}), "gd2po": checkpoint_settings(settings), "gd2po_state": state}
     return UPSTREAM["BasePPOTrainer.save_logs_and_checkpoints"](self, global_step, logs_dict, client_states)
 
@@ -198,6 +203,13 @@ def _resume(trainer, states: dict) -> None:
         )
         return
     checkpoint = f"--ckpt.path {trainer.args.ckpt.path} (global step {states['global_step']})"
+    written_by = states.get("gd2po_state", {}).get("openrlhf_version")
+    if written_by is not None and written_by != installed_openrlhf():
+        logger.warning(
+            f"the checkpoint {checkpoint} was written with openrlhf {written_by} (functions that differed from the "
+            f"plugin's: {states['gd2po_state'].get('openrlhf_drift') or 'none'}); this run uses openrlhf "
+            f"{installed_openrlhf()}"
+        )
     maker.settings, warning = restore_checkpoint_settings(trainer.args, maker.settings, states["gd2po"], checkpoint)
     if warning:
         logger.warning(warning)
@@ -235,13 +247,9 @@ def _resume(trainer, states: dict) -> None:
 def load_state_dict(self, state_dict):
     """Mirrors ``GenerateSamplesActor.load_state_dict`` (the resumed dataloader position, the only part of the
     checkpoint that reaches this actor): the resumed run's settings, put there by ``init_checkpoint_states``, become
-    its samples generator's.
-
-    Ray sends this actor's class by value (the module attribute is the ``@ray.remote`` wrapper), so the worker never
-    imports ``ppo_trainer_async`` and ``UPSTREAM`` has no original there: the upstream body, one line, is repeated
-    (its source hash is in ``PATCHES``)."""
+    its samples generator's, and OpenRLHF's own method restores the rest."""
     state_dict = dict(state_dict or {})
     settings = state_dict.pop(SETTINGS_KEY, None)
     if settings is not None:
         self.samples_generator.gd2po_settings = settings
-    self.prompts_dataloader.load_state_dict(state_dict)
+    return upstream("GenerateSamplesActor.load_state_dict")(self, state_dict)

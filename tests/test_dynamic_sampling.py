@@ -20,6 +20,7 @@ from gd2po_openrlhf.integration.dynamic_sampling import (
     SamplingCounts,
     judge_group,
     sampling_metrics,
+    verdict_scores,
 )
 from gd2po_openrlhf.integration.settings import resolve_settings
 
@@ -153,12 +154,35 @@ def test_the_tally_writes_openrlhfs_range_test_into_the_scores(reward_file):
     assert verdicts == [None] * 3 + ["rejected_constant"] + [None] * 3 + ["passed"] + [None] * 3 + [
         "rejected_filtered"
     ]
-    # OpenRLHF keeps a group when low < mean(scores) < high.
-    kept = [low < sum(float(s.scores[0]) for s in samples[i : i + N]) / N < high for i in range(0, 12, N)]
-    assert kept == [False, True, False]
+    # OpenRLHF keeps a group when low < mean(scores) < high (0.11.2), and also std(scores) > threshold (PR #1272).
+    scores = [[float(s.scores[0]) for s in samples[i : i + N]] for i in range(0, 12, N)]
+    assert [keeps_by_range(group, low, high) for group in scores] == [False, True, False]
+    assert [keeps_by_range_and_spread(group, low, high, 0.0, True) for group in scores] == [False, True, False]
     assert tally.counts == SamplingCounts(
         prompts_consumed=0, passed=1, rejected_constant=1, rejected_filtered=1, generated_rollouts=12
     )
+
+
+def keeps_by_range(scores, low, high) -> bool:
+    """OpenRLHF 0.11.2's dynamic filter (samples_generator.py:169-177): the group's mean score strictly inside."""
+    return low < sum(scores) / len(scores) < high
+
+
+def keeps_by_range_and_spread(scores, low, high, threshold, unbiased) -> bool:
+    """OpenRLHF PR #1272's: the range test, then a group whose score std is <= the threshold is dropped too."""
+    return keeps_by_range(scores, low, high) and float(torch.tensor(scores).std(unbiased=unbiased)) > threshold
+
+
+@pytest.mark.parametrize("score_range", [(0.0, 1.0), (-1.0, 1.0), (0.2, 0.3), (-5.0, 100.0)])
+@pytest.mark.parametrize("n_samples", [2, 3, 4, 7, 16, 64])
+def test_the_verdict_keeps_the_same_groups_under_the_range_rule_and_the_std_rule(score_range, n_samples):
+    low, high = score_range
+    for passed in (True, False):
+        scores = verdict_scores(passed, n_samples, score_range).tolist()
+        assert keeps_by_range(scores, low, high) is passed
+        for threshold in (0.0, 1e-6, 1e-3):
+            for unbiased in (True, False):
+                assert keeps_by_range_and_spread(scores, low, high, threshold, unbiased) is passed
 
 
 def test_the_tally_refuses_rollouts_of_different_prompts_as_one_group(reward_file):

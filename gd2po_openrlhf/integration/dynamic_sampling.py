@@ -10,8 +10,9 @@ place. The plugin runs that loop unchanged:
    drawing at most ⌈``--gd2po.dynamic_sampling_max_prompts_factor`` × the batch's prompts⌉ prompts;
 2. ``remote_rewards._process_response_into_experience`` hands each rollout to the :class:`GroupTally`, which
    judges a group at its last rollout (:func:`judge_group`, i.e. ``estimator.group_verdicts``) and writes the
-   verdict into the group's scores: the range's midpoint if it passes, its lower bound if not (``low < mean``
-   fails);
+   verdict into the group's scores (:func:`verdict_scores`): spread evenly around the range's midpoint if it
+   passes, its lower bound if not. Both OpenRLHF's range test (``low < mean < high``) and a test of the group's
+   score spread (``std > threshold``, OpenRLHF PR #1272) then keep exactly the groups that passed;
 3. the batch's :class:`SamplingCounts` ride on its first rollout to the experience maker, which logs them
    (:func:`sampling_metrics`).
 """
@@ -104,6 +105,24 @@ def rejection_reason(verdict: str, settings: RunSettings) -> str:
     }[verdict]
 
 
+def verdict_scores(passed: bool, n_samples: int, score_range: Tuple[float, float]) -> torch.Tensor:
+    """The ``[n_samples]`` scores that carry a group's verdict through OpenRLHF's dynamic filter.
+
+    Passed: evenly spaced over [m - (high - low)/4, m + (high - low)/4], m the midpoint, so the mean is m, strictly
+    inside the range, and the spread is a quarter of the range's width (std > 0, any small threshold); rejected:
+    every score ``low`` (rounded down to float32), so the mean fails ``low < mean`` and the std is 0. A filter on either keeps the same groups.
+    """
+    low, high = score_range
+    if not passed:
+        # float32 like OpenRLHF's scores, rounded down: float32(0.2) > 0.2 would pass ``low < mean``
+        score = torch.tensor(float(low), dtype=torch.float32)
+        if float(score) > low:
+            score = torch.nextafter(score, torch.tensor(-math.inf))
+        return score.expand(n_samples).clone()
+    middle, half_width = (low + high) / 2, (high - low) / 4
+    return torch.linspace(middle - half_width, middle + half_width, n_samples)
+
+
 class GroupTally:
     """Collects the rollouts of each prompt as OpenRLHF processes them, judges each complete group and writes the
     verdict into its ``scores`` for OpenRLHF's range test (``score_range``: ``--algo.dynamic_filtering_range``)."""
@@ -111,8 +130,7 @@ class GroupTally:
     def __init__(self, settings: RunSettings, n_samples: int, score_range: Tuple[float, float], max_fillers: int = 0):
         self.settings = settings
         self.n_samples = n_samples
-        low, high = score_range
-        self.pass_score, self.reject_score = (low + high) / 2, low
+        self.score_range = score_range
         self.counts = SamplingCounts()
         self.pending: List = []
         # Rejected groups' rollouts, at most max_fillers (a full step): the fillers of a batch that ends short.
@@ -139,13 +157,12 @@ class GroupTally:
             logger.info(
                 f"--gd2po.dynamic_sampling rejected the prompt group of {group[0].prompts[0]!r:.80}: "
                 f"{rejection_reason(verdict, self.settings)}. OpenRLHF's 'Filtered out' line for it shows this "
-                f"verdict as scores ({self.reject_score:.2f} = rejected), not rewards"
+                f"verdict as scores ({self.score_range[0]:.2f} = rejected), not rewards"
             )
         setattr(self.counts, verdict, getattr(self.counts, verdict) + 1)
         self.counts.generated_rollouts += len(group)
-        score = self.pass_score if verdict == "passed" else self.reject_score
-        for experience in group:
-            experience.scores = torch.tensor([score], dtype=torch.float32)
+        for experience, score in zip(group, verdict_scores(verdict == "passed", len(group), self.score_range)):
+            experience.scores = score.reshape(1)
         if verdict != "passed":
             self.rejected.extend(group[: self.max_fillers - len(self.rejected)])
         return verdict

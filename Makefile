@@ -9,16 +9,19 @@
 #   make demo   the CPU demo in the same venv: GRPO / GDPO / GD²PO-hard / GD²PO-SNR in four reward settings,
 #               5 seeds, 2 worker processes (DEMO_ARGS="--seeds 10 --steps 150" for a longer study; runs/demo)
 #   make venv   only the environment
+#   make test-openrlhf VERSION=0.11.x  another OpenRLHF release in its own venv (.venv-openrlhf-VERSION): the drift
+#               report (which relied-on OpenRLHF functions changed), the unit tests and e2e scenarios b and g (sync)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 CONSTRAINTS := $(CURDIR)/requirements/constraints-cpu.txt
 # PIP_CONSTRAINT also reaches the isolated build environments (deepspeed's sdist imports torch).
 PIP := PIP_CONSTRAINT=$(CONSTRAINTS) PIP_DISABLE_PIP_VERSION_CHECK=1 $(PY) -m pip install -c $(CONSTRAINTS)
+OPENRLHF_VERSION ?= 0.11.2
 STAMP := $(VENV)/.gd2po-cpu-env
 DS_OPS := $(VENV)/torch_extensions/.built
 
-.PHONY: venv test test-fast lint format e2e demo clean-venv
+.PHONY: venv test test-fast lint format e2e demo clean-venv test-openrlhf
 
 venv: $(STAMP) $(DS_OPS)
 
@@ -27,7 +30,7 @@ $(STAMP): requirements/constraints-cpu.txt requirements/cpu-dev.txt setup.cfg py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) -q --upgrade pip setuptools wheel
 	$(PIP) -q torch==2.13.0
-	$(PIP) -q --no-deps openrlhf==0.11.2
+	$(PIP) -q --no-deps openrlhf==$(OPENRLHF_VERSION)
 	@echo ">> openrlhf's GPU-only requirements (flash-attn, vllm, bitsandbytes, ...) are left out on purpose; pip reports them below"
 	$(PIP) -q -r requirements/cpu-dev.txt
 	$(PIP) -q --no-deps -e .
@@ -59,6 +62,14 @@ format: $(STAMP)
 
 e2e: $(STAMP) $(DS_OPS)
 	$(PY) -m pytest -q -m e2e tests
+
+# The drift report's exit status does not stop the job: the tests say what a changed function breaks.
+test-openrlhf:
+	@test -n "$(VERSION)" || { echo "usage: make test-openrlhf VERSION=0.11.2 (an openrlhf release on the registry)"; exit 2; }
+	$(MAKE) venv VENV=.venv-openrlhf-$(VERSION) OPENRLHF_VERSION=$(VERSION)
+	-.venv-openrlhf-$(VERSION)/bin/python -m gd2po_openrlhf.integration.openrlhf_patches
+	.venv-openrlhf-$(VERSION)/bin/python -m pytest -q -n 2 -m unit tests
+	.venv-openrlhf-$(VERSION)/bin/python -m pytest -q -m e2e tests/test_e2e_launcher.py -k "test_b_ or test_g_ and sync and not async"
 
 demo: $(STAMP)
 	$(PY) -m gd2po_openrlhf.demo $(DEMO_ARGS)

@@ -32,7 +32,7 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 E2E_STANDINS = REPO / "dev" / "e2e"
-TORCH_EXTENSIONS_DIR = REPO / ".venv" / "torch_extensions"
+TORCH_EXTENSIONS_DIR = Path(sys.prefix) / "torch_extensions"  # make venv pre-builds them there
 LOGICAL_GPUS = 6
 
 

@@ -110,7 +110,8 @@ def verdict_scores(passed: bool, n_samples: int, score_range: Tuple[float, float
 
     Passed: evenly spaced over [m - (high - low)/4, m + (high - low)/4], m the midpoint, so the mean is m, strictly
     inside the range, and the spread is a quarter of the range's width (std > 0, any small threshold); rejected:
-    every score ``low`` (rounded down to float32), so the mean fails ``low < mean`` and the std is 0. A filter on either keeps the same groups.
+    every score ``low`` (rounded down to float32), so the mean fails ``low < mean`` and the std is 0. A filter on
+    either keeps the same groups.
     """
     low, high = score_range
     if not passed:

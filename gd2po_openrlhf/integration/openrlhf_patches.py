@@ -276,3 +276,20 @@ def patch_module(module) -> None:
             owner = plain_class(getattr(module, patch.owner))
             replace_method(owner, patch.method, getattr(feature, patch.method), module)
     module.gd2po_patched = True
+
+
+def main() -> int:
+    """``python -m gd2po_openrlhf.integration.openrlhf_patches``: the drift report of the installed OpenRLHF (exit 1
+    if a function the plugin relies on changed), as ``make test-openrlhf`` prints it."""
+    drifted = source_drift()
+    print(
+        f"openrlhf {installed_openrlhf()}: {len(WRITTEN_AGAINST)} functions the plugin replaces or relies on, "
+        f"{len(drifted)} changed since {TESTED_OPENRLHF}"
+    )
+    for line in drift_warnings():
+        print(line)
+    return 1 if drifted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

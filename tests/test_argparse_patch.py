@@ -527,3 +527,31 @@ def test_reward_keys_of_any_script_in_nfc_are_accepted(reward_file):
     ]
     strategy = openrlhf_strategy(argv + ["--gd2po.reward_keys", "\u00e9l\u00e9gance", "корректность", "len.v-2"])
     assert strategy.args.gd2po.reward_keys == ["\u00e9l\u00e9gance", "корректность", "len.v-2"]
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize(
+    "typo, message",
+    [
+        (["--gd2po.snr_treshold", "0.3"], "unknown flag --gd2po.snr_treshold: did you mean --gd2po.snr_threshold?"),
+        (["--gdpo.filter", "hard"], "unknown flag --gdpo.filter: did you mean --gd2po.filter?"),
+        (
+            ["--gd2po.filter", "sn"],
+            "argument --gd2po.filter: invalid choice: 'sn' (choose from 'none', 'hard', 'snr')",
+        ),
+        (["--cost.budget", "low"], "argument --cost.budget: invalid float value: 'low'"),
+    ],
+)
+def test_a_mistyped_plugin_flag_is_refused_in_two_lines_with_the_nearest_flag(reward_file, typo, message):
+    result = launcher_subprocess(VALID_GD2PO + ["--reward.remote_url", reward_file] + typo, env={"GD2PO_DRY_RUN": "1"})
+    lines = [line for line in result.stderr.splitlines() if "real_accelerator" not in line]
+    assert result.returncode == 2
+    assert lines == [f"train_ppo_ray.py: error: {message}", "train_ppo_ray.py: --help lists every flag"]
+
+
+@pytest.mark.subprocess
+def test_a_mistyped_openrlhf_flag_keeps_openrlhfs_message(reward_file):
+    result = launcher_subprocess(
+        VALID_GD2PO + ["--reward.remote_url", reward_file, "--actor.learning_rat", "1e-6"], env={"GD2PO_DRY_RUN": "1"}
+    )
+    assert result.returncode == 2 and "unrecognized arguments: --actor.learning_rat 1e-6" in result.stderr

@@ -20,6 +20,7 @@ Only the standard library at import time (``ray`` for the dry run only).
 from __future__ import annotations
 
 import argparse
+import difflib
 import os
 import re
 import sys
@@ -27,7 +28,7 @@ from typing import Callable, List, NamedTuple, Optional, Tuple
 
 from ..rewards import reward_client_settings
 from .cluster_shape import check_cluster_shape
-from .dry_run import describe
+from .dry_run import check_rewards, describe
 from .flags import add_gd2po_arguments, load_preset
 from .openrlhf_patches import check_drift
 from .settings import COST_GROUP_DEFAULTS, GD2PO_ESTIMATORS, RunSettings, _arg, resolve_settings
@@ -136,7 +137,17 @@ def install_argparse_extension() -> None:
                 refuse(self, str(error))
             preset_lists = {dest: values.pop(dest) for dest in KEYED_LISTS if values.get(dest)}
             self.set_defaults(**values)
-        namespace, extras = original_parse_known_args(self, args, namespace)
+        _refuse_unknown_plugin_flags(self, argv)
+        # argparse's errors on a plugin flag's value (a bad choice, not a number): one line, not OpenRLHF's usage.
+        self.error = lambda message: (
+            refuse(self, message)
+            if re.search(r"argument --(gd2po|cost)\.", message)
+            else type(self).error(self, message)
+        )
+        try:
+            namespace, extras = original_parse_known_args(self, args, namespace)
+        finally:
+            del self.error
         if path and values.get("gd2po.reward_weights") and values.get("gd2po.reward_keys"):
             _weights_follow_keys(self, namespace, argv, path, values)
         for dest, preset_entries in preset_lists.items():
@@ -150,6 +161,21 @@ def install_argparse_extension() -> None:
     add_argument.gd2po_extension = True
     argparse.ArgumentParser.add_argument = add_argument
     argparse.ArgumentParser.parse_known_args = parse_known_args
+
+
+def _refuse_unknown_plugin_flags(parser: argparse.ArgumentParser, argv: List[str]) -> None:
+    """A ``--gd2po.*`` or ``--cost.*`` token that is no flag (nor an abbreviation of one), or any unknown token close
+    to a plugin flag, is refused in one line with the nearest flag; OpenRLHF's own flags keep argparse's message."""
+    options = parser._option_string_actions
+    plugin_flags = [option for option in options if option.startswith(("--gd2po.", "--cost."))]
+    for token in argv:
+        name = token.partition("=")[0]
+        if not name.startswith("--") or name in options or any(option.startswith(name) for option in options):
+            continue
+        nearest = difflib.get_close_matches(name, plugin_flags, n=1, cutoff=0.6)
+        if name.startswith(("--gd2po.", "--cost.")) or difflib.get_close_matches(name, plugin_flags, n=1, cutoff=0.85):
+            suggestion = f": did you mean {nearest[0]}?" if nearest else ""
+            refuse(parser, f"unknown flag {name}{suggestion}")
 
 
 def _weights_follow_keys(parser, namespace, argv: List[str], path: str, preset: dict) -> None:
@@ -252,7 +278,11 @@ def check_command_line(parser: argparse.ArgumentParser, namespace: argparse.Name
         if not os.path.exists(os.path.expanduser(path)):
             refuse(parser, f"--data.prompt_dataset {path} does not exist")
     if dry_run:
-        _exit_where_ray_starts(describe(namespace, settings))
+        try:
+            checked = check_rewards(namespace, settings)
+        except (ValueError, OSError) as error:
+            refuse(parser, f"dry run: {error}")
+        _exit_where_ray_starts("\n".join([describe(namespace, settings), *checked]))
 
 
 def _given_options(parser: argparse.ArgumentParser, argv: List[str]) -> List[Tuple[str, str, Optional[str]]]:

@@ -5,10 +5,14 @@ Only the standard library (OpenRLHF's KL and GPU flags are read from ``args``).
 
 from __future__ import annotations
 
-from typing import Optional
+import os
+from typing import List, Optional
 
 from .cluster_shape import describe_shape
 from .settings import RunSettings, _arg
+
+# A response of the user's own, scored by the dry run's reward check for each row beside the stand-ins.
+SAMPLE_RESPONSE_VARIABLE = "GD2PO_DRY_RUN_RESPONSE"
 
 
 def describe(args, settings: RunSettings) -> str:
@@ -108,3 +112,51 @@ def _budget_line(settings: RunSettings) -> Optional[str]:
         f"{settings.cost_budget:g}: {convention}; each step {update} (λ_0 = {settings.lambda_init:g}, "
         f"lr {settings.lambda_lr:g}, clipped to [0, {settings.lambda_max:g}])"
     )
+
+
+def check_rewards(args, settings: RunSettings) -> List[str]:
+    """The dry run's reward check: the reward file scores the first rows of ``--data.prompt_dataset`` with stand-in
+    responses (``reward_check``), and the estimator turns them into advantages, each row's responses one group.
+    Raises ValueError naming the file, row, response and key of a bad answer. Model groups are not loaded: their
+    dimensions are 0 here."""
+    import torch
+
+    from ..estimator import compute_rollout_advantages
+    from ..reward_check import (
+        ROWS_CHECKED,
+        dataset_rows,
+        load_reward_function,
+        rewards_table,
+        score_rows,
+        stand_in_responses,
+    )
+
+    files = [dim for dim in settings.remote_dimensions if dim.source == "reward_function"]
+    dataset = _arg(args, "data.prompt_dataset")
+    if not files:
+        return []
+    path = files[0].location
+    if not dataset:
+        return ["  reward check      not run: no --data.prompt_dataset to score"]
+    if not isinstance(dataset, str) or "," in dataset or not os.path.isfile(os.path.expanduser(dataset)):
+        return [f"  reward check      not run: --data.prompt_dataset {dataset} is not one local file"]
+    reward_func = load_reward_function(path)
+    rows = dataset_rows(dataset, _arg(args, "data.input_key", "input"), _arg(args, "data.label_key"), ROWS_CHECKED)
+    responses = [stand_in_responses(label, os.environ.get(SAMPLE_RESPONSE_VARIABLE)) for _, label in rows]
+    keys = [dim.key for dim in files]
+    scored = score_rows(reward_func, rows, responses, keys, f"reward file {path}")
+    rewards = torch.zeros(len(scored), len(settings.reward_keys), dtype=torch.float64)
+    rewards[:, [settings.reward_keys.index(key) for key in keys]] = scored
+    groups = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor([len(r) for r in responses]))
+    lengths = torch.tensor([max(len(response.split()), 1) for row in responses for response in row])
+    estimator_rewards, config = settings.estimator_inputs(settings.condition_rewards(rewards)[0])
+    result = compute_rollout_advantages(estimator_rewards, groups, lengths, config)
+    others = [key for key in settings.reward_keys if key not in keys]
+    return [
+        f"  reward check      {path} on the first {len(rows)} rows of {dataset}, each row's responses one group "
+        "(its label as the response, a placeholder"
+        + (f", {SAMPLE_RESPONSE_VARIABLE}" if os.environ.get(SAMPLE_RESPONSE_VARIABLE) else "")
+        + "): every answer has the declared keys, one finite number each"
+        + (f"; {', '.join(others)} from model groups counted as 0 here (not loaded)" if others else ""),
+        *rewards_table(rows, responses, settings.reward_keys, rewards, result.rollout_advantages),
+    ]

@@ -1,0 +1,108 @@
+"""The reward file checked before anything starts: the dry run scores the first rows of the dataset with it (a wrong
+key, a missing reward_func or a NaN refused in one line naming the file, row and key), and
+``python -m gd2po_openrlhf.reward_check`` does the same without a launcher."""
+
+import json
+
+import pytest
+from gd2po_testing import launcher_subprocess
+
+from gd2po_openrlhf.reward_check import PLACEHOLDER_RESPONSE, main
+
+GOOD = """
+def reward_func(queries, prompts, labels):
+    response = queries[0][len(prompts[0]):]
+    return {"rewards": {"correctness": float(labels[0] in response), "format": float(len(response) < 20)}}
+"""
+WRONG_KEY = GOOD.replace('"format"', '"formatting"')
+NAN = GOOD.replace("float(len(response) < 20)", "float('nan') if labels[0] not in response else 1.0")
+NO_FUNCTION = "def score(queries, prompts, labels):\n    return {'rewards': {'correctness': 1.0, 'format': 1.0}}\n"
+RAISES = GOOD.replace("response = queries", "response = 1 / 0 if 'x' in prompts[0] else queries")
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    rows = [{"input": "what is 2+2? ", "label": "4"}, {"input": "what is 3+3? ", "label": "6"}]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows + [{"input": "x? ", "label": "1"}]))
+    return path
+
+
+def write(tmp_path, text):
+    path = tmp_path / "rules.py"
+    path.write_text(text)
+    return str(path)
+
+
+def launch(reward_file, dataset, *extra, env=None):
+    return launcher_subprocess(
+        [
+            "--advantage_estimator",
+            "gd2po",
+            "--reward.remote_url",
+            reward_file,
+            "--gd2po.reward_keys",
+            "correctness",
+            "format",
+            "--rollout.n_samples_per_prompt",
+            "4",
+            "--data.prompt_dataset",
+            str(dataset),
+            "--data.label_key",
+            "label",
+            *extra,
+        ],
+        env={"GD2PO_DRY_RUN": "1", **(env or {})},
+    )
+
+
+@pytest.mark.subprocess
+def test_the_dry_run_scores_the_first_rows_and_shows_the_advantages(tmp_path, dataset):
+    result = launch(write(tmp_path, GOOD), dataset, env={"GD2PO_DRY_RUN_RESPONSE": "the answer is 4"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("  reward check "))
+    assert "on the first 3 rows of" in lines[start] and "GD2PO_DRY_RUN_RESPONSE" in lines[start]
+    table = [line.split() for line in lines[start + 2 : start + 11]]
+    # row 1: its label "4" (right, short), the placeholder (wrong, long), the sample (right: contains "4", short)
+    assert table[0][:4] == ["1", "4", "1", "1"] and table[2][:2] == ["1", "the"] and table[2][-3:-1] == ["1", "1"]
+    assert table[1][-3:-1] == ["0", "0"] and table[4][-3:-1] == ["0", "0"]  # the placeholders score nothing
+    advantages = [float(row[-1]) for row in table]
+    assert advantages[0] > 0 > advantages[1] and advantages[3] > 0 > advantages[4]
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (
+            WRONG_KEY,
+            "returned reward keys ['formatting'] that are not among the declared reward keys "
+            "['correctness', 'format']",
+        ),
+        (NO_FUNCTION, "defines no reward_func(queries, prompts, labels) (it defines ['score'])"),
+        (NAN, "for row 1 with the response '(a placeholder response"),
+        (RAISES, "for row 3 with the response '1' raised ZeroDivisionError: division by zero"),
+    ],
+)
+def test_the_dry_run_refuses_a_bad_reward_file_in_one_line(tmp_path, dataset, text, message):
+    result = launch(write(tmp_path, text), dataset)
+    assert result.returncode == 2
+    error = result.stderr.strip().splitlines()
+    assert len(error) == 2 and error[0].startswith("train_ppo_ray.py: error: dry run: ")
+    assert message in error[0] and "rules.py" in error[0], error[0]
+
+
+@pytest.mark.unit
+def test_the_check_command_checks_a_file_against_a_dataset(tmp_path, dataset, capsys):
+    argv = ["--dataset", str(dataset), "--reward-keys", "correctness", "format", "--label-key", "label"]
+    assert main(["--reward-file", write(tmp_path, GOOD)] + argv) == 0
+    out = capsys.readouterr().out
+    assert "every answer has the keys and values" in out and PLACEHOLDER_RESPONSE[:30] in out
+    assert main(["--reward-file", write(tmp_path, NAN)] + argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: reward file") and "row 1" in err and "'format'" in err, err
+    assert main(["--reward-file", write(tmp_path, GOOD), "--dataset", str(dataset), "--reward-keys", "a"]) == 1
+    assert "that are not among the declared reward keys ['a']" in capsys.readouterr().err
+    missing = main(argv + ["--reward-file", write(tmp_path, GOOD), "--input-key", "question"])
+    assert missing == 1 and "row 1 has no 'question'" in capsys.readouterr().err

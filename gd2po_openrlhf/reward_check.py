@@ -16,24 +16,29 @@ import importlib.util
 import json
 import os
 import sys
-from typing import Callable, List, Optional, Sequence, Tuple
-
-import torch
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 
 from .rewards import MAX_ABS_REWARD, dimensions_from_payload
+
+if TYPE_CHECKING:
+    import torch
 
 PLACEHOLDER_RESPONSE = "(a placeholder response that answers nothing)"
 ROWS_CHECKED = 3
 
 
-def load_reward_function(path: str) -> Callable:
-    """``reward_func`` of the reward file ``path``, imported as OpenRLHF's rollout actors import it."""
-    spec = importlib.util.spec_from_file_location("gd2po_reward_check", path)
+def load_reward_func(path: str) -> Callable:
+    """``reward_func`` of the reward file ``path``, imported as OpenRLHF's rollout actors import it (also the reward
+    server's). Raises FileNotFoundError, or ValueError naming the file for an import that fails or a file without
+    ``reward_func``."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"reward file {path} does not exist")
+    spec = importlib.util.spec_from_file_location("gd2po_reward_file", path)
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
     except Exception as error:  # the user's file: whatever its import raises is reported, named
-        raise ValueError(f"reward file {path} failed to import: {type(error).__name__}: {error}") from None
+        raise ValueError(f"reward file {path} failed to load: {type(error).__name__}: {error}") from error
     function = getattr(module, "reward_func", None)
     if not callable(function):
         defined = sorted(name for name, value in vars(module).items() if callable(value) and not name.startswith("_"))
@@ -99,6 +104,8 @@ def score_rows(
     source: str,
 ) -> torch.Tensor:
     """[rollouts, keys] rewards of each row's responses, row by row, one ``reward_func`` call per rollout."""
+    import torch  # not at import: the reward server imports this module for load_reward_func
+
     scored = []
     for number, ((prompt, label), row_responses) in enumerate(zip(rows, responses), 1):
         for response in row_responses:
@@ -159,7 +166,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--rows", type=int, default=ROWS_CHECKED, help=f"rows to score (default {ROWS_CHECKED})")
     args = parser.parse_args(argv)
     try:
-        reward_func = load_reward_function(args.reward_file)
+        reward_func = load_reward_func(args.reward_file)
         rows = dataset_rows(args.dataset, args.input_key, args.label_key, args.rows)
         responses = [stand_in_responses(label, args.response) for _, label in rows]
         rewards = score_rows(reward_func, rows, responses, args.reward_keys, f"reward file {args.reward_file}")

@@ -47,6 +47,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
+from .reward_check import load_reward_func
 from .rewards import DIMENSION_PREFIX, dimensions_from_payload
 
 try:
@@ -58,18 +59,6 @@ except ImportError:  # a reward host installed with --no-deps and without aiohtt
 logger = logging.getLogger("gd2po_openrlhf.serve_rewards")
 REWARD_PATHS = ("/get_reward", "")  # compared without the query string and trailing slashes
 ALLOWED = "GET, POST"
-
-
-def load_reward_func(path: str) -> Callable:
-    """``reward_func`` of a reward file, as OpenRLHF loads it for ``--reward.remote_url file.py``."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"reward file {path} does not exist")
-    spec = importlib.util.spec_from_file_location("gd2po_reward_file", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not callable(getattr(module, "reward_func", None)):
-        raise ValueError(f"reward file {path} defines no reward_func(queries, prompts, labels)")
-    return module.reward_func
 
 
 @dataclass(frozen=True)

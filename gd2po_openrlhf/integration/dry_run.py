@@ -125,7 +125,7 @@ def check_rewards(args, settings: RunSettings) -> List[str]:
     from ..reward_check import (
         ROWS_CHECKED,
         dataset_rows,
-        load_reward_function,
+        load_reward_func,
         rewards_table,
         score_rows,
         stand_in_responses,
@@ -140,7 +140,7 @@ def check_rewards(args, settings: RunSettings) -> List[str]:
         return ["  reward check      not run: no --data.prompt_dataset to score"]
     if not isinstance(dataset, str) or "," in dataset or not os.path.isfile(os.path.expanduser(dataset)):
         return [f"  reward check      not run: --data.prompt_dataset {dataset} is not one local file"]
-    reward_func = load_reward_function(path)
+    reward_func = load_reward_func(path)
     rows = dataset_rows(dataset, _arg(args, "data.input_key", "input"), _arg(args, "data.label_key"), ROWS_CHECKED)
     responses = [stand_in_responses(label, os.environ.get(SAMPLE_RESPONSE_VARIABLE)) for _, label in rows]
     keys = [dim.key for dim in files]

@@ -2,7 +2,9 @@
 their samples, and the API-Bank evaluation, copied into a folder of your choice.
 
     python -m gd2po_openrlhf.recipes --copy ./gd2po_recipes
-    GD2PO_DRY_RUN=1 bash ./gd2po_recipes/examples/scripts/train_gd2po_tool_calling.sh
+
+then the two commands it prints: convert the shipped ToolRL sample into the launcher's default data, and dry-run
+the tool-calling launcher on it (the configuration, and the reward file scoring the first rows).
 
 The wheel carries them under ``gd2po_openrlhf/_recipes`` (setup.py puts ``examples/`` and ``configs/`` there); a
 source checkout uses its own folders. The copy keeps their layout, so the scripts' relative paths work.
@@ -51,7 +53,12 @@ def main(argv: Optional[List[str]] = None) -> None:
         f"copied the recipes into {args.copy}: {len(scripts)} launch scripts in examples/scripts, presets in configs/",
         file=sys.stdout,
     )
-    print(f"try: GD2PO_DRY_RUN=1 bash {args.copy / 'examples' / 'scripts' / 'train_gd2po_tool_calling.sh'}")
+    examples = args.copy / "examples"
+    print("try (the shipped sample as the launcher's default data, then a dry run of the launcher on it):")
+    sample = examples / "data" / "samples" / "rlla_sample.json"
+    output = args.copy / "data" / "tool_calling" / "train.jsonl"
+    print(f"  python {examples / 'data' / 'prepare_tool_calling.py'} {sample} --output {output}")
+    print(f"  GD2PO_DRY_RUN=1 bash {examples / 'scripts' / 'train_gd2po_tool_calling.sh'}")
 
 
 if __name__ == "__main__":

@@ -142,7 +142,8 @@ def rewards_table(
     index = 0
     for number, row_responses in enumerate(responses, 1):
         for response in row_responses:
-            shown = response if len(response) <= 40 else response[:37] + "..."
+            shown = response.replace("\n", "\\n")  # one line per rollout
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
             line = f"    {number:>3}  {shown:<42}" + "".join(f"{value:>13.4g}" for value in rewards[index].tolist())
             if advantages is not None:
                 line += f"{advantages[index].item():>13.4g}"

@@ -126,29 +126,18 @@ def test_installed_wheel_copies_its_recipes_and_they_dry_run(wheel, tmp_path):
     assert again.returncode == 2 and "already exist" in again.stderr
     import os
 
-    # The launcher's default data is the converter's output, from the copied recipes, as a user would make it.
-    converted = subprocess.run(
-        [
-            str(python),
-            str(copied / "examples" / "data" / "prepare_tool_calling.py"),
-            str(copied / "examples" / "data" / "samples" / "rlla_sample.json"),
-            "--output",
-            str(copied / "data" / "tool_calling" / "train.jsonl"),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    # The commands the copy prints, run as printed: the shipped sample converted into the launcher's default data,
+    # then the dry run (with the wheel's venv first on PATH, as after activating it).
+    printed = result.stdout.splitlines()
+    commands = printed[printed.index(next(line for line in printed if line.startswith("try"))) + 1 :]
+    assert len(commands) == 2 and commands[1].strip().startswith("GD2PO_DRY_RUN=1 bash ")
+    env = {**os.environ, "PATH": f"{venv / 'bin'}:{os.environ['PATH']}"}
+    converted = subprocess.run(["bash", "-c", commands[0]], capture_output=True, text=True, env=env)
     assert converted.returncode == 0, converted.stderr
-    env = {**os.environ, "GD2PO_DRY_RUN": "1", "PATH": f"{venv / 'bin'}:{os.environ['PATH']}"}
-    dry = subprocess.run(
-        ["bash", str(copied / "examples" / "scripts" / "train_gd2po_tool_calling.sh")],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
-    )
+    dry = subprocess.run(["bash", "-c", commands[1]], capture_output=True, text=True, env=env, timeout=300)
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert f"{copied}/examples/rewards/tool_calling.py" in dry.stdout and str(REPO) not in dry.stdout
+    assert f"  reward check      {copied}/examples/rewards/tool_calling.py on the first 3 rows of" in dry.stdout
 
 
 def test_a_reward_host_serves_with_the_wheel_alone(wheel, tmp_path):

@@ -164,14 +164,15 @@ def test_api_bank_scoring_on_the_shipped_sample(tmp_path):
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "metrics.json").read_text())["metrics"]
     assert metrics["levels"] == {
-        "1": {"call_accuracy": 0.5, "format_accuracy": 1.0, "mean_think_words": 3.0, "n": 2},
-        "2": {"call_accuracy": 1.0, "format_accuracy": 0.0, "mean_think_words": 1.0, "n": 1},
-        "3": {"call_accuracy": 0.5, "format_accuracy": 0.5, "mean_think_words": 0.0, "n": 2},
+        "1": {"call_accuracy": 50.0, "format_accuracy": 100.0, "mean_think_words": 3.0, "n": 2},
+        "2": {"call_accuracy": 100.0, "format_accuracy": 0.0, "mean_think_words": 1.0, "n": 1},
+        "3": {"call_accuracy": 50.0, "format_accuracy": 50.0, "mean_think_words": 0.0, "n": 2},
     }
     assert metrics["overall"] == pytest.approx(
-        {"call_accuracy": 0.6, "format_accuracy": 0.6, "mean_think_words": 1.4, "n": 5}
+        {"call_accuracy": 60.0, "format_accuracy": 60.0, "mean_think_words": 1.4, "n": 5}
     )
-    assert "overall      5     0.600       0.600          1.4" in result.stdout
+    # percentages in both scorings (the paper's scoring prints "call acc %" too)
+    assert "overall      5      60.00        60.00          1.4" in result.stdout
 
 
 @pytest.mark.subprocess
@@ -194,7 +195,7 @@ def test_api_bank_a_ground_truth_without_calls_expects_none(tmp_path):
         run(EVAL / "eval_api_bank.py", source, "--scoring", "exact", "--output", tmp_path / "m.json").returncode == 0
     )
     overall = json.loads((tmp_path / "m.json").read_text())["metrics"]["overall"]
-    assert (overall["call_accuracy"], overall["format_accuracy"]) == (0.5, 0.5)
+    assert (overall["call_accuracy"], overall["format_accuracy"]) == (50.0, 50.0)
     # The paper's scoring leaves a row without a ground-truth call out of the accuracy; both are well formed.
     assert run(EVAL / "eval_api_bank.py", source, "--output", tmp_path / "p.json").returncode == 0
     overall = json.loads((tmp_path / "p.json").read_text())["metrics"]["overall"]

@@ -32,7 +32,8 @@ rewritten from their behaviour):
              expects none;
   format     the training format reward: exactly the think block, then the blocks the label has, each on its own
              line;
-  length     the mean number of words in the last think block (raw, not scaled); fractions instead of percentages.
+  length     the mean number of words in the last think block (raw, not scaled). Accuracies are percentages
+             (100 · rows / rows scored, rounded to 2 decimals), as in the paper's scoring.
 Both strip trailing end-of-turn tokens (<|im_end|>, </s>, ...) before scoring.
 """
 
@@ -150,8 +151,8 @@ def summarize(scores, scoring):
     n = len(scores)
     if scoring == "exact":
         return {
-            "call_accuracy": sum(s["call_correct"] for s in scores) / n,
-            "format_accuracy": sum(s["format_ok"] for s in scores) / n,
+            "call_accuracy": round(100 * sum(s["call_correct"] for s in scores) / n, 2),
+            "format_accuracy": round(100 * sum(s["format_ok"] for s in scores) / n, 2),
             "mean_think_words": sum(s["think_words"] for s in scores) / n,
             "n": n,
         }
@@ -199,9 +200,9 @@ def evaluate(samples, scoring="paper"):
 def table(metrics):
     rows = list(metrics["levels"].items()) + [("overall", metrics["overall"])]
     if metrics["scoring"] == "exact":
-        lines = [f"{'level':<8} {'n':>5} {'call acc':>9} {'format acc':>11} {'think words':>12}"]
+        lines = [f"{'level':<8} {'n':>5} {'call acc %':>10} {'format acc %':>12} {'think words':>12}"]
         lines += [
-            f"{lv:<8} {m['n']:>5} {m['call_accuracy']:>9.3f} {m['format_accuracy']:>11.3f} "
+            f"{lv:<8} {m['n']:>5} {m['call_accuracy']:>10.2f} {m['format_accuracy']:>12.2f} "
             f"{m['mean_think_words']:>12.1f}"
             for lv, m in rows
         ]

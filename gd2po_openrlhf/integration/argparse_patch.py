@@ -348,6 +348,13 @@ def _exit_where_ray_starts(description: str) -> None:
 
     def init(*args, **kwargs):
         print(description)
+        torch = sys.modules.get("torch")
+        if "deepspeed" in sys.modules and torch is not None and not torch.cuda.is_available():
+            print(
+                "note: DeepSpeed's 'Setting accelerator to CPU. If you have GPU or other accelerator, we were unable "
+                "to detect it' comes from importing OpenRLHF's launcher on a host where torch sees no GPU: harmless "
+                "for a dry run (it needs none); a real launch needs the GPUs"
+            )
         print("GD2PO dry run: OpenRLHF parsed and checked the arguments; exiting before Ray starts.", flush=True)
         sys.exit(0)
 

@@ -131,6 +131,11 @@ def test_a_reward_file_reward_model_and_cost_model_with_kl_checkpoint_and_resume
             str(run_dir / "tensorboard_resumed"),
         ]
     )
+    # Its dry run reads DeepSpeed's checkpoint and shows the settings the resumed run will train on.
+    dry = harness.run_launcher(
+        "a (dry run of the resume)", resume_flags, run_dir / "dry_run", head, extra_env={"GD2PO_DRY_RUN": "1"}
+    ).check()
+    assert "snr (τ = 0.3," in dry.log and "  resume            from --ckpt.path " in dry.log
     resumed = harness.run_launcher("a (resume with --gd2po.snr_threshold 0.5)", resume_flags, run_dir, head).check()
     assert "--gd2po.snr_threshold checkpoint 0.3, command line 0.5" in resumed.log
     assert "Restored from the checkpoint" in resumed.log

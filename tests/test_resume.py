@@ -424,3 +424,34 @@ def test_resume_restores_the_checkpoints_reward_conditions(tmp_path, reward_file
         in caplog.text
     )
     assert resumed.experience_maker.settings.reward_condition == ("b=a>=1",)
+
+
+# ---- the dry run of a resumed run shows the settings it will train on (issue 39)
+
+
+@pytest.mark.subprocess
+def test_the_dry_run_of_a_resume_shows_the_checkpoints_settings(tmp_path, reward_file):
+    from gd2po_testing import launcher_subprocess
+
+    from gd2po_openrlhf.integration.resume import checkpoint_settings
+
+    saved = checkpoint_settings(
+        trainer(tmp_path, reward_file, "--gd2po.snr_threshold", "0.3").experience_maker.settings
+    )
+    # DeepSpeed's layout: _actor/latest names the tag, whose model states file holds the client state's keys.
+    (tmp_path / "_actor" / "global_step3").mkdir(parents=True)
+    (tmp_path / "_actor" / "latest").write_text("global_step3")
+    torch.save({"module": {}, "gd2po": saved}, tmp_path / "_actor" / "global_step3" / "mp_rank_00_model_states.pt")
+    argv = ["--advantage_estimator", "gd2po", "--reward.remote_url", reward_file, "--gd2po.reward_keys", "a", "b"]
+    argv += ["--rollout.n_samples_per_prompt", "4", "--ckpt.path", str(tmp_path), "--gd2po.snr_threshold", "0.5"]
+    result = launcher_subprocess(argv + ["--ckpt.load_enable"], env={"GD2PO_DRY_RUN": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "filter            snr (τ = 0.3," in result.stdout
+    assert f"  resume            from --ckpt.path {tmp_path} (global_step3): the settings above" in result.stdout
+    assert "Restored from the checkpoint: --gd2po.snr_threshold checkpoint 0.3, command line 0.5" in result.stdout
+    fresh = launcher_subprocess(argv, env={"GD2PO_DRY_RUN": "1"})  # without --ckpt.load_enable: the command line's
+    assert "filter            snr (τ = 0.5," in fresh.stdout and "  resume " not in fresh.stdout
+    empty = launcher_subprocess(
+        [*argv[:-4], "--ckpt.path", str(tmp_path / "none"), "--ckpt.load_enable"], env={"GD2PO_DRY_RUN": "1"}
+    )
+    assert f"no checkpoint in {tmp_path / 'none' / '_actor'} yet: the run starts from step 0" in empty.stdout

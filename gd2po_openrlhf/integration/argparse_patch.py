@@ -28,7 +28,7 @@ from typing import Callable, List, NamedTuple, Optional, Tuple
 
 from ..rewards import reward_client_settings
 from .cluster_shape import check_cluster_shape
-from .dry_run import check_rewards, describe
+from .dry_run import check_rewards, describe, resumed_settings
 from .flags import add_gd2po_arguments, load_preset
 from .openrlhf_patches import check_drift
 from .settings import COST_GROUP_DEFAULTS, GD2PO_ESTIMATORS, RunSettings, _arg, resolve_settings
@@ -279,10 +279,13 @@ def check_command_line(parser: argparse.ArgumentParser, namespace: argparse.Name
             refuse(parser, f"--data.prompt_dataset {path} does not exist")
     if dry_run:
         try:
-            checked = check_rewards(namespace, settings)
+            resumed, resume_lines = (
+                resumed_settings(namespace, settings) if _arg(namespace, "ckpt.load_enable") else (settings, [])
+            )
+            checked = check_rewards(namespace, resumed)
         except (ValueError, OSError) as error:
             refuse(parser, f"dry run: {error}")
-        _exit_where_ray_starts("\n".join([describe(namespace, settings), *checked]))
+        _exit_where_ray_starts("\n".join([describe(namespace, resumed), *resume_lines, *checked]))
 
 
 def _given_options(parser: argparse.ArgumentParser, argv: List[str]) -> List[Tuple[str, str, Optional[str]]]:

@@ -12,7 +12,9 @@ the row, the response and the key. Nothing of OpenRLHF is imported.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib.util
+import inspect
 import json
 import os
 import sys
@@ -110,10 +112,7 @@ def score_rows(
     for number, ((prompt, label), row_responses) in enumerate(zip(rows, responses), 1):
         for response in row_responses:
             where = f"{source} for row {number} with the response {response!r:.60}"
-            try:
-                payload = reward_func([prompt + response], [prompt], [label])
-            except Exception as error:  # the user's function: reported, named
-                raise ValueError(f"{where} raised {type(error).__name__}: {error}") from None
+            payload = _call(reward_func, [prompt + response], [prompt], [label], where)
             values = dimensions_from_payload(payload, 1, list(reward_keys), where)
             # The trainer logs every other extra_logs value as a metric: one finite number each.
             for key, value in (payload.get("extra_logs") or {}).items():
@@ -127,6 +126,46 @@ def score_rows(
                     )
             scored.append([values[key][0] for key in reward_keys])
     return torch.tensor(scored, dtype=torch.float64)
+
+
+def _call(reward_func: Callable, queries: List[str], prompts: List[str], labels: List[str], where: str):
+    """``reward_func``'s answer (an ``async def`` one awaited, as the trainer and the server await it)."""
+    try:
+        answer = reward_func(queries, prompts, labels)
+        return asyncio.run(answer) if inspect.iscoroutine(answer) else answer
+    except Exception as error:  # the user's function: reported, named
+        raise ValueError(f"{where} raised {type(error).__name__}: {error}") from None
+
+
+def batch_check(
+    reward_func: Callable,
+    rows: Sequence[Tuple[str, str]],
+    responses: Sequence[Sequence[str]],
+    reward_keys: Sequence[str],
+    rewards: "torch.Tensor",
+    source: str,
+) -> str:
+    """One call with every scored rollout at once, as the reward server calls it: a line saying whether it gives
+    the rewards of the one-rollout calls (the trainer's), or what differs."""
+    import torch
+
+    triples = [(prompt + response, prompt, label) for (prompt, label), row in zip(rows, responses) for response in row]
+    queries, prompts, labels = (list(column) for column in zip(*triples))
+    try:
+        payload = _call(reward_func, queries, prompts, labels, f"{source} on a batch of {len(queries)}")
+        values = dimensions_from_payload(payload, len(queries), list(reward_keys), f"{source}")
+    except ValueError as error:
+        return (
+            f"note: one rollout per call works (the trainer's calls), but a batch of {len(queries)} does not, as the "
+            f"reward server sends them: {error}. Return one value per rollout (docs/reward-functions.md)"
+        )
+    batched = torch.tensor([values[key] for key in reward_keys], dtype=torch.float64).T
+    if not torch.equal(batched, rewards):
+        return (
+            f"note: a batch of {len(queries)} rollouts in one call (the reward server's) gives other rewards than one "
+            "rollout per call (the trainer's): does the function read only queries[0]?"
+        )
+    return f"a batch of {len(queries)} rollouts in one call (the reward server's calls) gives the same rewards"
 
 
 def rewards_table(
@@ -176,6 +215,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
     print(f"{args.reward_file} on the first {len(rows)} rows of {args.dataset}: every answer has the keys and values")
     print("\n".join(rewards_table(rows, responses, args.reward_keys, rewards)))
+    print(batch_check(reward_func, rows, responses, args.reward_keys, rewards, f"reward file {args.reward_file}"))
     return 0
 
 

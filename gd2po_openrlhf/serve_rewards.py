@@ -162,6 +162,8 @@ def route_request(method: str, path: str, path_qs: str, content_length: Optional
     """``"health"``, ``"score"`` (a POST to the reward path whose body may be read), or ``(status, answer)``."""
     route = path.rstrip("/")
     if method == "GET":
+        if route in REWARD_PATHS:  # the reward path exists, for POST only
+            return 405, {"error": f"GET is not supported on {path_qs}: POST {{query, prompts, labels}} there"}
         if route != "/health":
             return 404, {"error": f"unknown path {path_qs}: GET /health or POST /get_reward"}
         return "health"

@@ -11,13 +11,27 @@ from gd2po_openrlhf.reward_check import PLACEHOLDER_RESPONSE, main
 
 GOOD = """
 def reward_func(queries, prompts, labels):
+    responses = [query[len(prompt):] for query, prompt in zip(queries, prompts)]
+    return {
+        "rewards": {
+            "correctness": [float(label in response) for response, label in zip(responses, labels)],
+            "format": [float(len(response) < 20) for response in responses],
+        }
+    }
+"""
+WRONG_KEY = GOOD.replace('"format"', '"formatting"')
+NAN = GOOD.replace(
+    "float(len(response) < 20) for response in responses",
+    "float('nan') if label not in response else 1.0 for response, label in zip(responses, labels)",
+)
+NO_FUNCTION = "def score(queries, prompts, labels):\n    return {'rewards': {'correctness': 1.0, 'format': 1.0}}\n"
+RAISES = GOOD.replace("[query[len(prompt):] for", "[1 / 0 if 'x' in prompt else query[len(prompt):] for")
+# One rollout per call, bare numbers: what the trainer's calls need, not a server's batches.
+SCALAR = """
+def reward_func(queries, prompts, labels):
     response = queries[0][len(prompts[0]):]
     return {"rewards": {"correctness": float(labels[0] in response), "format": float(len(response) < 20)}}
 """
-WRONG_KEY = GOOD.replace('"format"', '"formatting"')
-NAN = GOOD.replace("float(len(response) < 20)", "float('nan') if labels[0] not in response else 1.0")
-NO_FUNCTION = "def score(queries, prompts, labels):\n    return {'rewards': {'correctness': 1.0, 'format': 1.0}}\n"
-RAISES = GOOD.replace("response = queries", "response = 1 / 0 if 'x' in prompts[0] else queries")
 
 
 @pytest.fixture
@@ -101,6 +115,14 @@ def test_the_check_command_checks_a_file_against_a_dataset(tmp_path, dataset, ca
     assert main(["--reward-file", write(tmp_path, GOOD)] + argv) == 0
     out = capsys.readouterr().out
     assert "every answer has the keys and values" in out and PLACEHOLDER_RESPONSE[:30] in out
+    assert (
+        out.splitlines()[-1] == "a batch of 6 rollouts in one call (the reward server's calls) gives the same rewards"
+    )
+    # a file that answers one rollout with bare numbers: fine for the trainer, not for a server's batch
+    assert main(["--reward-file", write(tmp_path, SCALAR)] + argv) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("note: one rollout per call works (the trainer's calls), but a batch of 6 does not")
+    assert "returned a single value for reward key 'correctness', expected a list of 6" in last, last
     assert main(["--reward-file", write(tmp_path, NAN)] + argv) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: reward file") and "row 1" in err and "'format'" in err, err

@@ -88,6 +88,14 @@ def test_reward_file_dimensions_reach_the_experience(tmp_path, tokenizer, contin
     assert experience.rewards.item() == sum(expected)
 
 
+def test_an_async_reward_function_is_awaited_in_the_rollout_actor_as_on_the_server(tmp_path, tokenizer):
+    rules = tmp_path / "rules.py"
+    rules.write_text(RULES.replace("def reward_func", "async def reward_func"))
+    response = rollout(SingleTurnAgentExecutor(str(rules)), tokenizer, "four <format>")
+    experience = trainer_side(strategy_for(str(rules)), response)
+    assert [experience.info["reward/correctness"].item(), experience.info["reward/format"].item()] == [1.0, 1.0]
+
+
 def test_reward_file_that_raises_fails_the_step_with_a_clear_error(tmp_path, tokenizer):
     rules = tmp_path / "broken.py"
     rules.write_text("def reward_func(queries, prompts, labels):\n    raise KeyError('label')\n")

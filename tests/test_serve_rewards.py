@@ -446,6 +446,12 @@ def test_other_methods_get_a_405_in_json(serve, method):
         urllib.request.urlopen(request, timeout=10)
     assert error.value.code == 405 and error.value.headers["Allow"] == "GET, POST"
     assert "is not supported: GET /health or POST /get_reward" in json.loads(error.value.read())["error"]
+    with pytest.raises(urllib.error.HTTPError) as error:  # a browser or curl without -d on the reward path
+        urllib.request.urlopen(server.url, timeout=10)
+    assert error.value.code == 405 and error.value.headers["Allow"] == "GET, POST"
+    assert json.loads(error.value.read())["error"] == (
+        "GET is not supported on /get_reward: POST {query, prompts, labels} there"
+    )
     head = urllib.request.Request(server.url, method="HEAD")
     with pytest.raises(urllib.error.HTTPError) as error:
         urllib.request.urlopen(head, timeout=10)

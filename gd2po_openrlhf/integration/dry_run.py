@@ -124,6 +124,7 @@ def check_rewards(args, settings: RunSettings) -> List[str]:
     from ..estimator import compute_rollout_advantages
     from ..reward_check import (
         ROWS_CHECKED,
+        batch_check,
         dataset_rows,
         load_reward_func,
         rewards_table,
@@ -159,6 +160,7 @@ def check_rewards(args, settings: RunSettings) -> List[str]:
         + "): every answer has the declared keys, one finite number each"
         + (f"; {', '.join(others)} from model groups counted as 0 here (not loaded)" if others else ""),
         *rewards_table(rows, responses, settings.reward_keys, rewards, result.rollout_advantages),
+        "    " + batch_check(reward_func, rows, responses, keys, scored, f"reward file {path}"),
     ]
 
 

@@ -14,6 +14,7 @@ Imports nothing of ``openrlhf.trainer``: the vLLM rollout actors import this and
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import math
 
@@ -145,11 +146,14 @@ async def _fetch_rewards_via_http(self, queries_list, prompts_list, labels_list)
 
 async def _fetch_rewards_via_func(self, queries_list, prompts_list, labels_list):
     """Mirrors ``SingleTurnAgentExecutor._fetch_rewards_via_func``: whatever the user's reward function raises or
-    returns instead of a dict is reported with the rollout, not swallowed."""
+    returns instead of a dict is reported with the rollout, not swallowed; an ``async def`` one is awaited."""
     try:
         results = await UPSTREAM["SingleTurnAgentExecutor._fetch_rewards_via_func"](
             self, queries_list, prompts_list, labels_list
         )
+        # OpenRLHF runs reward_func in a thread: an ``async def`` one returns its coroutine, awaited here as the
+        # reward server awaits it (one contract for both, docs/reward-functions.md).
+        results = [await result if inspect.iscoroutine(result) else result for result in results]
     except Exception as error:  # the user's reward function: anything it raises is reported, not swallowed
         message = f"reward function {self.reward_endpoints[0]} raised {type(error).__name__}: {error}"
         return failed_rewards(message, len(queries_list))

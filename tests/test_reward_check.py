@@ -3,6 +3,9 @@ key, a missing reward_func or a NaN refused in one line naming the file, row and
 ``python -m gd2po_openrlhf.reward_check`` does the same without a launcher."""
 
 import json
+import pathlib
+import shlex
+import urllib.request
 
 import pytest
 from gd2po_testing import launcher_subprocess
@@ -130,3 +133,44 @@ def test_the_check_command_checks_a_file_against_a_dataset(tmp_path, dataset, ca
     assert "that are not among the declared reward keys ['a']" in capsys.readouterr().err
     missing = main(argv + ["--reward-file", write(tmp_path, GOOD), "--input-key", "question"])
     assert missing == 1 and "row 1 has no 'question'" in capsys.readouterr().err
+
+
+# ---- docs/reward-functions.md: its example, check command and curl line run as printed
+
+DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "reward-functions.md"
+
+
+def doc_block(language: str, after: str) -> str:
+    text = DOC.read_text()
+    start = text.index(f"```{language}\n", text.index(after)) + len(language) + 4
+    return text[start : text.index("```", start)]
+
+
+def test_the_reward_function_page_example_checks_and_serves_as_printed(tmp_path, capsys, monkeypatch):
+    from gd2po_openrlhf.serve_rewards import RewardServer, ServerLimits, load_reward_func
+
+    (tmp_path / "rules.py").write_text(doc_block("python", "## A complete example"))
+    (tmp_path / "data").mkdir()
+    rows = [{"input": "What is 2+2? ", "label": "4"}, {"input": "Name a colour. ", "label": "red"}]
+    (tmp_path / "data" / "train.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    monkeypatch.chdir(tmp_path)
+    command = shlex.split(doc_block("bash", "## Check it before training").replace("\\\n", " "))
+    assert command[:3] == ["python", "-m", "gd2po_openrlhf.reward_check"]
+    assert main(command[3:]) == 0
+    out = capsys.readouterr().out
+    assert "a batch of 4 rollouts in one call (the reward server's calls) gives the same rewards" in out
+
+    server = RewardServer(
+        load_reward_func("rules.py"), "rules.py", ServerLimits(reward_keys=("correctness", "format"))
+    ).start_in_thread()
+    try:
+        curl = doc_block("bash", "## Over HTTP")
+        body = curl[curl.index("-d '") + 4 : curl.rindex("'")]
+        request = urllib.request.Request(
+            server.url, data=body.encode(), headers={"Content-Type": "application/json"}, method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            answer = json.loads(response.read())
+    finally:
+        server.stop_thread()
+    assert answer == json.loads(doc_block("json", "and the answer carries"))

@@ -1,6 +1,6 @@
 """The reward service as a Ray Serve deployment: the reward file in N replicas on the Ray cluster, one HTTP route.
 
-    pip install "gd2po-openrlhf[serve]"
+    pip install "ray[serve]" "protobuf<7"   (the serve extra: pip install ".[serve]" in a checkout)
     python -m gd2po_openrlhf.serve_rewards --ray-serve --replicas 4 --reward-file rewards.py --host 0.0.0.0 --port 5000
 
 Same protocol and answers as the single-host server (``gd2po_openrlhf.serve_rewards``), so the trainer's
@@ -73,7 +73,7 @@ def serve_on_ray(reward_file: str, limits: ServerLimits, host: str, port: int, r
         import ray
         from ray import serve
     except ImportError as error:
-        return f"--ray-serve needs Ray Serve: pip install 'gd2po-openrlhf[serve]' ({error})"
+        return f"--ray-serve needs Ray Serve: pip install 'ray[serve]' 'protobuf<7' ({error})"
     try:
         load_reward_func(reward_file)  # its mistakes are usage errors here, not a replica failing in a loop
     except Exception as error:

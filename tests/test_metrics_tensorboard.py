@@ -85,3 +85,49 @@ def test_diagnostics_are_logged_under_gd2po_prefix(tmp_path):
     assert events.Scalars("train/gd2po/conflict_ratio")[0].value == pytest.approx(0.5)
     assert events.Scalars("train/gd2po/keep_ratio")[0].value == pytest.approx(0.5)
     assert "train/rollout/reward_mean" in tags
+
+
+@pytest.mark.subprocess
+def test_the_diagnostics_reach_weights_and_biases_read_back_from_the_offline_run(tmp_path, monkeypatch):
+    """OpenRLHF's own WandbLogger (--logger.wandb.key), offline: the plugin's tags in the run's transaction log,
+    read back with wandb's own reader (``wandb leet inspect --json``)."""
+    import json
+    import subprocess
+    import sys
+
+    from openrlhf.utils.logging_utils import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    reward_file = tmp_path / "rules.py"
+    reward_file.write_text("def reward_func(queries, prompts, labels):\n    return {'rewards': {}}\n")
+    flags = ["--advantage_estimator", "gd2po", "--reward.remote_url", str(reward_file)]
+    flags += ["--gd2po.reward_keys", "correctness", "format", "--rollout.n_samples_per_prompt", str(N)]
+    flags += ["--algo.kl.init_coef", "0", "--logger.wandb.key", "0" * 40, "--logger.wandb.project", "gd2po-test"]
+    strategy = openrlhf_strategy(flags)
+    rewards = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]] * 3)
+    samples = rollout_experiences(rewards, torch.tensor([3, 4, 2, 5] * 3), N, 4, reward_keys=["correctness", "format"])
+    for i, sample in enumerate(samples):
+        sample.index = [i]
+    experiences = [Experience.concat_experiences(samples[i : i + 4], 0) for i in range(0, len(samples), 4)]
+    maker = experience_maker(strategy)
+    experiences = maker.compute_advantages_and_returns(experiences)
+    metrics = dict(maker.last_step_report.metrics)
+    stats = BasePPOTrainer._compute_rollout_stats(SimpleNamespace(experience_maker=maker), experiences)
+    logger = WandbLogger(strategy.args)
+    logger.log_train(1, stats)
+    logger.close()
+
+    (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    wandb_cli = [sys.executable, "-c", "import sys; from wandb.cli.cli import cli; sys.exit(cli())"]
+    inspected = subprocess.run(
+        wandb_cli + ["leet", "inspect", "--json", str(run_file)], capture_output=True, text=True, timeout=120
+    )
+    assert inspected.returncode == 0, inspected.stderr[-2000:]
+    records = [json.loads(line) for line in inspected.stdout.splitlines() if line.startswith("{")]
+    (history,) = [record["history"]["item"] for record in records if record.get("type") == "history"]
+    assert history["train/global_step"] == 1
+    for name in EXPECTED_TAGS:
+        assert history[f"train/gd2po/{name}"] == pytest.approx(metrics[f"gd2po/{name}"], abs=1e-6), name
+    assert history["train/gd2po/keep_ratio"] == pytest.approx(0.5)

@@ -36,25 +36,14 @@ EXPECTED_TAGS = [
 ]
 
 
-def test_diagnostics_are_logged_under_gd2po_prefix(tmp_path):
+def one_gd2po_step(tmp_path, *flags):
+    """One step of the plugin's experience maker on fixed rewards, and what the trainer hands its loggers:
+    ``(strategy, the step's metrics, OpenRLHF's rollout stats)``."""
     reward_file = tmp_path / "rules.py"
     reward_file.write_text("def reward_func(queries, prompts, labels):\n    return {'rewards': {}}\n")
     strategy = openrlhf_strategy(
-        [
-            "--advantage_estimator",
-            "gd2po",
-            "--reward.remote_url",
-            str(reward_file),
-            "--gd2po.reward_keys",
-            "correctness",
-            "format",
-            "--rollout.n_samples_per_prompt",
-            str(N),
-            "--algo.kl.init_coef",
-            "0",
-            "--logger.tensorboard_dir",
-            str(tmp_path / "tb"),
-        ]
+        ["--advantage_estimator", "gd2po", "--reward.remote_url", str(reward_file), "--gd2po.reward_keys"]
+        + ["correctness", "format", "--rollout.n_samples_per_prompt", str(N), "--algo.kl.init_coef", "0", *flags]
     )
     rewards = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]] * 3)
     samples = rollout_experiences(rewards, torch.tensor([3, 4, 2, 5] * 3), N, 4, reward_keys=["correctness", "format"])
@@ -63,11 +52,13 @@ def test_diagnostics_are_logged_under_gd2po_prefix(tmp_path):
     experiences = [Experience.concat_experiences(samples[i : i + 4], 0) for i in range(0, len(samples), 4)]
     maker = experience_maker(strategy)
     experiences = maker.compute_advantages_and_returns(experiences)
-    metrics = dict(maker.last_step_report.metrics)
+    # What the trainer does each step: rollout stats (patched to carry the diagnostics), then its loggers.
+    stats = BasePPOTrainer._compute_rollout_stats(SimpleNamespace(experience_maker=maker), experiences)
+    return strategy, dict(maker.last_step_report.metrics), stats
 
-    # What the trainer does each step: rollout stats (patched to carry the diagnostics), then the logger.
-    trainer = SimpleNamespace(experience_maker=maker)
-    stats = BasePPOTrainer._compute_rollout_stats(trainer, experiences)
+
+def test_diagnostics_are_logged_under_gd2po_prefix(tmp_path):
+    strategy, metrics, stats = one_gd2po_step(tmp_path, "--logger.tensorboard_dir", str(tmp_path / "tb"))
     logger = TensorboardLogger(strategy.args)
     logger.log_train(1, stats)
     logger.close()
@@ -100,21 +91,8 @@ def test_the_diagnostics_reach_weights_and_biases_read_back_from_the_offline_run
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
-    reward_file = tmp_path / "rules.py"
-    reward_file.write_text("def reward_func(queries, prompts, labels):\n    return {'rewards': {}}\n")
-    flags = ["--advantage_estimator", "gd2po", "--reward.remote_url", str(reward_file)]
-    flags += ["--gd2po.reward_keys", "correctness", "format", "--rollout.n_samples_per_prompt", str(N)]
-    flags += ["--algo.kl.init_coef", "0", "--logger.wandb.key", "0" * 40, "--logger.wandb.project", "gd2po-test"]
-    strategy = openrlhf_strategy(flags)
-    rewards = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]] * 3)
-    samples = rollout_experiences(rewards, torch.tensor([3, 4, 2, 5] * 3), N, 4, reward_keys=["correctness", "format"])
-    for i, sample in enumerate(samples):
-        sample.index = [i]
-    experiences = [Experience.concat_experiences(samples[i : i + 4], 0) for i in range(0, len(samples), 4)]
-    maker = experience_maker(strategy)
-    experiences = maker.compute_advantages_and_returns(experiences)
-    metrics = dict(maker.last_step_report.metrics)
-    stats = BasePPOTrainer._compute_rollout_stats(SimpleNamespace(experience_maker=maker), experiences)
+    flags = ["--logger.wandb.key", "0" * 40, "--logger.wandb.project", "gd2po-test"]
+    strategy, metrics, stats = one_gd2po_step(tmp_path, *flags)
     logger = WandbLogger(strategy.args)
     logger.log_train(1, stats)
     logger.close()

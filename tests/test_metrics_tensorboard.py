@@ -52,9 +52,10 @@ def one_gd2po_step(tmp_path, *flags):
     experiences = [Experience.concat_experiences(samples[i : i + 4], 0) for i in range(0, len(samples), 4)]
     maker = experience_maker(strategy)
     experiences = maker.compute_advantages_and_returns(experiences)
+    metrics = dict(maker.last_step_report.metrics)
     # What the trainer does each step: rollout stats (patched to carry the diagnostics), then its loggers.
     stats = BasePPOTrainer._compute_rollout_stats(SimpleNamespace(experience_maker=maker), experiences)
-    return strategy, dict(maker.last_step_report.metrics), stats
+    return strategy, metrics, stats
 
 
 def test_diagnostics_are_logged_under_gd2po_prefix(tmp_path):

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 import torch
 
@@ -270,6 +270,7 @@ def compute_rollout_advantages(
         "score_abs_mean_after_filter": token_means[1],
         "advantage_abs_mean": token_means[2],
     }
+    values.update(mass_diagnostics(token_dim_adv, keep, kappa, keys) if num_dims > 1 else {})
     names = [*values, *(f"reward_mean/{key}" for key in keys), *(f"reward_std/{key}" for key in keys)]
     reward_mean = rewards.mean(dim=0)  # std_mean over dim 0 of a [B, K] tensor is ~10x slower
     reward_deviation = rewards - reward_mean
@@ -291,6 +292,48 @@ def compute_rollout_advantages(
         snr_ratio=snr_ratio,
         metrics=metrics,
     )
+
+
+def mass_diagnostics(
+    token_dim_adv: torch.Tensor, keep: torch.Tensor, kappa: torch.Tensor, keys: Sequence[str]
+) -> Dict[str, torch.Tensor]:
+    """What the rewards' disagreement and the filter do to the advantage mass of a batch (0-d tensors).
+
+    With M_ik = w_k A_ik L_i (the token-weighted advantage of rollout i on dimension k) and S_i = Σ_k M_ik:
+    - ``pair_conflict/<a>__<b>``: share of rollouts whose M on a and on b have opposite signs;
+    - ``pair_cancelled/<a>__<b>``: 1 − Σ_i |M_ia + M_ib| / Σ_i (|M_ia| + |M_ib|), the share of the pair's mass that
+      cancels in their sum (0 when the pair has no mass);
+    - ``cancelled_mass_ratio``: 1 − Σ_i |S_i| / Σ_i Σ_k |M_ik|, the same over all dimensions;
+    - ``filtered_mass_ratio``: Σ_i (1 − keep_i)|S_i| / Σ_i |S_i|, the summed-advantage mass the filter removes;
+    - ``kappa_mass_ratio``: Σ_i keep_i κ_i |S_i| / Σ_i keep_i |S_i|, the kept mass κ leaves (1 without κ).
+    Ratios over an empty mass are 0 (1 for κ). The pairs are every a < b of ``keys``.
+    """
+    batch_size, num_dims = token_dim_adv.shape
+    dtype = token_dim_adv.dtype
+    positive = (token_dim_adv > SIGN_EPS).to(dtype)
+    negative = (token_dim_adv < -SIGN_EPS).to(dtype)
+    opposite = positive.T @ negative
+    pair_conflict = (opposite + opposite.T) / batch_size
+    magnitude = token_dim_adv.abs()
+    pair_mass = magnitude.sum(dim=0)
+    pair_total = pair_mass.unsqueeze(1) + pair_mass.unsqueeze(0)
+    pair_net = (token_dim_adv.unsqueeze(2) + token_dim_adv.unsqueeze(1)).abs().sum(dim=0)
+    pair_cancelled = torch.where(pair_total > 0, 1 - pair_net / pair_total.clamp_min(5e-324), 0.0)
+    summed = token_dim_adv.sum(dim=1).abs()
+    kept = keep.to(dtype)
+
+    def ratio(numerator: torch.Tensor, denominator: torch.Tensor, empty: float) -> torch.Tensor:
+        return torch.where(denominator > 0, numerator / denominator.clamp_min(5e-324), empty)
+
+    first, second = torch.triu_indices(num_dims, num_dims, offset=1, device=token_dim_adv.device)
+    pairs = [f"{keys[a]}__{keys[b]}" for a, b in zip(first.tolist(), second.tolist())]
+    return {
+        **{f"pair_conflict/{pair}": value for pair, value in zip(pairs, pair_conflict[first, second])},
+        **{f"pair_cancelled/{pair}": value for pair, value in zip(pairs, pair_cancelled[first, second])},
+        "cancelled_mass_ratio": 1 - ratio(summed.sum(), magnitude.sum(), 1.0),
+        "filtered_mass_ratio": ratio(((1 - kept) * summed).sum(), summed.sum(), 0.0),
+        "kappa_mass_ratio": ratio((kept * kappa * summed).sum(), (kept * summed).sum(), 1.0),
+    }
 
 
 @dataclass

@@ -40,7 +40,11 @@ def logged_tags() -> set:
     result = compute_rollout_advantages(
         torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0]), torch.tensor([3, 4]), GD2POConfig(filter="snr")
     )
-    tags = {f"train/gd2po/{name}".replace("/dim0", "/<key>").replace("/dim1", "/<key>") for name in result.metrics}
+    tags = {
+        "train/gd2po/"
+        + re.sub(r"dim\d+__dim\d+", "<a>__<b>", name).replace("/dim0", "/<key>").replace("/dim1", "/<key>")
+        for name in result.metrics
+    }
     tags |= {f"train/{name}" for name in sampling_metrics(SamplingCounts(), 1)}
     maker = (ROOT / "gd2po_openrlhf" / "integration" / "experience_maker.py").read_text()
     for literal in re.findall(r'f?"(gd2po/[a-z_/{}.]+)"', maker):

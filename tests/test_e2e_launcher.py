@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import glob
 import http.server
+import itertools
 import json
 import math
 import subprocess
@@ -106,6 +107,12 @@ def test_a_reward_file_reward_model_and_cost_model_with_kl_checkpoint_and_resume
     assert len(scalars["train/gd2po/keep_ratio"]) == 2
     assert all(0 <= value <= 1 for value in scalars["train/gd2po/keep_ratio"])
     assert scalars["train/gd2po/num_reward_dims"] == [6.0, 6.0]
+    # what the rewards' disagreement and the filter do to the advantage mass, every pair of the 6 keys named
+    keys = TASK_KEYS + ["reward_model", "cost"]
+    for a, b in itertools.combinations(keys, 2):
+        assert all(0 <= value <= 1 for value in scalars[f"train/gd2po/pair_cancelled/{a}__{b}"]), (a, b)
+    for name in ("cancelled_mass_ratio", "filtered_mass_ratio", "kappa_mass_ratio"):
+        assert len(scalars[f"train/gd2po/{name}"]) == 2 and all(0 <= v <= 1 for v in scalars[f"train/gd2po/{name}"])
     assert scalars["train/gd2po/snr_threshold"] == pytest.approx([0.3, 0.3])
     assert scalars["train/gd2po/advantage_abs_mean"][0] > 0, "step 1 trained (see base_flags on tiny batches)"
     assert scalars["train/kl"][1] != 0, "KL in the reward: after step 1's update the actor differs from the reference"

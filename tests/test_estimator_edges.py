@@ -1,5 +1,6 @@
 """Edge cases and invalid input of the estimator core."""
 
+import dataclasses
 import math
 import subprocess
 import sys
@@ -352,3 +353,48 @@ def test_negative_zero_is_a_zero_in_the_mask():
     assert torch.equal(
         result.advantages, compute_advantages(rewards, torch.tensor([0, 0, 1, 1]), mask.abs(), SNR).advantages
     )
+
+
+# ---- the mass diagnostics (issue 40), on hand-worked batches
+
+
+def test_mass_diagnostics_on_a_hand_worked_batch():
+    """One group, c = [1, 0, 1, 0] and f = [0, 1, 1, 0], weights (2, 1), one token each: both normalise to
+    ±a (a = 0.5 / std, std = sqrt(1/3)), so M = (2a, -a), (-2a, a), (2a, a), (-2a, -a) and S = a, -a, 3a, -3a.
+    Rows 0 and 1 conflict; the hard filter drops them and κ = 1/2 for the group."""
+    rewards = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
+    config = GD2POConfig(filter="hard", weights=(2.0, 1.0), reward_keys=("c", "f"))
+    metrics = compute_rollout_advantages(rewards, torch.zeros(4, dtype=torch.long), torch.ones(4), config).metrics
+    assert metrics["pair_conflict/c__f"] == pytest.approx(2 / 4)
+    # net |S| = a + a + 3a + 3a = 8a of a total 3a per row, 12a
+    assert metrics["pair_cancelled/c__f"] == pytest.approx(1 - 8 / 12)
+    assert metrics["cancelled_mass_ratio"] == pytest.approx(1 - 8 / 12)
+    assert metrics["filtered_mass_ratio"] == pytest.approx(2 / 8)  # the dropped rows carry a + a of 8a
+    assert metrics["kappa_mass_ratio"] == pytest.approx(0.5)
+    # SNR at τ = 0.3 keeps rows 0 and 1 (|S| / Σ|M| = 1/3 ≥ 0.3): nothing filtered, κ = 1
+    config = dataclasses.replace(config, filter="snr", snr_threshold=0.3)
+    metrics = compute_rollout_advantages(rewards, torch.zeros(4, dtype=torch.long), torch.ones(4), config).metrics
+    assert (metrics["filtered_mass_ratio"], metrics["kappa_mass_ratio"]) == (0.0, pytest.approx(1.0))
+    assert metrics["cancelled_mass_ratio"] == pytest.approx(1 - 8 / 12)  # the same advantages
+
+
+def test_mass_diagnostics_name_every_pair_and_weigh_by_tokens():
+    # three keys: pairs a__b, a__c, b__c; c is constant (no mass), a and b agree on rollout 0 and disagree on 1
+    rewards = torch.tensor([[1.0, 1.0, 5.0], [0.0, 1.0, 5.0], [1.0, 0.0, 5.0], [0.0, 0.0, 5.0]])
+    config = GD2POConfig(filter="none", reward_keys=("a", "b", "c"))
+    lengths = torch.tensor([1.0, 3.0, 1.0, 1.0])
+    metrics = compute_rollout_advantages(rewards, torch.zeros(4, dtype=torch.long), lengths, config).metrics
+    pairs = sorted(name for name in metrics if name.startswith("pair_"))
+    assert pairs == [f"pair_{kind}/{pair}" for kind in ("cancelled", "conflict") for pair in ("a__b", "a__c", "b__c")]
+    assert metrics["pair_conflict/a__b"] == pytest.approx(2 / 4) and metrics["pair_conflict/a__c"] == 0.0
+    # a, b = ±x each; tokens 1, 3, 1, 1: the two mixed rows (3 and 1 tokens) cancel 4 of 6 token-weights
+    assert metrics["pair_cancelled/a__b"] == pytest.approx(4 / 6)
+    assert metrics["pair_cancelled/a__c"] == 0.0 and metrics["filtered_mass_ratio"] == 0.0
+    assert metrics["kappa_mass_ratio"] == 1.0
+
+
+def test_one_dimension_has_no_mass_diagnostics():
+    config = GD2POConfig(filter="none", reward_keys=("weighted_sum",))
+    rewards = torch.tensor([[1.0], [0.0]])
+    metrics = compute_rollout_advantages(rewards, torch.zeros(2, dtype=torch.long), torch.ones(2), config).metrics
+    assert not [name for name in metrics if "mass" in name or name.startswith("pair_")]

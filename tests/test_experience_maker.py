@@ -123,7 +123,7 @@ def test_sum_rewards_is_grpo_on_the_weighted_sum(reward_file):
         rewards,
         torch.arange(5 * N) // N,
         mask,
-        GD2POConfig(filter="none", reweight_queries=False, weights=(1.0, -0.5)),
+        GD2POConfig(filter="none", reweight_queries=False, weights=(1.0, -0.5), reward_keys=("correctness", "format")),
     )
     assert not torch.allclose(expected.rollout_advantages, per_dimension.rollout_advantages)  # GRPO ≠ GDPO here
     for experience in out:
@@ -131,7 +131,13 @@ def test_sum_rewards_is_grpo_on_the_weighted_sum(reward_file):
         got = experience.advantages.sum(-1) / experience.action_mask.sum(-1)
         torch.testing.assert_close(got, expected.rollout_advantages[rows], atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(experience.rewards, total[rows])
-    assert maker.last_step_report.metrics["gd2po/num_reward_dims"] == 1
+    metrics = maker.last_step_report.metrics
+    assert metrics["gd2po/num_reward_dims"] == 1
+    # its conflict and mass tags are what the per-dimension advantages of the same rewards show
+    assert metrics["gd2po/conflict_ratio"] == per_dimension.metrics["conflict_ratio"] > 0
+    for name in ("pair_conflict/correctness__format", "pair_cancelled/correctness__format", "cancelled_mass_ratio"):
+        assert metrics[f"gd2po/{name}"] == pytest.approx(per_dimension.metrics[name]), name
+    assert (metrics["gd2po/filtered_mass_ratio"], metrics["gd2po/kappa_mass_ratio"]) == (0.0, 1.0)
 
 
 def test_kl_in_reward_adds_reverse_cumulative_kl_on_kept_rollouts(reward_file):

@@ -32,7 +32,6 @@ from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import gd2po_openrlhf
-from gd2po_openrlhf import GD2POConfig, compute_rollout_advantages
 from gd2po_openrlhf.integration.dynamic_sampling import COUNTS_ATTRIBUTE, GroupTally
 from gd2po_openrlhf.integration.launcher_args import ONE_RANK_PER_GROUP, parse_launcher_args
 from gd2po_openrlhf.integration.settings import RunSettings
@@ -297,9 +296,6 @@ def run_arm(arm: str, settings, warm_policy, tokenizer, seed: int, writer, progr
     torch.manual_seed(seed)
     prompt_rng = random.Random(10_000 + seed)
     weights = torch.tensor(SETTINGS[arm_setting(arm)]["weights"], dtype=torch.float64)
-    # GRPO's conflict ratio, measured as GDPO's estimator would see the same dimensions and weights.
-    diagnostics = GD2POConfig(filter="none", reward_keys=tuple(KEYS), weights=tuple(weights.tolist()))
-    grpo = maker.settings.sum_rewards
     curves: Dict[str, List[float]] = {}
     steps = range(1, settings.steps + 1)
     if progress:
@@ -342,12 +338,6 @@ def run_arm(arm: str, settings, warm_policy, tokenizer, seed: int, writer, progr
 
         metrics = dict(maker.take_step_report().metrics)
         lengths = torch.cat([e.action_mask.sum(-1) for e in experiences])
-        if grpo:
-            trained = torch.stack([torch.cat([e.info[f"reward/{k}"] for e in experiences]).double() for k in KEYS], 1)
-            conditioned = maker.settings.condition_rewards(trained)[0]
-            group_ids = torch.tensor([i for e in experiences for i in e.index]) // group_size
-            result = compute_rollout_advantages(conditioned, group_ids, lengths, diagnostics)
-            metrics.update({"gd2po/conflict_ratio": result.metrics["conflict_ratio"], "gd2po/keep_ratio": 1.0})
         advantage_abs = sum(float(e.advantages.abs().sum()) for e in experiences) / float(lengths.sum())
 
         losses = ppo_update(policy, optimizer, policy_loss, experiences, settings.updates_per_step)

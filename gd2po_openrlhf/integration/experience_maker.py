@@ -19,6 +19,7 @@ but gd2po/gdpo goes to OpenRLHF untouched. For gd2po/gdpo, one step of ``make_ex
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import json
 import math
@@ -307,6 +308,19 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
         self._write_advantages(experiences, rollout_advantages, keep, weighted_total.float())
 
         metrics = {f"gd2po/{name}": value for name, value in result.metrics.items()}
+        if settings.sum_rewards and len(settings.reward_keys) > 1:
+            # GRPO trains on the sum: its conflict and mass tags are what the per-dimension (GDPO) advantages of the
+            # same rewards show, so that every multi-reward run logs them.
+            per_dimension = compute_rollout_advantages(
+                rewards[good], groups[good], lengths[good], dataclasses.replace(settings.gd2po_config, filter="none")
+            ).metrics
+            metrics.update(
+                {
+                    f"gd2po/{name}": value
+                    for name, value in per_dimension.items()
+                    if name == "conflict_ratio" or name.startswith("pair_") or name.endswith("_mass_ratio")
+                }
+            )
         metrics.update(weight_metrics)
         failed_share = condition_failed[good].double().mean(dim=0).tolist()
         metrics.update(

@@ -5,7 +5,8 @@ uniform in [1, 1024], micro-batches of 16 rollouts as `Experience` objects. Time
 interleaved, median of --repeats (of 3 × --repeats pairs for (1)), each call after writing --flush-mb MiB so
 that every measurement and its floor start with cold caches:
   (1) the estimator core: gd2po_openrlhf.compute_advantages (SNR filter, τ = 0.8) on [B, K] rewards and a
-      [B, 1024] float response mask; then on a bool mask, and its per-rollout math alone (from the lengths);
+      [B, 1024] float response mask; then on a bool mask, and its per-rollout math alone (from the lengths), and
+      the mass diagnostics in it alone (estimator.mass_diagnostics);
   (2) a loop implementation of the same formulas, written here the way the authors' code computes them
       (Python loops over groups and rollouts), checked equal to (1) first;
   (3) the plugin's compute_advantages_and_returns (gd2po) on the Experience objects;
@@ -25,6 +26,7 @@ import torch
 
 import gd2po_openrlhf
 from gd2po_openrlhf import GD2POConfig, compute_advantages, compute_rollout_advantages
+from gd2po_openrlhf.estimator import mass_diagnostics
 from gd2po_openrlhf.integration.launcher_args import ONE_RANK_PER_GROUP, parse_launcher_args
 
 PROMPTS, GROUP, DIMS, MAX_LEN, MICRO_BATCH, PROMPT_LEN = 512, 8, 3, 1024, 16, 16
@@ -239,6 +241,13 @@ def main() -> None:
     print(f"(2) equals (1): max |difference| {error:.2e}; keep ratio {expected.metrics['keep_ratio']:.3f}")
     column = expected.rollout_advantages.float().unsqueeze(1)
     columns = column.split([len(e.index) for e in experiences])
+    per_rollout = compute_rollout_advantages(rewards, group_ids, lengths, CONFIG)
+    mass_inputs = (
+        per_rollout.dimension_advantages * lengths.unsqueeze(1).double(),
+        per_rollout.keep,
+        per_rollout.group_keep_ratio.double(),
+        KEYS,
+    )
 
     kl = [torch.rand(e.action_mask.shape) * 0.1 for e in experiences]
     results, ratios = {}, {}
@@ -250,7 +259,7 @@ def main() -> None:
                 experience.kl = experience_kl  # both makers consume it (set to None afterwards)
             maker.compute_advantages_and_returns(experiences)
 
-        names = ("(1)", "(1) floor", "(1) bool mask", "(1) per-rollout", "(2)", "(3)", "(3) floor", "(4)")
+        names = ("(1)", "(1) floor", "(1) bool mask", "(1) per-rollout", "(1) mass", "(2)", "(3)", "(3) floor", "(4)")
         times = {name: [] for name in names}
         for _ in range(settings.repeats):
             if kl_coef == 0:
@@ -259,6 +268,7 @@ def main() -> None:
                     times["(1) floor"].append(timed(core_floor, response_mask, column))
                 times["(1) bool mask"].append(timed(compute_advantages, rewards, group_ids, bool_mask, CONFIG))
                 times["(1) per-rollout"].append(timed(compute_rollout_advantages, rewards, group_ids, lengths, CONFIG))
+                times["(1) mass"].append(timed(mass_diagnostics, *mass_inputs))
                 if len(times["(2)"]) < 3:  # the loop baseline is slow and steady: 3 runs suffice
                     times["(2)"].append(timed(loop_reference, rewards, group_ids, response_mask, CONFIG))
                 times["(3) floor"].append(timed(step_floor, experiences, columns))
@@ -269,6 +279,9 @@ def main() -> None:
             ratios["core / core floor"] = [a / b for a, b in zip(times["(1)"], times["(1) floor"])]
             ratios["step / step floor"] = [a / b for a, b in zip(times["(3)"], times["(3) floor"])]
             ratios["stock group_norm / step"] = [a / b for a, b in zip(times["(4)"], times["(3)"])]
+            ratios["mass diagnostics / per-rollout math"] = [
+                a / b for a, b in zip(times["(1) mass"], times["(1) per-rollout"])
+            ]
         else:
             ratios["step / stock group_norm, KL in the reward"] = [a / b for a, b in zip(times["(3)"], times["(4)"])]
 
@@ -280,6 +293,7 @@ def main() -> None:
         "(1) floor": "(1) floor: read the mask once, write the advantages once",
         "(1) bool mask": "(1) on a bool mask (no 0/1 check to make)",
         "(1) per-rollout": "(1)'s per-rollout math alone: compute_rollout_advantages on the lengths",
+        "(1) mass": "the mass diagnostics inside it alone (estimator.mass_diagnostics)",
         "(2)": "(2) loop baseline",
         "(3)": "(3) plugin compute_advantages_and_returns (gd2po)",
         "(3) floor": "(3) floor: read rewards and action masks, write each Experience's advantages and rewards",

@@ -302,3 +302,28 @@ def test_both_converters_refuse_an_empty_user_prompt(tmp_path, script, row):
     source.write_text(json.dumps(row) + "\n")
     result = run(DATA / script, source, "--output", tmp_path / "out.jsonl")
     assert result.returncode == 1 and "row 0 has an empty user prompt" in result.stderr
+
+
+GOOD_ROW = '{"user": "hi", "ground_truth": "<response>x</response>"}'
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ('{"user": "hi \\ud800", "ground_truth": "<response>x</response>"}', "row 1 holds a lone surrogate '\\ud800'"),
+        ("[" * 100_000 + "]" * 100_000, "line 2 nests deeper than this reader allows"),
+        ('{"user": "hi", "ground_truth": "<response>x</response>", "n": ' + "9" * 5000 + "}", "line 2: Exceeds the"),
+        ('{"user": "hi", "ground_truth": "<response>x</response>", "n": NaN}', "line 2: NaN is not a number JSON"),
+    ],
+)
+def test_hostile_rows_are_refused_in_one_line_and_an_existing_output_is_kept(tmp_path, line, message):
+    source = tmp_path / "rows.jsonl"
+    source.write_text(GOOD_ROW + "\n" + line + "\n")
+    output = tmp_path / "out.jsonl"
+    output.write_text("the previous conversion\n")
+    result = run(DATA / "prepare_tool_calling.py", source, "--output", output)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and message in result.stderr, result.stderr[-500:]
+    assert output.read_text() == "the previous conversion\n"
+    assert {path.name for path in tmp_path.iterdir()} == {"rows.jsonl", "out.jsonl"}  # no temporary file left

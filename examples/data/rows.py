@@ -8,6 +8,7 @@ import argparse
 import importlib.util
 import json
 import os
+import tempfile
 
 EXAMPLES = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -21,6 +22,25 @@ def positive_int(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected 1 or more rows, got {value}")
     return value
+
+
+def _refuse_constant(name):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _parsed(text, where):
+    """One JSON document; NaN, Infinity, nesting deeper than Python's recursion limit and integers over its
+    4,300-digit limit end the script naming ``where``, as malformed JSON does."""
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except json.JSONDecodeError as error:
+        raise SystemExit(
+            f"error: {where} is not JSON: {error.msg} (line {error.lineno} column {error.colno})"
+        ) from None
+    except RecursionError:
+        raise SystemExit(f"error: {where} nests deeper than this reader allows") from None
+    except ValueError as error:  # NaN/Infinity, or an integer beyond the digit limit
+        raise SystemExit(f"error: {where}: {error}") from None
 
 
 def read_rows(path):
@@ -46,20 +66,10 @@ def read_rows(path):
             with open(path, encoding="utf-8") as handle:
                 for number, line in enumerate(handle, 1):
                     if line.strip():
-                        try:
-                            rows.append(json.loads(line))
-                        except json.JSONDecodeError as error:
-                            raise SystemExit(
-                                f"error: {path} line {number} is not JSON: {error.msg} (column {error.colno})"
-                            ) from None
+                        rows.append(_parsed(line, f"{path} line {number}"))
         else:
             with open(path, encoding="utf-8") as handle:
-                try:
-                    rows = json.load(handle)
-                except json.JSONDecodeError as error:
-                    raise SystemExit(
-                        f"error: {path} is not JSON: {error.msg} (line {error.lineno} column {error.colno})"
-                    ) from None
+                rows = _parsed(handle.read(), path)
             rows = rows.get("data", rows) if isinstance(rows, dict) else rows
     except UnicodeDecodeError as error:
         raise SystemExit(f"error: {path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
@@ -101,11 +111,33 @@ def write_jsonl(rows, path, summary=None):
         raise SystemExit(
             f"error: --output {path} is a directory; give a file name, e.g. {os.path.join(path, 'train.jsonl')}"
         )
+    # Every row is encoded before anything is written, into a temporary file renamed over the output at the end:
+    # a bad row leaves an existing output untouched and no partial file.
+    lines = []
+    for index, row in enumerate(rows):
+        try:
+            lines.append((json.dumps(row, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8"))
+        except UnicodeEncodeError as error:  # a lone surrogate (from a \\ud800 escape in the input)
+            raise SystemExit(
+                f"error: row {index} holds a lone surrogate {error.object[error.start : error.end]!r}, which is no "
+                f"UTF-8 text; nothing was written to {path}"
+            ) from None
+        except ValueError as error:  # NaN or ±inf: JSON has no such numbers
+            raise SystemExit(f"error: row {index}: {error}; nothing was written to {path}") from None
+    directory = os.path.dirname(os.path.abspath(path))
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w", encoding="utf-8") as handle:
-            for row in rows:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.makedirs(directory, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".jsonl")
+        try:
+            with os.fdopen(handle, "wb") as output:
+                output.writelines(lines)
+            umask = os.umask(0)  # mkstemp makes the file private: give it the permissions open() would
+            os.umask(umask)
+            os.chmod(temporary, 0o666 & ~umask)
+            os.replace(temporary, path)
+        except BaseException:
+            os.unlink(temporary)
+            raise
     except OSError as error:
         raise SystemExit(f"error: cannot write {path}: {error.strerror}") from None
     print(f"wrote {len(rows)} prompts to {path}" + (f" ({summary})" if summary else ""))

@@ -226,9 +226,9 @@ def test_example_launcher_dry_run():
     "extra, returncode, message",
     [
         (
-            ["--gd2po.snr_treshold", "0.5", "--totally_bogus"],
+            ["--snr_treshold", "0.5", "--totally_bogus"],
             2,
-            "unrecognized arguments: --gd2po.snr_treshold 0.5 --totally_bogus",
+            "unrecognized arguments: --snr_treshold 0.5 --totally_bogus",
         ),
         (["--train.partial_rollout_enable"], 1, "--train.partial_rollout_enable requires --train.async_enable"),
     ],

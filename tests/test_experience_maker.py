@@ -366,5 +366,6 @@ def test_advantage_step_benchmark_short_mode_checks_the_estimator_against_loops_
         "step / step floor",
         "stock group_norm / step",
         "step / stock group_norm, KL in the reward",
+        "mass diagnostics / per-rollout math",
     }
     assert all(0 < r["min"] <= r["median"] <= r["max"] for r in ratios.values())

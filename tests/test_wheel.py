@@ -42,7 +42,7 @@ def test_wheel_holds_the_runtime_package_and_the_hook(wheel):
     assert 'extra == "gpu"' in metadata and "openrlhf[vllm]" in metadata
     assert "License-File: LICENSE" in metadata and any(n.endswith(".dist-info/licenses/LICENSE") for n in names)
     assert (
-        "pip install --no-deps gd2po-openrlhf" in metadata and "make test" not in metadata
+        "pip install --no-deps dist/gd2po_openrlhf-0.1.0-py3-none-any.whl" in metadata and "make test" not in metadata
     )  # PYPI.md, not the README
     # the recipes travel as package data, for `python -m gd2po_openrlhf.recipes --copy DIR`
     for recipe in (

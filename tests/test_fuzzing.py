@@ -4,8 +4,10 @@ The contract: a correct result (finite, of the right shape) or a ValueError nami
 exception, never NaN.
 """
 
+import importlib.util
 import json
 import math
+import pathlib
 
 import numpy as np
 import torch
@@ -178,3 +180,70 @@ def test_reward_client_item_count_check_never_raises(payload, num_rollouts):
             len(v) == num_rollouts if isinstance(v, list) else num_rollouts == 1 or v is None
             for v in answer["rewards"].values()
         )
+
+
+# ---- a policy's degenerate output through the shipped reward file and the API-Bank evaluation (issue 37)
+
+EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
+
+
+def _load(path: pathlib.Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+tool_calling = _load(EXAMPLES / "rewards" / "tool_calling.py", "fuzzed_tool_calling")
+eval_api_bank = _load(EXAMPLES / "eval" / "eval_api_bank.py", "fuzzed_eval_api_bank")
+
+LABEL = '<think>call it</think>\n<tool_call>\n{"name": "get_weather", "parameters": {"city": "Paris"}}\n</tool_call>'
+PIECES = st.sampled_from(
+    [
+        "<think>",
+        "</think>",
+        "<tool_call>",
+        "</tool_call>",
+        "<response>",
+        "</response>",
+        "\n",
+        '{"name": "get_weather", "parameters": {"city": "Paris"}}',
+        '{"name": ',
+        '"parameters": ',
+        "[" * 2000,
+        "{" * 2000,
+        "9" * 5000,
+        "1e400",
+        "NaN",
+        "-Infinity",
+        "\\ud800",
+        "\ud800",  # a lone surrogate, as a decoder with errors="surrogateescape" leaves invalid UTF-8
+        "\udcff",
+        "\x00\x01\x1b\x7f",
+        "\u202e\u2028",
+        "x" * 100_000,
+        "<|im_end|>",
+    ]
+)
+RESPONSES = st.one_of(
+    st.lists(PIECES, max_size=12).map("".join),
+    st.text(max_size=300),
+    st.lists(st.one_of(PIECES, st.text(max_size=20)), max_size=20).map("".join),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(RESPONSES)
+def test_the_tool_calling_reward_file_scores_any_policy_output_without_raising(response):
+    scores = tool_calling.reward_func([response], [""], [LABEL])["extra_logs"]
+    correctness, format_score, length = (scores[f"reward/{key}"][0] for key in ("correctness", "format", "length"))
+    assert -3.0 <= correctness <= 3.0 and format_score in (0.0, 1.0) and 0.0 <= length <= 1.0
+    assert all(math.isfinite(value) for value in (correctness, format_score, length))
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(RESPONSES, st.sampled_from(["paper", "exact"]))
+def test_the_api_bank_evaluation_scores_any_policy_output_without_raising(response, scoring):
+    metrics = eval_api_bank.evaluate([{"response": response, "label": LABEL, "level": "1"}], scoring)["overall"]
+    accuracy = metrics["call_accuracy"]
+    assert accuracy in (0.0, 100.0)  # one row: right or wrong, never an exception

@@ -349,6 +349,11 @@ def test_a_restored_budget_with_dynamic_sampling_is_refused_as_the_parser_refuse
         ("gd2po.snr_threshold", 5.0, "must lie in [0, 1], got 5.0"),
         ("gd2po.snr_threshold", "0.3", "--gd2po.snr_threshold '0.3' restored"),
         ("cost.budget", 0.5, "--cost.budget needs the dimension it constrains"),
+        ("gd2po.drop_filtered", "false", "--gd2po.drop_filtered 'false' restored, expected true or false"),
+        ("algo.advantage.no_std_norm", 1, "--algo.advantage.no_std_norm 1 restored, expected true or false"),
+        ("gd2po.reward_weights", ["1", "0"], "--gd2po.reward_weights ['1', '0'] restored, expected a list of numbers"),
+        ("gd2po.reward_condition", "a=b>=1", "--gd2po.reward_condition 'a=b>=1' restored, expected a list of strings"),
+        ("cost.lambda_lr", True, "--cost.lambda_lr True restored, expected a number"),
     ],
 )
 def test_a_corrupt_checkpoint_is_refused_naming_it_and_the_field(tmp_path, reward_file, field, value, message):
@@ -360,6 +365,17 @@ def test_a_corrupt_checkpoint_is_refused_naming_it_and_the_field(tmp_path, rewar
     with pytest.raises(ValueError) as refused:
         resume(trainer(tmp_path, reward_file, "--ckpt.load_enable"))
     assert f"checkpoint --ckpt.path {tmp_path}" in str(refused.value) and message in str(refused.value)
+
+
+def test_a_restored_flag_that_would_be_ignored_is_refused_as_the_parser_refuses_it(tmp_path, reward_file):
+    save(trainer(tmp_path, reward_file, "--gd2po.drop_filtered"))
+    path = tmp_path / "_actor" / "global_step3" / "client_states.pt"
+    states = torch.load(path, weights_only=False)
+    states["gd2po"]["gd2po.filter"] = "none"  # drop_filtered with no filter: the parser would refuse it
+    torch.save(states, path)
+    with pytest.raises(ValueError) as refused:
+        resume(trainer(tmp_path, reward_file, "--ckpt.load_enable"))
+    assert "--gd2po.drop_filtered only acts with a conflict filter" in str(refused.value)
 
 
 @pytest.mark.parametrize("value", [float("nan"), -1.0, 11.0, "1"])

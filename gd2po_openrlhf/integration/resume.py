@@ -10,13 +10,17 @@ and the logged configuration all use it.
 
 from __future__ import annotations
 
+import argparse
 import copy
+import functools
 import math
 from typing import Optional, Tuple
 
 from openrlhf.utils.logging_utils import init_logger
 
+from .argparse_patch import ONLY_ACTS_WITH
 from .dry_run import describe
+from .flags import add_gd2po_arguments
 from .openrlhf_patches import UPSTREAM, installed_openrlhf, source_drift, upstream
 from .settings import REWARD_MODEL_FLAG, RunSettings, resolve_settings
 
@@ -102,6 +106,34 @@ def _with_flags(args, values: dict):
     return args
 
 
+def _check_restored_type(flag: str, value) -> None:
+    """A restored value has the type the flag's parser gives (a checkpoint file can hold anything: ``"false"`` is
+    truthy); raises ValueError naming the flag and the type expected."""
+    action = {a.dest: a for a in _plugin_parser()._actions}.get(flag)
+    number = (int, float)
+    if action is None or action.nargs == 0:  # a switch (OpenRLHF's --algo.advantage.no_std_norm has no action here)
+        ok, expected = isinstance(value, bool), "true or false"
+    elif action.nargs == "+":
+        kinds = number if action.type is float else str
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, kinds) and not isinstance(v, bool) for v in value)
+        expected = "a list of numbers" if action.type is float else "a list of strings"
+    elif action.type is float:
+        ok = (value is None and action.default is None) or (isinstance(value, number) and not isinstance(value, bool))
+        expected = "a number"
+    else:
+        ok, expected = value is None or isinstance(value, str), "a string"
+    if not ok:
+        raise ValueError(f"--{flag} {value!r} restored, expected {expected}")
+
+
+@functools.lru_cache(maxsize=1)
+def _plugin_parser() -> argparse.ArgumentParser:
+    """The plugin's flags on a parser of their own: their types, for checking restored values."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_gd2po_arguments(parser)
+    return parser
+
+
 def restore_checkpoint_settings(
     args, settings: RunSettings, saved: dict, checkpoint: str
 ) -> Tuple[RunSettings, Optional[str]]:
@@ -124,7 +156,16 @@ def restore_checkpoint_settings(
     restored = [name for name in differences if restore and name in RESTORED.values()]
     if restored:
         try:
+            for name in restored:
+                _check_restored_type(name, differences[name][0])
             settings = resolve_settings(_with_flags(args, {name: differences[name][0] for name in restored}))
+            for rule in ONLY_ACTS_WITH:  # as the parser refuses a flag that would be ignored
+                ignored = [name for name in restored if name in rule.flags and differences[name][0] != defaults[name]]
+                if ignored and not rule.active(settings):
+                    raise ValueError(
+                        f"{', '.join('--' + name for name in ignored)} only acts with {rule.needs}, which the "
+                        f"restored settings lack ({rule.instead(settings)})"
+                    )
         except (ValueError, TypeError) as error:
             raise ValueError(
                 f"the GD²PO settings saved in the checkpoint {checkpoint} do not pass the launcher's checks with "

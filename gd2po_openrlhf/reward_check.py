@@ -18,6 +18,8 @@ import inspect
 import json
 import os
 import sys
+import urllib.error
+import urllib.request
 from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 
 from .rewards import MAX_ABS_REWARD, dimensions_from_payload
@@ -116,9 +118,9 @@ def score_rows(
             values = dimensions_from_payload(payload, 1, list(reward_keys), where)
             # The trainer logs every other extra_logs value as a metric: one finite number each.
             for key, value in (payload.get("extra_logs") or {}).items():
-                number = value[0] if isinstance(value, (list, tuple)) and len(value) == 1 else value
+                logged = value[0] if isinstance(value, (list, tuple)) and len(value) == 1 else value
                 if not str(key).startswith("reward/") and not (
-                    isinstance(number, (int, float)) and not isinstance(number, bool) and abs(number) <= MAX_ABS_REWARD
+                    isinstance(logged, (int, float)) and not isinstance(logged, bool) and abs(logged) <= MAX_ABS_REWARD
                 ):
                     raise ValueError(
                         f"{where} returned extra_logs[{key!r}] = {value!r:.60}: OpenRLHF logs every extra_logs value "
@@ -128,11 +130,37 @@ def score_rows(
     return torch.tensor(scored, dtype=torch.float64)
 
 
+class ServerUnreachable(Exception):
+    """The reward server did not answer (not up, or reachable only from the cluster): nothing to check here."""
+
+
+def server_reward_func(url: str, timeout_s: float = 10.0) -> Callable:
+    """A reward function that posts OpenRLHF's ``{query, prompts, labels}`` request to the reward server ``url`` and
+    returns its answer: an HTTP error status raises ValueError with the server's message, no answer at all
+    ``ServerUnreachable``."""
+
+    def post(queries, prompts, labels):
+        body = json.dumps({"query": queries, "prompts": prompts, "labels": labels}).encode()
+        request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout_s) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as error:
+            detail = error.read()[:300].decode("utf-8", "replace")
+            raise ValueError(f"the server answered HTTP {error.code}: {detail}") from None
+        except (urllib.error.URLError, OSError) as error:  # refused, unknown host, timed out
+            raise ServerUnreachable(f"{url} did not answer: {getattr(error, 'reason', error)}") from None
+
+    return post
+
+
 def _call(reward_func: Callable, queries: List[str], prompts: List[str], labels: List[str], where: str):
     """``reward_func``'s answer (an ``async def`` one awaited, as the trainer and the server await it)."""
     try:
         answer = reward_func(queries, prompts, labels)
         return asyncio.run(answer) if inspect.iscoroutine(answer) else answer
+    except ServerUnreachable:
+        raise
     except Exception as error:  # the user's function: reported, named
         raise ValueError(f"{where} raised {type(error).__name__}: {error}") from None
 

@@ -174,3 +174,35 @@ def test_the_reward_function_page_example_checks_and_serves_as_printed(tmp_path,
     finally:
         server.stop_thread()
     assert answer == json.loads(doc_block("json", "and the answer carries"))
+
+
+@pytest.mark.subprocess
+def test_the_dry_run_asks_a_reward_server_that_answers_and_says_when_none_does(tmp_path, dataset):
+    import socket
+
+    from gd2po_openrlhf.serve_rewards import RewardServer, ServerLimits, load_reward_func
+
+    for text, expected in ((GOOD, 0), (NAN, 2)):
+        server = RewardServer(
+            load_reward_func(write(tmp_path, text)), "rules.py", ServerLimits(reward_keys=("correctness", "format"))
+        ).start_in_thread()
+        try:
+            result = launch(server.url, dataset)
+        finally:
+            server.stop_thread()
+        assert result.returncode == expected, result.stderr[-2000:]
+        if expected == 0:
+            assert f"  reward check      reward server {server.url} on the first 3 rows of" in result.stdout
+            assert "a batch of 6 rollouts in one call (the reward server's calls) gives the same rewards" in (
+                result.stdout
+            )
+        else:  # the server's 422 for the NaN, named with the row
+            assert f"dry run: reward server {server.url} for row 1 with the response '(a placeholder" in result.stderr
+            assert "the server answered HTTP 422" in result.stderr
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    result = launch(f"http://127.0.0.1:{port}/get_reward", dataset)
+    assert result.returncode == 0 and f"reward check      not run: http://127.0.0.1:{port}/get_reward did not" in (
+        result.stdout
+    )

@@ -115,37 +115,45 @@ def _budget_line(settings: RunSettings) -> Optional[str]:
 
 
 def check_rewards(args, settings: RunSettings) -> List[str]:
-    """The dry run's reward check: the reward file scores the first rows of ``--data.prompt_dataset`` with stand-in
-    responses (``reward_check``), and the estimator turns them into advantages, each row's responses one group.
-    Raises ValueError naming the file, row, response and key of a bad answer. Model groups are not loaded: their
-    dimensions are 0 here."""
+    """The dry run's reward check: the reward file (or the first reward server, when it answers) scores the first
+    rows of ``--data.prompt_dataset`` with stand-in responses (``reward_check``), and the estimator turns them into
+    advantages, each row's responses one group. Raises ValueError naming the source, row, response and key of a bad
+    answer. Model groups are not loaded: their dimensions are 0 here."""
     import torch
 
     from ..estimator import compute_rollout_advantages
     from ..reward_check import (
         ROWS_CHECKED,
+        ServerUnreachable,
         batch_check,
         dataset_rows,
         load_reward_func,
         rewards_table,
         score_rows,
+        server_reward_func,
         stand_in_responses,
     )
 
-    files = [dim for dim in settings.remote_dimensions if dim.source == "reward_function"]
+    # One source returns every remote dimension: a reward file, or reward servers (the first is asked).
+    files = [dim for dim in settings.remote_dimensions if dim.source in ("reward_function", "reward_server")]
     dataset = _arg(args, "data.prompt_dataset")
     if not files:
         return []
-    path = files[0].location
+    server = files[0].source == "reward_server"
+    path = files[0].location.split(",")[0].strip() if server else files[0].location
     if not dataset:
         return ["  reward check      not run: no --data.prompt_dataset to score"]
     if not isinstance(dataset, str) or "," in dataset or not os.path.isfile(os.path.expanduser(dataset)):
         return [f"  reward check      not run: --data.prompt_dataset {dataset} is not one local file"]
-    reward_func = load_reward_func(path)
+    reward_func = server_reward_func(path) if server else load_reward_func(path)
+    source = f"reward server {path}" if server else f"reward file {path}"
     rows = dataset_rows(dataset, _arg(args, "data.input_key", "input"), _arg(args, "data.label_key"), ROWS_CHECKED)
     responses = [stand_in_responses(label, os.environ.get(SAMPLE_RESPONSE_VARIABLE)) for _, label in rows]
     keys = [dim.key for dim in files]
-    scored = score_rows(reward_func, rows, responses, keys, f"reward file {path}")
+    try:
+        scored = score_rows(reward_func, rows, responses, keys, source)
+    except ServerUnreachable as error:
+        return [f"  reward check      not run: {error} (a server reachable only from the cluster is checked there)"]
     rewards = torch.zeros(len(scored), len(settings.reward_keys), dtype=torch.float64)
     rewards[:, [settings.reward_keys.index(key) for key in keys]] = scored
     groups = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor([len(r) for r in responses]))
@@ -154,13 +162,13 @@ def check_rewards(args, settings: RunSettings) -> List[str]:
     result = compute_rollout_advantages(estimator_rewards, groups, lengths, config)
     others = [key for key in settings.reward_keys if key not in keys]
     return [
-        f"  reward check      {path} on the first {len(rows)} rows of {dataset}, each row's responses one group "
+        f"  reward check      {source} on the first {len(rows)} rows of {dataset}, each row's responses one group "
         "(its label as the response, a placeholder"
         + (f", {SAMPLE_RESPONSE_VARIABLE}" if os.environ.get(SAMPLE_RESPONSE_VARIABLE) else "")
         + "): every answer has the declared keys, one finite number each"
         + (f"; {', '.join(others)} from model groups counted as 0 here (not loaded)" if others else ""),
         *rewards_table(rows, responses, settings.reward_keys, rewards, result.rollout_advantages),
-        "    " + batch_check(reward_func, rows, responses, keys, scored, f"reward file {path}"),
+        "    " + batch_check(reward_func, rows, responses, keys, scored, source),
     ]
 
 

@@ -216,7 +216,19 @@ class RayHead:
         self.process: Optional[subprocess.Popen] = None
         self.workers: List[subprocess.Popen] = []
 
-    def start(self) -> "RayHead":
+    def start(self, attempts: int = 3) -> "RayHead":
+        """Start the head; on a port that another process took between ``_free_port`` and Ray binding it (Ray
+        names the component and the port), try again on fresh ports."""
+        for attempt in range(attempts):
+            try:
+                return self._start_once()
+            except RuntimeError as error:
+                if "that is used by other components" not in str(error) or attempt == attempts - 1:
+                    raise
+                self.port = _free_port()
+                self.address = f"127.0.0.1:{self.port}"
+
+    def _start_once(self) -> "RayHead":
         self.temp_dir.mkdir(parents=True, exist_ok=True)
         ray_cli = Path(sys.executable).with_name("ray")
         command = [

@@ -599,7 +599,10 @@ class AgentInstance(AgentInstanceBase):
     async def step(self, states, **kwargs):
         self.turns += 1
         scores = score_response(states["action_text"], states["label"])
-        done = self.turns == 2
+        # OpenRLHF's executor ends a rollout without asking the agent when --data.max_len leaves no room for another
+        # turn: then this step must be the last one (the feedback is 2 words; a margin for the word count).
+        room = states["sampling_params"].max_tokens - len(states["action_text"].split()) - 2
+        done = self.turns == 2 or room < 4
         extra_logs = {"reward/correctness": 1000.0}
         if done:
             extra_logs = {f"reward/{key}": float(scores[key]) for key in REWARD_KEYS}
@@ -644,7 +647,9 @@ def test_i_a_multi_turn_agent_returns_the_dimensions_at_its_last_step(e2e):
     ]
     result = harness.run_launcher("i: a two-turn agent", flags, run_dir, head).check()
     scalars = result.scalars()
-    assert scalars["train/reward/turns"] == [2.0, 2.0], "every rollout took the agent's two turns"
+    # most rollouts took the agent's two turns; one whose first answer filled --data.max_len ends after one
+    turns = scalars["train/reward/turns"]
+    assert all(1.0 <= value <= 2.0 for value in turns) and max(turns) > 1.0, turns
     for key in TASK_KEYS:
         assert len(scalars[f"train/reward/{key}"]) == 2
         assert all(0.0 <= value <= 1.0 for value in scalars[f"train/reward/{key}"]), key

@@ -137,7 +137,10 @@ def test_installed_wheel_copies_its_recipes_and_they_dry_run(wheel, tmp_path):
     dry = subprocess.run(["bash", "-c", commands[1]], capture_output=True, text=True, env=env, timeout=300)
     assert dry.returncode == 0, dry.stderr[-2000:]
     assert f"{copied}/examples/rewards/tool_calling.py" in dry.stdout and str(REPO) not in dry.stdout
-    assert f"  reward check      {copied}/examples/rewards/tool_calling.py on the first 3 rows of" in dry.stdout
+    assert (
+        f"  reward check      reward file {copied}/examples/rewards/tool_calling.py on the first 3 rows of"
+        in dry.stdout
+    )
 
 
 def test_a_reward_host_serves_with_the_wheel_alone(wheel, tmp_path):

@@ -132,3 +132,39 @@ def reward_client_settings(environ: Optional[Mapping[str, str]] = None) -> Tuple
             raise ValueError(f"{name}={raw!r} must be a positive number")
         values.append(value)
     return tuple(values)
+
+
+# The bearer token of a reward server (``serve_rewards --auth-token-file``) and of the plugin's client
+# (``--gd2po.reward_auth_token_file``, exported to the rollout actors as GD2PO_REWARD_AUTH_TOKEN_FILE).
+AUTH_TOKEN_FILE_VARIABLE = "GD2PO_REWARD_AUTH_TOKEN_FILE"
+AUTH_TOKEN_VARIABLE = "GD2PO_REWARD_AUTH_TOKEN"
+# RFC 6750's token characters: what an Authorization header carries without quoting.
+_TOKEN_CHARACTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/=")
+
+
+def reward_auth_token(path: Optional[str] = None, environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """The bearer token of ``path``, else of the file named by GD2PO_REWARD_AUTH_TOKEN_FILE, else the value of
+    GD2PO_REWARD_AUTH_TOKEN; None when none is set. ValueError naming the file or variable for an unreadable file or
+    a token that is empty or holds characters other than RFC 6750's (a second line, a space)."""
+    environ = os.environ if environ is None else environ
+    path = path or environ.get(AUTH_TOKEN_FILE_VARIABLE) or None
+    if path is not None:
+        where = f"token file {path}"
+        try:
+            with open(os.path.expanduser(path), encoding="utf-8") as handle:
+                token = handle.read(4097).strip()
+        except (OSError, UnicodeDecodeError) as error:
+            raise ValueError(f"{where}: cannot read it: {error}") from None
+    elif environ.get(AUTH_TOKEN_VARIABLE):
+        where, token = AUTH_TOKEN_VARIABLE, environ[AUTH_TOKEN_VARIABLE].strip()
+    else:
+        return None
+    if not token or len(token) > 4096:
+        raise ValueError(f"{where}: expected a token of 1 to 4096 characters, got {len(token)}")
+    odd = sorted(set(token) - _TOKEN_CHARACTERS)
+    if odd:
+        raise ValueError(
+            f"{where}: the token may hold letters, digits and -._~+/= only, found {''.join(odd)[:10]!r} (one line, "
+            "no spaces; e.g. python -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
+    return token

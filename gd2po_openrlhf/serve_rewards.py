@@ -10,45 +10,66 @@ Protocol (OpenRLHF's remote reward model): ``POST /get_reward`` (or ``/``) with
 order: stock estimators train on the sum, ``--advantage_estimator gd2po`` reads the dimensions. The reward
 file's ``reward_func(queries, prompts, labels)`` is called once per request with the whole batch: on the worker's
 event loop (CPU-bound Python runs one batch at a time per process anyway), in ``--max-concurrency`` threads when
-that is above 1 (functions that wait on I/O), or awaited when it is ``async def``.
+in ``--max-concurrency`` threads (one by default: the event loop stays free to answer ``/health`` and to read
+other requests while a batch is scored), or awaited when it is ``async def``.
 ``GET /health`` answers ``{"status": "ok", ...}``. Malformed bodies get 400 with the reason (a number that is not
-a finite float names its field), oversized ones 413, other methods 405. A reward function that raises or returns
-a bad payload (NaN, a missing key, ...) gets 422 with the cause: the same batch would fail again, so the
-plugin's client fails at once instead of retrying. Only a server that is really overloaded answers 503 (all
-slots busy for ``--queue-timeout`` seconds, or ``--max-connections`` open), which clients retry. A request whose
-headers and body do not all arrive within ``--read-timeout`` seconds of its first byte gets 408 and is closed,
-however slowly the client trickles. SIGTERM stops accepting, lets requests in flight finish (at most
-``--shutdown-timeout`` seconds), then exits. Every request is logged as one access-log line on stderr.
+a finite float names its field), oversized ones 413, other methods 405. A reward function that raises (anything,
+``KeyboardInterrupt`` and ``SystemExit`` included) or returns a bad payload (NaN, a missing key, ...) gets 422 with
+the cause: the same batch would fail again, so the plugin's client fails at once instead of retrying. A reward
+function that ends its worker process (``os._exit``, a crash in a C extension) loses that connection; the
+supervisor starts another worker and answers the batch's retry with a 422 naming the reward file and the exit
+code, instead of letting it kill worker after worker. Only a server that is really overloaded answers 503 (all
+slots busy for ``--queue-timeout`` seconds, ``--max-connections`` open and none idle, or ``--max-buffered-bytes``
+of request bodies held), which clients retry. A connection that sends nothing for ``--idle-timeout`` seconds is
+closed, and an idle one makes room when ``--max-connections`` are open; a request whose headers and body do not all
+arrive within ``--read-timeout`` seconds of its first byte gets 408 and is closed, however slowly the client
+trickles. With a bearer token (``--auth-token-file``, or GD2PO_REWARD_AUTH_TOKEN_FILE / GD2PO_REWARD_AUTH_TOKEN)
+every request without ``Authorization: Bearer <token>`` gets 401 before its body is read; binding to an address
+other than loopback without one is refused unless ``--allow-unauthenticated``. SIGTERM stops accepting, lets
+requests in flight finish (at most ``--shutdown-timeout`` seconds), then exits. Every request is logged as one
+access-log line on stderr.
 
 Built on aiohttp's low-level server (``aiohttp.web.Server``): HTTP/1.1 parsing, keep-alive and graceful
 connection shutdown are aiohttp's; aiohttp is already one of OpenRLHF's requirements. ``--workers N`` runs N
-processes accepting on one listening socket, so CPU-bound reward functions use N cores (the GIL holds one
-process to one). ``--ray-serve`` serves the same route as a Ray Serve deployment instead
-(``gd2po_openrlhf.serve_rewards_ray``).
+processes accepting on one port, so CPU-bound reward functions use N cores (the GIL holds one process to one),
+under a supervisor that restarts a worker that dies (one worker too). ``--ray-serve`` serves the same route as a
+Ray Serve deployment instead (``gd2po_openrlhf.serve_rewards_ray``).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import hmac
 import importlib.util
 import inspect
+import ipaddress
 import json
 import logging
 import math
 import multiprocessing
+import multiprocessing.connection
 import os
 import queue
+import shutil
 import signal
 import socket
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence, Tuple
 
 from .reward_check import load_reward_func
-from .rewards import DIMENSION_PREFIX, dimensions_from_payload
+from .rewards import (
+    AUTH_TOKEN_FILE_VARIABLE,
+    AUTH_TOKEN_VARIABLE,
+    DIMENSION_PREFIX,
+    dimensions_from_payload,
+    reward_auth_token,
+)
 
 try:
     from aiohttp import web
@@ -73,6 +94,9 @@ class ServerLimits:
     read_timeout: float = 30.0
     max_connections: int = 1024
     shutdown_timeout: float = 30.0
+    idle_timeout: float = 15.0
+    max_buffered_bytes: int = 256 << 20
+    auth_token: Optional[str] = field(default=None, repr=False)  # never in a log line
 
 
 # ---------------------------------------------------------------------------------------------- the protocol
@@ -191,11 +215,23 @@ def check_body(data: bytes, limits: ServerLimits):
     return (queries, prompts, labels), None
 
 
+def authorized(header: Optional[str], token: Optional[str]) -> bool:
+    """Whether an ``Authorization`` header carries ``Bearer <token>`` (always, when the server has no token);
+    compared in constant time."""
+    return token is None or (header is not None and hmac.compare_digest(header.encode(), f"Bearer {token}".encode()))
+
+
+UNAUTHORIZED = (
+    "missing or wrong bearer token: this reward server needs 'Authorization: Bearer <token>' (the trainer sends the "
+    "token of --gd2po.reward_auth_token_file)"
+)
+
+
 async def score_batch(reward_func: Callable, batch, limits: ServerLimits, source: str, pool=None):
     """``(200, answer)``, or ``(422, error)`` when the reward function raises or returns a bad payload.
 
     An ``async def`` reward function is awaited; a plain one runs in ``pool``'s threads, or without a pool right
-    here on the event loop (a CPU-bound Python function holds the GIL either way)."""
+    here on the event loop (Ray Serve's replicas)."""
     queries, prompts, labels = batch
     try:
         if inspect.iscoroutinefunction(reward_func):
@@ -205,7 +241,9 @@ async def score_batch(reward_func: Callable, batch, limits: ServerLimits, source
         else:
             output = await asyncio.get_running_loop().run_in_executor(pool, reward_func, queries, prompts, labels)
         dimensions = dimensions_from_payload(output, len(queries), limits.reward_keys, f"reward file {source}")
-    except (Exception, SystemExit) as error:  # the trainer must see why, not a dropped connection
+    except asyncio.CancelledError:  # the server is stopping, not the reward function failing
+        raise
+    except BaseException as error:  # KeyboardInterrupt, SystemExit too: the trainer must see why, not a dead worker
         # 422, not 5xx: the reward function fails on this batch deterministically, so a retry cannot help.
         logger.exception("reward_func failed on a batch of %d", len(queries))
         return 422, {"error": f"{type(error).__name__}: {error}"}
@@ -237,30 +275,58 @@ _protocol_errors.addFilter(_OneLine())
 
 
 class _ConnectionGuard(asyncio.Protocol):
-    """Wraps aiohttp's protocol of one connection: refuses it over ``max_connections``, and closes it with a 408
-    when a request's headers have not all arrived ``read_timeout`` seconds after its first byte (aiohttp times
-    idle keep-alive connections, not a client trickling a byte at a time). The body's deadline is the handler's."""
+    """Wraps aiohttp's protocol of one connection with the deadlines aiohttp does not keep: a connection that sends
+    nothing for ``idle_timeout`` seconds is closed (aiohttp times idle keep-alive connections after a response, not
+    a fresh one), a request whose headers have not all arrived ``read_timeout`` seconds after its first byte gets a
+    408 (a client trickling a byte at a time). Over ``max_connections`` the connection idle longest is closed to
+    make room, or, when none is idle, the new one is refused with a 503. The body's deadline is the handler's."""
 
     def __init__(self, server: "RewardServer"):
         self.server, self.inner = server, server.http_server()
         self.transport = self.timer = None
         self.request_started = 0.0
+        self.idle_since: Optional[float] = None  # between requests: since when; None while a request is under way
 
     def connection_made(self, transport):
-        self.transport = transport
-        if len(self.server.connections) >= self.server.limits.max_connections:
-            logger.warning("refused a connection: --max-connections %d open", self.server.limits.max_connections)
-            transport.write(_raw_answer(503, "too many open connections (--max-connections)", retry_after=1))
-            transport.close()
-            self.inner = None
-            return
-        self.server.connections[transport] = self
+        self.transport, limits, connections = transport, self.server.limits, self.server.connections
+        if len(connections) >= limits.max_connections:
+            # Idle for a second at least: a connection whose answer is still being written is never idle that long.
+            idle = [guard for guard in connections.values() if guard.idle_since is not None]
+            oldest = min(idle, key=lambda guard: guard.idle_since, default=None)
+            if oldest is not None and time.monotonic() - oldest.idle_since >= 1.0:
+                logger.warning("--max-connections %d open: closed the one idle longest", limits.max_connections)
+                oldest.close_idle()
+            else:
+                logger.warning("refused a connection: --max-connections %d open, none idle", limits.max_connections)
+                transport.write(_raw_answer(503, "too many open connections (--max-connections)", retry_after=1))
+                transport.close()
+                self.inner = None
+                return
+        connections[transport] = self
         self.inner.connection_made(transport)
+        self.request_done()
+
+    def request_done(self):
+        """Between requests: the idle deadline runs (aiohttp's keep-alive timer, set to the same, runs too)."""
+        if self.transport.is_closing():
+            return
+        self.idle_since = time.monotonic()
+        self.timer = asyncio.get_running_loop().call_later(self.server.limits.idle_timeout, self.close_idle)
+
+    def close_idle(self):
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        logger.info("closed a connection idle for %.1f s", time.monotonic() - self.idle_since)
+        self.transport.close()
 
     def data_received(self, data):
         if self.inner is None:
             return
-        if self.timer is None:  # the first byte of a request
+        if self.idle_since is not None:  # the first byte of a request: the idle deadline gives way to the read one
+            self.idle_since = None
+            if self.timer is not None:
+                self.timer.cancel()
             self.request_started = time.monotonic()
             self.timer = asyncio.get_running_loop().call_later(self.server.limits.read_timeout, self.expire)
         self.inner.data_received(data)
@@ -314,28 +380,31 @@ class RewardServer:
     """One worker: aiohttp's HTTP server on a listening socket, scoring batches with ``reward_func``.
 
     ``serve(sock, stop)`` runs it in the caller's event loop until ``stop`` is set (the command line);
-    ``start_in_thread()`` runs it in a thread of its own on a free port (tests, notebooks)."""
+    ``start_in_thread()`` runs it in a thread of its own on a free port (tests, notebooks). Under the supervisor,
+    ``marks`` is the folder where the worker marks each batch it scores (``<pid>-<body hash>-<n>``, removed when
+    scored) and where the supervisor leaves ``poison-<body hash>`` for a batch that ended a worker."""
 
-    def __init__(self, reward_func: Callable, source: str, limits: ServerLimits = ServerLimits()):
-        self.reward_func, self.source, self.limits = reward_func, source, limits
+    def __init__(
+        self, reward_func: Callable, source: str, limits: ServerLimits = ServerLimits(), marks: Optional[str] = None
+    ):
+        self.reward_func, self.source, self.limits, self.marks = reward_func, source, limits, marks
         self.connections = {}
-        self.in_flight = self.served_requests = self.served_rollouts = 0
+        self.in_flight = self.served_requests = self.served_rollouts = self.buffered_bytes = self.marked = 0
+        self.scoring_since = {}  # request id -> when its batch began to be scored: /health's longest_in_flight_s
         self.url = self.server_address = None
 
     async def serve(self, sock: socket.socket, stop: asyncio.Event) -> None:
         limits = self.limits
         self.slots = asyncio.Semaphore(limits.max_concurrency)
-        self.pool = (
-            ThreadPoolExecutor(limits.max_concurrency, thread_name_prefix="reward_func")
-            if limits.max_concurrency > 1
-            else None
-        )
+        # Threads even for one slot: a reward function that hangs or computes for minutes must not stop the loop
+        # from answering /health, reading other requests and keeping the deadlines.
+        self.pool = ThreadPoolExecutor(limits.max_concurrency, thread_name_prefix="reward_func")
         self.http_server = web.Server(
             self.handle,
             access_log_class=AccessLog,
             access_log=logger,
             logger=_protocol_errors,
-            keepalive_timeout=75.0,  # idle keep-alive connections (the trickle deadline is the guard's)
+            keepalive_timeout=limits.idle_timeout,  # after a response; the guard's deadlines do the rest
             max_field_size=1 << 16,
             # After a 408 or 413 the unread rest of the body is drained for at most 1 s (so that the client can
             # read the answer before the close), not aiohttp's 10 s.
@@ -352,8 +421,7 @@ class RewardServer:
         await asyncio.sleep(0)
         self.http_server.pre_shutdown()
         await self.http_server.shutdown(limits.shutdown_timeout)
-        if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
     def start_in_thread(self, host: str = "127.0.0.1", port: int = 0) -> "RewardServer":
         sock = listening_socket(host, port)
@@ -381,7 +449,17 @@ class RewardServer:
 
     async def handle(self, request):
         guard = self.connections.get(request.transport)
+        try:
+            return await self.answer(request, guard)
+        finally:
+            if guard is not None:
+                guard.request_done()
+
+    async def answer(self, request, guard: Optional[_ConnectionGuard]):
         body_seconds = guard.headers_arrived() if guard is not None else self.limits.read_timeout
+        if not authorized(request.headers.get("Authorization"), self.limits.auth_token):
+            # Before the body is read; the connection is closed so that its unread body is not taken for a request.
+            return reply(401, {"error": UNAUTHORIZED}, close=True, authenticate=True)
         verdict = route_request(request.method, request.path, request.path_qs, request.content_length, self.limits)
         if verdict == "health":
             return reply(200, self.health())
@@ -391,6 +469,23 @@ class RewardServer:
                 return web.Response(status=status, headers={"Allow": ALLOWED})
             return reply(status, answer, allow=ALLOWED if status == 405 else None)
         length = request.content_length
+        if self.buffered_bytes + length > self.limits.max_buffered_bytes:
+            return reply(
+                503,
+                {
+                    "error": f"busy: {self.buffered_bytes} bytes of request bodies held, a body of {length} more "
+                    f"would exceed --max-buffered-bytes {self.limits.max_buffered_bytes}"
+                },
+                retry_after=1,
+                close=True,
+            )
+        self.buffered_bytes += length  # held from the first byte read until the batch is scored
+        try:
+            return await self.score(request, length, body_seconds)
+        finally:
+            self.buffered_bytes -= length
+
+    async def score(self, request, length: int, body_seconds: float):
         try:
             data = await asyncio.wait_for(request.content.readexactly(length), max(body_seconds, 0.001))
         except asyncio.TimeoutError:
@@ -405,6 +500,10 @@ class RewardServer:
         if refusal:
             return reply(*refusal)
         request[BATCH_SIZE] = len(batch[0])
+        fingerprint = hashlib.sha256(data).hexdigest()[:32] if self.marks is not None else None
+        if fingerprint is not None and os.path.exists(os.path.join(self.marks, f"poison-{fingerprint}")):
+            with open(os.path.join(self.marks, f"poison-{fingerprint}"), encoding="utf-8") as handle:
+                return reply(422, {"error": handle.read()})
         try:
             await asyncio.wait_for(self.slots.acquire(), self.limits.queue_timeout)
         except asyncio.TimeoutError:
@@ -414,11 +513,20 @@ class RewardServer:
                 retry_after=1,
             )
         self.in_flight += 1
+        self.scoring_since[id(request)] = time.monotonic()
+        mark = None
+        if fingerprint is not None:  # what the supervisor reads if the reward function ends this process
+            self.marked += 1
+            mark = os.path.join(self.marks, f"{os.getpid()}-{fingerprint}-{self.marked}")
+            open(mark, "w").close()
         try:
             status, answer = await score_batch(self.reward_func, batch, self.limits, self.source, self.pool)
         finally:
             self.slots.release()
             self.in_flight -= 1
+            del self.scoring_since[id(request)]
+            if mark is not None:
+                os.unlink(mark)
         if status == 200:
             self.served_requests += 1
             self.served_rollouts += len(batch[0])
@@ -431,6 +539,10 @@ class RewardServer:
             "reward_keys": list(self.limits.reward_keys) if self.limits.reward_keys else None,
             "worker_pid": os.getpid(),
             "in_flight": self.in_flight,
+            "longest_in_flight_s": round(time.monotonic() - min(self.scoring_since.values()), 3)
+            if self.scoring_since
+            else 0.0,
+            "buffered_bytes": self.buffered_bytes,
             "open_connections": len(self.connections),
             "max_concurrency": self.limits.max_concurrency,
             "served_requests": self.served_requests,
@@ -438,8 +550,15 @@ class RewardServer:
         }
 
 
-def reply(status: int, payload: dict, retry_after: Optional[int] = None, allow: Optional[str] = None, close=False):
-    headers = {}
+def reply(
+    status: int,
+    payload: dict,
+    retry_after: Optional[int] = None,
+    allow: Optional[str] = None,
+    close: bool = False,
+    authenticate: bool = False,
+):
+    headers = {"WWW-Authenticate": 'Bearer realm="gd2po reward server"'} if authenticate else {}
     if retry_after is not None:
         headers["Retry-After"] = str(retry_after)
     if allow is not None:
@@ -498,7 +617,12 @@ def listening_socket(host: str, port: int, reuse_port: bool = False, listen: boo
 
 
 def serve_until_signalled(
-    sock: socket.socket, reward_func: Callable, source: str, limits: ServerLimits, parent_pid: Optional[int] = None
+    sock: socket.socket,
+    reward_func: Callable,
+    source: str,
+    limits: ServerLimits,
+    parent_pid: Optional[int] = None,
+    marks: Optional[str] = None,
 ) -> None:
     """Serve until SIGTERM or SIGINT (or, for a worker, until its supervisor is gone), then stop gracefully."""
 
@@ -515,14 +639,14 @@ def serve_until_signalled(
             stop.set()
 
         watch = loop.create_task(orphaned()) if parent_pid is not None else None
-        await RewardServer(reward_func, source, limits).serve(sock, stop)
+        await RewardServer(reward_func, source, limits, marks).serve(sock, stop)
         if watch is not None:
             watch.cancel()
 
     asyncio.run(run())
 
 
-def _worker(address, reward_file: str, limits: ServerLimits, ready, quiet: bool, parent_pid: int) -> None:
+def _worker(address, reward_file: str, limits: ServerLimits, ready, quiet: bool, parent_pid: int, marks: str) -> None:
     """A worker process: import the reward file (its own copy), listen on the shared port, say so, serve."""
     _configure_logging(quiet)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which stops the workers
@@ -533,7 +657,7 @@ def _worker(address, reward_file: str, limits: ServerLimits, ready, quiet: bool,
         ready.put((os.getpid(), _load_error(reward_file, error)))
         return
     ready.put((os.getpid(), None))
-    serve_until_signalled(sock, reward_func, reward_file, limits, parent_pid)
+    serve_until_signalled(sock, reward_func, reward_file, limits, parent_pid, marks)
 
 
 def _load_error(reward_file: str, error: BaseException) -> str:
@@ -542,17 +666,51 @@ def _load_error(reward_file: str, error: BaseException) -> str:
     return f"reward file {reward_file} failed to load: {type(error).__name__}: {error}"
 
 
+# Signals that end a worker from outside (an operator, the OOM killer, a stopping host): the batch in flight is only
+# suspect, poison if it is in flight again when another worker ends.
+_EXTERNAL_SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def mark_poison(marks: str, pid: int, exitcode: int, reward_file: str) -> int:
+    """After worker ``pid`` ended with ``exitcode``: the batches it was scoring (its marks in ``marks``) become
+    poison, answered 422 from now on by every worker. A batch is poison at once when the worker ended by itself
+    (``os._exit``, a crash) with it alone in flight; otherwise suspect, and poison if it was in flight again when
+    another worker ended. Returns how many batches it was scoring."""
+    names = [name for name in os.listdir(marks) if name.startswith(f"{pid}-")]
+    external = exitcode < 0 and -exitcode in _EXTERNAL_SIGNALS
+    how = f"killed by signal {signal.Signals(-exitcode).name}" if exitcode < 0 else f"exited with code {exitcode}"
+    for name in names:
+        fingerprint = name.split("-")[1]
+        suspect = os.path.join(marks, f"suspect-{fingerprint}")
+        if (len(names) == 1 and not external) or os.path.exists(suspect):
+            others = f" together with {len(names) - 1} other batches" if len(names) > 1 else ""
+            message = (
+                f"reward file {reward_file}: its reward_func ended the worker process ({how}) while scoring this "
+                f"batch{others}; the server answers it with this error instead of scoring it again (restart the "
+                "server to retry it)"
+            )
+            with open(os.path.join(marks, f"poison-{fingerprint}"), "w", encoding="utf-8") as handle:
+                handle.write(message)
+            logger.error("a batch of %s made a worker end (%s): it is answered 422 from now on", reward_file, how)
+        else:
+            open(suspect, "w").close()
+        os.unlink(os.path.join(marks, name))
+    return len(names)
+
+
 def supervise(address, reward_file: str, limits: ServerLimits, workers: int, quiet: bool) -> Optional[str]:
-    """Run ``workers`` processes on ``address`` (host, port); restart one that dies; on SIGTERM/SIGINT stop them
-    gracefully. Returns the reward file's load error if a worker could not import it (nothing was served then)."""
+    """Run ``workers`` processes on ``address`` (host, port); restart one that dies (``mark_poison`` remembers what
+    it was scoring); on SIGTERM/SIGINT stop them gracefully. Returns the reward file's load error if a worker could
+    not import it (nothing was served then)."""
     context = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: its own import of the file
     ready, stopping = context.Queue(), threading.Event()
+    marks = tempfile.mkdtemp(prefix="gd2po-reward-server-")
     for signum in (signal.SIGTERM, signal.SIGINT):  # before any worker starts: none is ever left behind
         signal.signal(signum, lambda *_: stopping.set())
 
     def start():
         process = context.Process(
-            target=_worker, args=(address, reward_file, limits, ready, quiet, os.getpid()), daemon=False
+            target=_worker, args=(address, reward_file, limits, ready, quiet, os.getpid(), marks), daemon=False
         )
         process.start()
         while True:  # its import's verdict, or its death before one
@@ -568,33 +726,47 @@ def supervise(address, reward_file: str, limits: ServerLimits, workers: int, qui
         return process, error
 
     processes = []
-    for _ in range(workers):
-        process, error = start()
-        if error is not None or stopping.is_set():
-            for other in processes + [process]:
-                if other.is_alive():
-                    os.kill(other.pid, signal.SIGTERM)
-            return error
-        processes.append(process)
-    logger.warning(
-        "serving %s on http://%s:%d/get_reward with %d workers (pids %s; health: GET /health)",
-        reward_file,
-        *address[:2],
-        workers,
-        " ".join(str(process.pid) for process in processes),
-    )
-    while not stopping.wait(0.5):
-        for index, process in enumerate(processes):
-            if not process.is_alive() and not stopping.is_set():
-                logger.warning("worker %d exited with %s: starting another", process.pid, process.exitcode)
-                processes[index], error = start()
-                if error is not None:  # the file changed under the server: keep the others serving
-                    logger.error("cannot restart the worker: %s", error)
-    for process in processes:
-        if process.is_alive():
-            os.kill(process.pid, signal.SIGTERM)
-    for process in processes:
-        process.join(limits.shutdown_timeout + 10)
+    try:
+        for _ in range(workers):
+            process, error = start()
+            if error is not None or stopping.is_set():
+                for other in processes + [process]:
+                    if other.is_alive():
+                        os.kill(other.pid, signal.SIGTERM)
+                return error
+            processes.append(process)
+        logger.warning(
+            "serving %s on http://%s:%d/get_reward with %d worker%s (pid%s %s; health: GET /health)",
+            reward_file,
+            *address[:2],
+            workers,
+            "s" if workers > 1 else "",
+            "s" if workers > 1 else "",
+            " ".join(str(process.pid) for process in processes),
+        )
+        while not stopping.is_set():
+            # Woken by a worker's end at once: its poison batch is marked before the client's retry arrives.
+            multiprocessing.connection.wait([process.sentinel for process in processes], timeout=0.5)
+            for index, process in enumerate(processes):
+                if not process.is_alive() and not stopping.is_set():
+                    scoring = mark_poison(marks, process.pid, process.exitcode, reward_file)
+                    logger.warning(
+                        "worker %d exited with %s: starting another%s",
+                        process.pid,
+                        process.exitcode,
+                        f" ({scoring} batch{'es' if scoring != 1 else ''} in flight on it)" if scoring else "",
+                    )
+                    processes[index], error = start()
+                    if error is not None:  # the file changed under the server: keep the others serving
+                        logger.error("cannot restart the worker: %s", error)
+                        stopping.wait(1.0)  # and try again in a second, not in a tight loop
+        for process in processes:
+            if process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+        for process in processes:
+            process.join(limits.shutdown_timeout + 10)
+    finally:
+        shutil.rmtree(marks, ignore_errors=True)
     return None
 
 
@@ -612,7 +784,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--reward-file", required=True, help="a .py file defining reward_func(queries, prompts, labels)"
     )
-    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 to serve other machines)")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="interface to bind (0.0.0.0 to serve other machines: needs --auth-token-file or --allow-unauthenticated)",
+    )
     parser.add_argument("--port", type=int, default=5000, help="0 to 65535 (0: a free port)")
     parser.add_argument(
         "--reward-keys",
@@ -649,6 +825,31 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--shutdown-timeout", type=float, default=30.0, help="seconds SIGTERM waits for requests in flight"
     )
+    parser.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=15.0,
+        help="seconds a connection may send nothing between requests (or before its first) before it is closed",
+    )
+    parser.add_argument(
+        "--max-buffered-bytes",
+        type=int,
+        default=256 << 20,
+        help="request bodies a worker holds at once, read or being read, in bytes (503 above; default 256 MiB)",
+    )
+    parser.add_argument(
+        "--auth-token-file",
+        default=None,
+        metavar="PATH",
+        help="a file holding a bearer token every request must send (401 otherwise); or set "
+        f"{AUTH_TOKEN_FILE_VARIABLE} or {AUTH_TOKEN_VARIABLE}. The trainer sends it with "
+        "--gd2po.reward_auth_token_file",
+    )
+    parser.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="serve an address other than loopback without a token (anyone who reaches the port can query it)",
+    )
     parser.add_argument("--ray-serve", action="store_true", help="serve as a Ray Serve deployment on the cluster")
     parser.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (with --ray-serve)")
     parser.add_argument("--quiet", action="store_true", help="no access log, errors only")
@@ -661,9 +862,24 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     for flag in ("workers", "replicas", "max_concurrency", "max_batch", "max_body_bytes", "max_connections"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
-    for flag in ("queue_timeout", "read_timeout", "shutdown_timeout"):
-        if not getattr(args, flag) > 0:
+    for flag in ("queue_timeout", "read_timeout", "shutdown_timeout", "idle_timeout"):
+        if not 0 < getattr(args, flag) < math.inf:
             parser.error(f"--{flag.replace('_', '-')} must be > 0 seconds, got {getattr(args, flag)}")
+    if args.max_buffered_bytes < args.max_body_bytes:
+        parser.error(
+            f"--max-buffered-bytes {args.max_buffered_bytes} is below --max-body-bytes {args.max_body_bytes}: a body "
+            "the server accepts could never be read"
+        )
+    try:
+        token = reward_auth_token(args.auth_token_file)
+    except ValueError as error:
+        parser.error(f"--auth-token-file: {error}" if args.auth_token_file else str(error))
+    if token is None and not args.allow_unauthenticated and serves_other_machines(args.host):
+        parser.error(
+            f"--host {args.host} serves other machines, and without a token anyone who reaches the port can query "
+            "the reward function and load it: give --auth-token-file (the trainer: --gd2po.reward_auth_token_file), "
+            "or say --allow-unauthenticated"
+        )
     if not 0 <= args.port <= 65535:
         parser.error(f"--port must be between 0 and 65535, got {args.port}")
     if args.replicas > 1 and not args.ray_serve:
@@ -682,6 +898,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         args.read_timeout,
         args.max_connections,
         args.shutdown_timeout,
+        args.idle_timeout,
+        args.max_buffered_bytes,
+        token,
     )
     if args.ray_serve:
         from .serve_rewards_ray import serve_on_ray
@@ -690,25 +909,27 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         if problem:
             parser.error(problem)
         return
-    if args.workers == 1:  # imported here, once; with more workers each imports its own copy
-        try:
-            reward_func = load_reward_func(args.reward_file)
-        except Exception as error:  # missing file, no reward_func, SyntaxError, ImportError, ... of the user's file
-            parser.error(_load_error(args.reward_file, error))
     try:  # the supervisor reserves the port (bound, not listening) for its workers
-        sock = listening_socket(args.host, args.port, reuse_port=args.workers > 1, listen=args.workers == 1)
+        sock = listening_socket(args.host, args.port, reuse_port=True, listen=False)
     except OSError as error:  # port in use, an unknown host, no permission
         parser.error(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}")
     host, port = sock.getsockname()[:2]
-    if args.workers == 1:
-        logger.warning("serving %s on http://%s:%d/get_reward (health: GET /health)", args.reward_file, host, port)
-        serve_until_signalled(sock, reward_func, args.reward_file, limits)
-    else:
-        problem = supervise((host, port), args.reward_file, limits, args.workers, args.quiet)
-        sock.close()
-        if problem:
-            parser.error(problem)
+    # One worker is supervised too: a reward function that ends its process must not end the server.
+    problem = supervise((host, port), args.reward_file, limits, args.workers, args.quiet)
+    sock.close()
+    if problem:
+        parser.error(problem)
     logger.warning("stopped")
+
+
+def serves_other_machines(host: str) -> bool:
+    """Whether ``host`` names an address other than loopback (127.0.0.0/8, ::1); False for a name that does not
+    resolve (binding it fails, saying so)."""
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None, proto=socket.IPPROTO_TCP)}
+    except (OSError, UnicodeError):
+        return False
+    return not all(ipaddress.ip_address(address.split("%")[0]).is_loopback for address in addresses)
 
 
 if __name__ == "__main__":

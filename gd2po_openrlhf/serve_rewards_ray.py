@@ -3,10 +3,12 @@
     pip install "ray[serve]" "protobuf<7"   (the serve extra: pip install ".[serve]" in a checkout)
     python -m gd2po_openrlhf.serve_rewards --ray-serve --replicas 4 --reward-file rewards.py --host 0.0.0.0 --port 5000
 
-Same protocol and answers as the single-host server (``gd2po_openrlhf.serve_rewards``), so the trainer's
-``--reward.remote_url http://HOST:5000/get_reward`` does not change. Ray Serve's proxy takes the HTTP requests and
-routes each to a replica with free capacity; a replica that dies is replaced by Ray Serve. Expensive rewards
-(sandboxed code, model judges) thus grow past one host: replicas land on any node of the cluster with a free CPU.
+Same protocol, answers and bearer token (``--auth-token-file``) as the single-host server
+(``gd2po_openrlhf.serve_rewards``), so the trainer's ``--reward.remote_url http://HOST:5000/get_reward`` does not
+change. Connections, deadlines and body sizes are Ray Serve's proxy's to keep, not this module's. Ray Serve's
+proxy takes the HTTP requests and routes each to a replica with free capacity; a replica that dies is replaced by
+Ray Serve. Expensive rewards (sandboxed code, model judges) thus grow past one host: replicas land on any node of
+the cluster with a free CPU.
 The command joins the cluster of ``RAY_ADDRESS`` (or starts a local one), and removes the deployment on SIGTERM
 or Ctrl-C. On a multi-node cluster the reward file must be at the same path on every node (or shipped with a
 ``runtime_env`` ``working_dir``).
@@ -19,7 +21,15 @@ import signal
 import threading
 from typing import Optional
 
-from .serve_rewards import ServerLimits, check_body, load_reward_func, route_request, score_batch
+from .serve_rewards import (
+    UNAUTHORIZED,
+    ServerLimits,
+    authorized,
+    check_body,
+    load_reward_func,
+    route_request,
+    score_batch,
+)
 
 APP_NAME = "gd2po_rewards"
 
@@ -35,6 +45,12 @@ class RewardReplica:
     async def __call__(self, request):
         from starlette.responses import JSONResponse, Response
 
+        if not authorized(request.headers.get("authorization"), self.limits.auth_token):
+            return JSONResponse(
+                {"error": UNAUTHORIZED},
+                status_code=401,
+                headers={"WWW-Authenticate": 'Bearer realm="gd2po reward server"'},
+            )
         length = request.headers.get("content-length")
         length = int(length) if length is not None and length.isdigit() else None
         path_qs = request.url.path + (f"?{request.url.query}" if request.url.query else "")

@@ -62,6 +62,7 @@ SECTIONS = {
         "--gd2po.resume_with_flags",
         "--gd2po.config",
         "--gd2po.dry_run",
+        "--gd2po.reward_auth_token_file",
     ),
 }
 
@@ -72,7 +73,8 @@ REFUSALS = {
         "`--rollout.n_samples_per_prompt` below 2 (groups need two rollouts), τ outside [0, 1], a critic.",
         "`--gd2po.snr_threshold` / `--gd2po.snr_eps` without the snr filter; `--gd2po.no_reweight` with `gdpo` "
         "(it never reweights); `--gd2po.sum_rewards` without `gdpo`.",
-        "Any `--gd2po.*` or `--cost.*` flag with one of OpenRLHF's own estimators (`--gd2po.dry_run` aside), and "
+        "Any `--gd2po.*` or `--cost.*` flag with one of OpenRLHF's own estimators (`--gd2po.dry_run` and "
+        "`--gd2po.reward_auth_token_file` aside), and "
         "`--advantage_estimator` and `--algo.advantage.estimator` both given with different values.",
     ),
     "Reward dimensions and where they come from": (
@@ -114,6 +116,9 @@ REFUSALS = {
         "serves several variants of a run).",
         "On resume, a checkpoint whose settings the launcher would refuse stops the run naming the checkpoint "
         "and the flag (see [reliability](reliability.md)).",
+        "`--gd2po.reward_auth_token_file`: a file that cannot be read, an empty token or one with characters other "
+        "than RFC 6750's (a second line, a space), or no http(s) `--reward.remote_url` to send it to. It is not a "
+        "preset key (a preset is shared, a token is not).",
     ),
 }
 

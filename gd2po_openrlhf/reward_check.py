@@ -22,7 +22,7 @@ import urllib.error
 import urllib.request
 from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 
-from .rewards import MAX_ABS_REWARD, dimensions_from_payload
+from .rewards import MAX_ABS_REWARD, dimensions_from_payload, reward_auth_token
 
 if TYPE_CHECKING:
     import torch
@@ -141,7 +141,9 @@ def server_reward_func(url: str, timeout_s: float = 10.0) -> Callable:
 
     def post(queries, prompts, labels):
         body = json.dumps({"query": queries, "prompts": prompts, "labels": labels}).encode()
-        request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+        token = reward_auth_token()  # as the trainer's client sends it (--gd2po.reward_auth_token_file)
+        headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {token}"} if token else {})}
+        request = urllib.request.Request(url, data=body, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=timeout_s) as response:
                 return json.loads(response.read())

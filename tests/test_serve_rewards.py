@@ -166,6 +166,7 @@ def test_labels_may_be_omitted_and_unknown_paths_are_404(serve):
             "returned 1e+20 for reward key 'correctness' of rollout 1",
         ),
         (lambda queries, prompts, labels: sys.exit(3), "SystemExit: 3"),
+        (lambda queries, prompts, labels: (_ for _ in ()).throw(KeyboardInterrupt("in the rules")), "KeyboardInter"),
     ],
 )
 def test_a_failing_reward_function_is_a_422_naming_the_cause(serve, reward_func, message):
@@ -480,6 +481,10 @@ def test_a_trailing_slash_and_a_query_string_reach_the_reward_path(serve):
             "failed to load: ModuleNotFoundError: No module named 'no_such_module_gd2po'",
         ),
         (["--queue-timeout", "-1"], None, "--queue-timeout must be > 0 seconds, got -1.0"),
+        (["--idle-timeout", "inf"], None, "--idle-timeout must be > 0 seconds, got inf"),
+        (["--max-buffered-bytes", "10"], None, "--max-buffered-bytes 10 is below --max-body-bytes 67108864"),
+        (["--host", "0.0.0.0"], None, "--host 0.0.0.0 serves other machines, and without a token anyone"),
+        (["--auth-token-file", "no-such-token"], None, "--auth-token-file: token file no-such-token: cannot read it"),
         (["--host", "no-such-host.invalid"], None, "cannot listen on no-such-host.invalid:"),
         ([], "def reward_func(q, p, l)\n    return {}\n", "failed to load: SyntaxError"),
         (
@@ -704,3 +709,197 @@ def test_ray_serve_replicas_behind_the_same_route_lose_nothing(tmp_path, monkeyp
     assert all([float(i) for i in batch] == values for batch, values in answered)
     pids = {line.split()[0] for line in scored.read_text().split("\n")[:-1]}
     assert len(pids) == 2, f"both replicas scored: {pids}"
+
+
+# ---------------------------------------------------------------------------------------------- hostile clients
+
+
+def idle_socket(server) -> socket.socket:
+    """A connection that sends nothing."""
+    return socket.create_connection(server.server_address[:2], timeout=10)
+
+
+def closed_by_server(sock: socket.socket, within: float) -> bool:
+    sock.settimeout(within)
+    try:
+        return sock.recv(1) == b""
+    except socket.timeout:
+        return False
+    finally:
+        sock.close()
+
+
+def test_connections_that_send_nothing_are_closed_after_the_idle_timeout(serve):
+    """Before: aiohttp kept a connection that never sent a byte for its 75 s keep-alive."""
+    server = serve(idle_timeout=0.5)
+    started = time.monotonic()
+    assert closed_by_server(idle_socket(server), within=5)
+    assert 0.4 < time.monotonic() - started < 3
+    # After an answer too (aiohttp's keep-alive timer, set to the same deadline).
+    with idle_socket(server) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        assert sock.recv(65536) == b"", "closed after --idle-timeout"
+
+
+def test_idle_connections_filling_max_connections_make_room_for_a_request(serve):
+    """Before: 4 idle connections under --max-connections 4 answered every request 503 for 75 s."""
+    server = serve(max_connections=4, idle_timeout=60)
+    idle = [idle_socket(server) for _ in range(4)]
+    while len(server.connections) < 4:
+        time.sleep(0.01)
+    time.sleep(1.1)  # idle for over a second: they may be closed to make room
+    code, answer = post(server.url, {"query": ["a b"], "prompts": ["a"]})
+    assert code == 200 and answer["extra_logs"]["reward/correctness"] == [0.0]
+    assert sum(closed_by_server(sock, within=0.5) for sock in idle) == 1, "the one idle longest, only"
+
+
+def test_request_bodies_held_past_max_buffered_bytes_get_a_503_and_are_let_go(serve):
+    """Before: 8 unfinished 59 MB bodies took a worker from 36 MB to 509 MB. Now a worker holds at most
+    --max-buffered-bytes of bodies: a body over it is refused (503, retryable) before a byte of it is read."""
+    server = serve(
+        reward_func=lambda queries, prompts, labels: {"rewards": {"size": [float(len(x)) for x in queries]}},
+        max_body_bytes=1_000_000,
+        max_buffered_bytes=1_500_000,
+    )
+    payload = json.dumps({"query": ["x" * 899_000], "prompts": ["p"]}).encode()
+    unfinished = idle_socket(server)
+    header = f"POST /get_reward HTTP/1.1\r\nHost: x\r\nContent-Length: {len(payload)}\r\n\r\n".encode()
+    unfinished.sendall(header + payload[:1000])
+    health = server.url.replace("/get_reward", "/health")
+    while json.loads(urllib.request.urlopen(health, timeout=10).read())["buffered_bytes"] == 0:
+        time.sleep(0.01)
+    code, answer = post(server.url, payload)
+    assert (
+        code == 503 and f"a body of {len(payload)} more would exceed --max-buffered-bytes 1500000" in answer["error"]
+    )
+    unfinished.close()  # its bytes are let go with its connection
+    while json.loads(urllib.request.urlopen(health, timeout=10).read())["buffered_bytes"] != 0:
+        time.sleep(0.01)
+    code, answer = post(server.url, payload)
+    assert code == 200 and answer["extra_logs"]["reward/size"] == [899_000.0]
+
+
+def test_health_answers_while_the_reward_function_hangs(serve):
+    """Before: with --max-concurrency 1 the reward function ran on the event loop and /health waited for it."""
+    release = threading.Event()
+
+    def hangs(queries, prompts, labels):
+        release.wait(30)
+        return {"rewards": {"x": [1.0] * len(queries)}}
+
+    server = serve(reward_func=hangs)
+    with ThreadPoolExecutor(1) as pool:
+        stuck = pool.submit(post, server.url, {"query": ["a b"], "prompts": ["a"]})
+        while server.in_flight < 1:
+            time.sleep(0.01)
+        time.sleep(0.3)
+        health = json.loads(urllib.request.urlopen(server.url.replace("/get_reward", "/health"), timeout=5).read())
+        release.set()
+        assert stuck.result()[0] == 200
+    assert health["in_flight"] == 1 and health["longest_in_flight_s"] >= 0.3
+
+
+def test_a_bearer_token_is_required_when_the_server_has_one(serve, tmp_path, monkeypatch):
+    """401 without the token or with a wrong one (the body not read), 200 with it; the plugin's client sends the
+    token of GD2PO_REWARD_AUTH_TOKEN_FILE (set by --gd2po.reward_auth_token_file) and does not retry a 401."""
+    from gd2po_openrlhf.integration.reward_client import post_with_retries
+
+    server = serve(auth_token="s3cret-Token_1")
+    payload = json.dumps({"query": ["a b"], "prompts": ["a"]}).encode()
+
+    def ask(path="/get_reward", token=None, data=payload):
+        headers = {"Content-Type": "application/json", **({"Authorization": token} if token else {})}
+        request = urllib.request.Request(server.url.replace("/get_reward", path), data=data, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:
+                return answer.status, dict(answer.headers)
+        except urllib.error.HTTPError as error:
+            return error.code, dict(error.headers)
+
+    assert ask()[0] == 401 and ask()[1]["WWW-Authenticate"].startswith("Bearer")
+    assert ask(token="Bearer wrong")[0] == 401 and ask(token="s3cret-Token_1")[0] == 401
+    assert ask(path="/health", data=None)[0] == 401
+    assert ask(token="Bearer s3cret-Token_1")[0] == 200
+    assert ask(path="/health", token="Bearer s3cret-Token_1", data=None)[0] == 200
+
+    monkeypatch.setenv("GD2PO_REWARD_BACKOFF_S", "0.01")
+    with pytest.raises(RuntimeError, match="refused the request with HTTP 401: .*missing or wrong bearer token"):
+        asyncio.run(post_with_retries(server.url, {"query": ["a b"], "prompts": ["a"]}, 1))
+    (tmp_path / "token").write_text("s3cret-Token_1\n")
+    monkeypatch.setenv("GD2PO_REWARD_AUTH_TOKEN_FILE", str(tmp_path / "token"))
+    answer = asyncio.run(post_with_retries(server.url, {"query": ["a b"], "prompts": ["a"]}, 1))
+    assert answer["extra_logs"]["reward/correctness"] == [0.0]
+    assert server.served_requests == 2
+
+
+@pytest.mark.parametrize(
+    "host, other_machines",
+    [
+        ("127.0.0.1", False),
+        ("localhost", False),
+        ("::1", False),
+        ("127.0.0.2", False),
+        ("0.0.0.0", True),
+        ("::", True),
+    ],
+)
+def test_only_loopback_addresses_count_as_this_machine(host, other_machines):
+    from gd2po_openrlhf.serve_rewards import serves_other_machines
+
+    assert serves_other_machines(host) is other_machines
+
+
+ENDS_ITS_WORKER = """
+import os
+
+def reward_func(queries, prompts, labels):
+    with open({log!r}, "a") as log:
+        log.write(f"{{os.getpid()}} {{len(queries)}}\\n")
+    if any("END" in query for query in queries):
+        log = None
+        os._exit(3)
+    return {{"rewards": {{"n": [float(len(q)) for q in queries]}}}}
+"""
+
+
+@pytest.mark.subprocess
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_batch_that_ends_its_worker_is_answered_422_naming_the_reward_file(tmp_path, monkeypatch, workers):
+    """Before: os._exit in the reward function ended a --workers 1 server for good without a log line, and with
+    --workers 2 the client's retries of the batch killed worker after worker. Now: the supervisor restarts the
+    worker, the retry gets a 422 naming the reward file and the exit code, the client stops there, and the server
+    serves the next batch."""
+    from gd2po_openrlhf.integration.reward_client import post_with_retries
+
+    monkeypatch.setenv("GD2PO_REWARD_ATTEMPTS", "12")
+    monkeypatch.setenv("GD2PO_REWARD_BACKOFF_S", "0.05")
+    scored = tmp_path / "scored.txt"
+    reward_file = tmp_path / "ends.py"
+    reward_file.write_text(ENDS_ITS_WORKER.format(log=str(scored)))
+    port = free_port()
+    command = [sys.executable, "-m", "gd2po_openrlhf.serve_rewards", "--reward-file", str(reward_file)]
+    process = subprocess.Popen(
+        command + ["--port", str(port), "--workers", str(workers)], stderr=subprocess.PIPE, text=True
+    )
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        if " serving " in line:
+            break
+    threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True).start()
+    url = f"http://127.0.0.1:{port}/get_reward"
+    try:
+        with pytest.raises(RuntimeError) as refused:
+            asyncio.run(post_with_retries(url, {"query": ["p END", "p ok"], "prompts": ["p", "p"]}, 2))
+        answer = asyncio.run(post_with_retries(url, {"query": ["p ok"], "prompts": ["p"]}, 1))
+        assert answer["extra_logs"]["reward/n"] == [4.0]
+    finally:
+        process.terminate()
+        assert process.wait(timeout=30) == 0, "".join(lines)
+    assert (
+        f'HTTP 422: {{"error": "reward file {reward_file}: its reward_func ended the worker process (exited '
+        "with code 3) while scoring this batch" in str(refused.value)
+    )
+    assert [line.split()[1] for line in scored.read_text().splitlines()] == ["2", "1"], "the batch was scored once"
+    assert sum("exited with 3: starting another (1 batch in flight on it)" in line for line in lines) == 1

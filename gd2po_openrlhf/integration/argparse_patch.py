@@ -26,10 +26,10 @@ import re
 import sys
 from typing import Callable, List, NamedTuple, Optional, Tuple
 
-from ..rewards import reward_client_settings
+from ..rewards import AUTH_TOKEN_FILE_VARIABLE, reward_auth_token, reward_client_settings
 from .cluster_shape import check_cluster_shape
 from .dry_run import check_rewards, describe, resumed_settings
-from .flags import add_gd2po_arguments, load_preset
+from .flags import ANY_ESTIMATOR_FLAGS, add_gd2po_arguments, load_preset
 from .openrlhf_patches import check_drift
 from .settings import COST_GROUP_DEFAULTS, GD2PO_ESTIMATORS, RunSettings, _arg, resolve_settings
 
@@ -225,9 +225,29 @@ def check_command_line(parser: argparse.ArgumentParser, namespace: argparse.Name
     settings, and the dry run (any estimator)."""
     estimator = getattr(namespace, "algo.advantage.estimator", None)
     remote = _arg(namespace, "reward.remote_url")
-    if isinstance(remote, str) and any(url.strip().startswith(("http://", "https://")) for url in remote.split(",")):
+    servers = isinstance(remote, str) and any(
+        url.strip().startswith(("http://", "https://")) for url in remote.split(",")
+    )
+    token_file = _arg(namespace, "gd2po.reward_auth_token_file")
+    if token_file:
+        if not servers:
+            refuse(parser, "--gd2po.reward_auth_token_file only acts with an http(s) --reward.remote_url: drop it")
+        token_file = os.path.abspath(os.path.expanduser(token_file))
+        os.environ[AUTH_TOKEN_FILE_VARIABLE] = token_file  # this process: the dry run's reward check
+        # The rollout actors, on any node: added to the job's runtime_env that OpenRLHF's train() gives ray.init (the
+        # driver's own environment reaches neither nodes started by `ray start` nor other hosts).
+        import ray
+
+        def init_with_token_file(*args, init=ray.init, **kwargs):
+            runtime_env = dict(kwargs.get("runtime_env") or {})
+            runtime_env["env_vars"] = {**(runtime_env.get("env_vars") or {}), AUTH_TOKEN_FILE_VARIABLE: token_file}
+            return init(*args, **{**kwargs, "runtime_env": runtime_env})
+
+        ray.init = init_with_token_file
+    if servers:
         try:  # read in the rollout actors, where a bad value would only surface at the first reward
             reward_client_settings()
+            reward_auth_token()
         except ValueError as error:
             refuse(parser, f"{error} (the plugin's reward client in the rollout actors reads it)")
     dry_run = _arg(namespace, "gd2po.dry_run") or os.environ.get("GD2PO_DRY_RUN", "").strip().lower() in (
@@ -320,7 +340,9 @@ def _refuse_ignored_flags(
         )
     if estimator not in GD2PO_ESTIMATORS:
         ignored = [
-            name for dest, name, _ in given if dest.split(".")[0] in ("gd2po", "cost") and dest != "gd2po.dry_run"
+            name
+            for dest, name, _ in given
+            if dest.split(".")[0] in ("gd2po", "cost") and dest not in ANY_ESTIMATOR_FLAGS
         ]
         if ignored:
             refuse(

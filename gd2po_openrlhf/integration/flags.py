@@ -25,9 +25,12 @@ def _short(value, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + f"... ({len(text)} characters)"
 
 
-# Preset entries outside the gd2po:/cost: sections; the dry-run and preset flags themselves are not preset keys.
+# Preset entries outside the gd2po:/cost: sections; the dry-run and preset flags themselves are not preset keys, nor is
+# a user's secret.
 PRESET_REWARD_KEYS = ("reward.remote_url", "reward.model_name_or_path")
-NOT_PRESET_KEYS = ("gd2po.config", "gd2po.dry_run")
+NOT_PRESET_KEYS = ("gd2po.config", "gd2po.dry_run", "gd2po.reward_auth_token_file")
+# The --gd2po.* flags that act with OpenRLHF's own estimators too (the rest are refused with them).
+ANY_ESTIMATOR_FLAGS = ("gd2po.dry_run", "gd2po.reward_auth_token_file")
 
 
 def add_gd2po_arguments(parser: argparse.ArgumentParser) -> None:
@@ -219,6 +222,14 @@ def add_gd2po_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         default=False,
         help="print the resolved GD²PO configuration and exit before Ray starts (also GD2PO_DRY_RUN=1)",
+    )
+    group.add_argument(
+        "--gd2po.reward_auth_token_file",
+        default=None,
+        metavar="PATH",
+        help="a file holding the bearer token of the --reward.remote_url servers (serve_rewards --auth-token-file): "
+        "the rollout actors send it with every reward request. Read at that path on every node that runs vLLM "
+        "engines; any estimator",
     )
     cost = parser.add_argument_group("GD²PO cost model group (its own Ray actor group, its own GPUs)")
     cost.add_argument(

@@ -13,8 +13,10 @@ methods are replaced (``remote_rewards``) so that
 The rollout actors do not see the launcher's flags, so the retry policy is read from environment variables
 (set them where Ray starts, or in a job's ``runtime_env``): ``GD2PO_REWARD_ATTEMPTS`` (default 6),
 ``GD2PO_REWARD_TIMEOUT_S`` per request (default 180, as OpenRLHF) and ``GD2PO_REWARD_BACKOFF_S``, the first
-wait, doubled after each failure up to 30 s (default 1). It applies to every estimator while the plugin is
-enabled; ``GD2PO_DISABLE=1`` restores OpenRLHF's client.
+wait, doubled after each failure up to 30 s (default 1). A reward server's bearer token is read from the file named
+by ``GD2PO_REWARD_AUTH_TOKEN_FILE`` (the launcher sets it in the rollout actors from
+``--gd2po.reward_auth_token_file``) or from ``GD2PO_REWARD_AUTH_TOKEN``, and sent as ``Authorization: Bearer``.
+It applies to every estimator while the plugin is enabled; ``GD2PO_DISABLE=1`` restores OpenRLHF's client.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from typing import List, Optional
 import aiohttp
 from openrlhf.utils.logging_utils import init_logger
 
-from ..rewards import reward_client_settings
+from ..rewards import reward_auth_token, reward_client_settings
 
 logger = init_logger(__name__)
 
@@ -73,12 +75,14 @@ async def post_with_retries(url: str, payload: dict, num_rollouts: int) -> dict:
     many rollouts in flight do not retry in lockstep) between attempts.
     """
     attempts, timeout_s, backoff_s = reward_client_settings()
+    token = reward_auth_token()  # read per request: a rotated token file is picked up without a restart
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else None
     started = time.monotonic()
     failure = None
     for attempt in range(1, attempts + 1):
         try:
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as session:
-                async with session.post(url, json=payload) as response:
+                async with session.post(url, json=payload, headers=headers) as response:
                     body = await response.text()
                     status = response.status
         except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError) as error:

@@ -24,7 +24,8 @@ of request bodies held), which clients retry. A connection that sends nothing fo
 closed, and an idle one makes room when ``--max-connections`` are open; a request whose headers and body do not all
 arrive within ``--read-timeout`` seconds of its first byte gets 408 and is closed, however slowly the client
 trickles. With a bearer token (``--auth-token-file``, or GD2PO_REWARD_AUTH_TOKEN_FILE / GD2PO_REWARD_AUTH_TOKEN)
-every request without ``Authorization: Bearer <token>`` gets 401 before its body is read; binding to an address
+every request without ``Authorization: Bearer <token>`` gets 401 before its body is read (``/health`` answers
+only its status); binding to an address
 other than loopback without one is refused unless ``--allow-unauthenticated``. SIGTERM stops accepting, lets
 requests in flight finish (at most ``--shutdown-timeout`` seconds), then exits. Every request is logged as one
 access-log line on stderr.
@@ -221,6 +222,7 @@ def authorized(header: Optional[str], token: Optional[str]) -> bool:
     return token is None or (header is not None and hmac.compare_digest(header.encode(), f"Bearer {token}".encode()))
 
 
+HEALTH_WITHOUT_TOKEN = {"status": "ok", "details": "send the bearer token for the worker's details"}
 UNAUTHORIZED = (
     "missing or wrong bearer token: this reward server needs 'Authorization: Bearer <token>' (the trainer sends the "
     "token of --gd2po.reward_auth_token_file)"
@@ -457,10 +459,12 @@ class RewardServer:
 
     async def answer(self, request, guard: Optional[_ConnectionGuard]):
         body_seconds = guard.headers_arrived() if guard is not None else self.limits.read_timeout
+        verdict = route_request(request.method, request.path, request.path_qs, request.content_length, self.limits)
         if not authorized(request.headers.get("Authorization"), self.limits.auth_token):
+            if verdict == "health":  # a liveness probe needs no secret; the worker's details do
+                return reply(200, HEALTH_WITHOUT_TOKEN)
             # Before the body is read; the connection is closed so that its unread body is not taken for a request.
             return reply(401, {"error": UNAUTHORIZED}, close=True, authenticate=True)
-        verdict = route_request(request.method, request.path, request.path_qs, request.content_length, self.limits)
         if verdict == "health":
             return reply(200, self.health())
         if verdict != "score":

@@ -22,6 +22,7 @@ import threading
 from typing import Optional
 
 from .serve_rewards import (
+    HEALTH_WITHOUT_TOKEN,
     UNAUTHORIZED,
     ServerLimits,
     authorized,
@@ -45,16 +46,18 @@ class RewardReplica:
     async def __call__(self, request):
         from starlette.responses import JSONResponse, Response
 
+        length = request.headers.get("content-length")
+        length = int(length) if length is not None and length.isdigit() else None
+        path_qs = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        verdict = route_request(request.method, request.url.path, path_qs, length, self.limits)
         if not authorized(request.headers.get("authorization"), self.limits.auth_token):
+            if verdict == "health":
+                return JSONResponse(HEALTH_WITHOUT_TOKEN)
             return JSONResponse(
                 {"error": UNAUTHORIZED},
                 status_code=401,
                 headers={"WWW-Authenticate": 'Bearer realm="gd2po reward server"'},
             )
-        length = request.headers.get("content-length")
-        length = int(length) if length is not None and length.isdigit() else None
-        path_qs = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        verdict = route_request(request.method, request.url.path, path_qs, length, self.limits)
         if verdict == "health":
             return JSONResponse(
                 {

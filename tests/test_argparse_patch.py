@@ -555,3 +555,91 @@ def test_a_mistyped_openrlhf_flag_keeps_openrlhfs_message(reward_file):
         VALID_GD2PO + ["--reward.remote_url", reward_file, "--actor.learning_rat", "1e-6"], env={"GD2PO_DRY_RUN": "1"}
     )
     assert result.returncode == 2 and "unrecognized arguments: --actor.learning_rat 1e-6" in result.stderr
+
+
+# ---- issue 37: the reward server's bearer token
+
+
+@pytest.mark.subprocess
+def test_the_reward_token_file_reaches_the_dry_runs_reward_check_with_any_estimator(tmp_path):
+    """A server that needs a token: the dry run's reward check is refused a 401 without --gd2po.reward_auth_token_file
+    and scores with it; with OpenRLHF's own estimator the flag is accepted (the plugin's client serves every
+    estimator)."""
+    from gd2po_openrlhf.serve_rewards import RewardServer, ServerLimits
+
+    server = RewardServer(
+        lambda queries, prompts, labels: {"rewards": {"correctness": [1.0] * len(queries)}},
+        "rules.py",
+        ServerLimits(auth_token="tok-123"),
+    ).start_in_thread()
+    token_file = tmp_path / "token"
+    token_file.write_text("tok-123\n")
+    dataset = tmp_path / "prompts.jsonl"
+    dataset.write_text('{"input": "2+2?", "label": "4"}\n')
+    try:
+        argv = VALID_GD2PO + ["--reward.remote_url", server.url, "--data.prompt_dataset", str(dataset)]
+        argv += ["--data.label_key", "label"]
+        refused = launcher_subprocess(argv, env={"GD2PO_DRY_RUN": "1"})
+        assert refused.returncode == 2 and "HTTP 401" in refused.stderr and "bearer token" in refused.stderr
+        checked = launcher_subprocess(
+            argv + ["--gd2po.reward_auth_token_file", str(token_file)], env={"GD2PO_DRY_RUN": "1"}
+        )
+        assert checked.returncode == 0, checked.stderr
+        assert f"reward check      reward server {server.url} on the first 1 rows" in checked.stdout
+        stock = launcher_subprocess(
+            [
+                "--algo.advantage.estimator",
+                "group_norm",
+                "--reward.remote_url",
+                server.url,
+                "--rollout.n_samples_per_prompt",
+                "2",
+                "--gd2po.reward_auth_token_file",
+                str(token_file),
+            ],
+            env={"GD2PO_DRY_RUN": "1"},
+        )
+        assert stock.returncode == 0 and "(GD²PO inactive)" in stock.stdout, stock.stderr
+    finally:
+        server.stop_thread()
+    assert server.served_requests >= 1
+
+
+@pytest.mark.parametrize(
+    "remote_url, token_text, message",
+    [
+        ("http://127.0.0.1:5000/get_reward", "two words\n", "the token may hold letters, digits and -._~+/= only"),
+        ("http://127.0.0.1:5000/get_reward", "\n", "expected a token of 1 to 4096 characters, got 0"),
+        ("REWARD_FILE", "tok", "--gd2po.reward_auth_token_file only acts with an http(s) --reward.remote_url"),
+    ],
+)
+def test_a_bad_reward_token_file_is_refused_naming_it(reward_file, tmp_path, remote_url, token_text, message, capsys):
+    token_file = tmp_path / "token"
+    token_file.write_text(token_text)
+    remote_url = reward_file if remote_url == "REWARD_FILE" else remote_url
+    argv = VALID_GD2PO + ["--reward.remote_url", remote_url, "--gd2po.reward_auth_token_file", str(token_file)]
+    with pytest.raises(SystemExit) as exit_info:
+        openrlhf_strategy(argv + ["--gd2po.dry_run"])
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2 and message in error
+    if "token may" in message or "characters" in message:
+        assert f"token file {token_file}" in error
+
+
+def test_the_token_files_path_rides_in_the_ray_jobs_runtime_env(tmp_path, monkeypatch):
+    """The rollout actors run where the driver's environment does not reach (nodes of `ray start`, other hosts):
+    the launcher adds the path (never the token) to the runtime_env OpenRLHF's train() gives ray.init."""
+    import ray
+
+    received = []
+    monkeypatch.setattr(ray, "init", lambda *args, **kwargs: received.append(kwargs))
+    monkeypatch.setenv("GD2PO_REWARD_AUTH_TOKEN_FILE", "")  # restored after the test: the launcher sets it
+    token_file = tmp_path / "token"
+    token_file.write_text("tok-123\n")
+    argv = VALID_GD2PO + ["--reward.remote_url", "http://127.0.0.1:5000/get_reward"]
+    openrlhf_strategy(argv + ["--gd2po.reward_auth_token_file", str(token_file)])
+    ray.init(runtime_env={"env_vars": {"NCCL_DEBUG": "WARN"}})
+    assert received == [
+        {"runtime_env": {"env_vars": {"NCCL_DEBUG": "WARN", "GD2PO_REWARD_AUTH_TOKEN_FILE": str(token_file)}}}
+    ]
+    assert os.environ["GD2PO_REWARD_AUTH_TOKEN_FILE"] == str(token_file)

@@ -188,25 +188,27 @@ def reward_func(queries, prompts, labels):
 
 
 class FaultProxy(http.server.ThreadingHTTPServer):
-    """Loopback proxy in front of the reward server: answers the first POST with HTTP 503, forwards the rest."""
+    """Loopback proxy in front of the reward server: answers the first POST with HTTP 503, forwards the rest (and
+    their Authorization header, counting the POSTs that carry one)."""
 
     def __init__(self, upstream: str):
-        self.upstream, self.posts, self.answered_503 = upstream, 0, 0
+        self.upstream, self.posts, self.answered_503, self.with_token = upstream, 0, 0, 0
         self.lock = threading.Lock()
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(handler):
                 body = handler.rfile.read(int(handler.headers["Content-Length"]))
+                token = handler.headers.get("Authorization")
                 with self.lock:
                     self.posts += 1
+                    self.with_token += token is not None
                     fail = self.posts == 1
                 if fail:
                     self.answered_503 += 1
                     status, answer = 503, b'{"error": "injected fault"}'
                 else:
-                    request = urllib.request.Request(
-                        self.upstream, data=body, headers={"Content-Type": "application/json"}
-                    )
+                    headers = {"Content-Type": "application/json", **({"Authorization": token} if token else {})}
+                    request = urllib.request.Request(self.upstream, data=body, headers=headers)
                     try:
                         with urllib.request.urlopen(request, timeout=60) as response:
                             status, answer = response.status, response.read()
@@ -230,14 +232,19 @@ class FaultProxy(http.server.ThreadingHTTPServer):
 
 
 def test_b_reward_server_with_a_503_and_a_nan_rollout_drop_group_and_drop_filtered(e2e):
+    """The reward server needs a bearer token: the rollout actors, on the nodes of a `ray start` head the driver's
+    environment does not reach, send the one of --gd2po.reward_auth_token_file."""
     assets, head, root = e2e
     run_dir = root / "b"
     run_dir.mkdir()
     reward_file = run_dir / "nan_once.py"
     reward_file.write_text(NAN_ONCE_REWARD_FILE)
+    token_file = run_dir / "reward-token"
+    token_file.write_text("e2e-token-b\n")
     port = harness._free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "gd2po_openrlhf.serve_rewards", "--reward-file", str(reward_file), "--port", str(port)],
+        [sys.executable, "-m", "gd2po_openrlhf.serve_rewards", "--reward-file", str(reward_file), "--port", str(port)]
+        + ["--auth-token-file", str(token_file)],
         stdout=open(run_dir / "server.log", "w"),
         stderr=subprocess.STDOUT,
     )
@@ -254,6 +261,8 @@ def test_b_reward_server_with_a_503_and_a_nan_rollout_drop_group_and_drop_filter
             "--gd2po.on_bad_reward",
             "drop_group",
             "--gd2po.drop_filtered",
+            "--gd2po.reward_auth_token_file",
+            str(token_file),
         ]
         result = harness.run_launcher(
             "b: reward server with faults, drop_group + drop_filtered", flags, run_dir, head
@@ -263,6 +272,7 @@ def test_b_reward_server_with_a_503_and_a_nan_rollout_drop_group_and_drop_filter
         server.terminate()
         server.wait(timeout=30)
     assert proxy.answered_503 == 1 and proxy.posts >= 2 * 32
+    assert proxy.with_token == proxy.posts, "every rollout actor's request carried the token"
     assert "HTTP 503" in result.log and "retry 1/" in result.log, "the rollout actor's client retried the 503"
     assert "its prompt group will be dropped" in result.log
     # The server's 500 names the cause, and the rollout actor's final failure carries it to the trainer's warning.

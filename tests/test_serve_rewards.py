@@ -45,9 +45,9 @@ def rollout_text(i):
     return body if i % 4 else body + " trailing words"
 
 
-def post(url, payload, timeout=30):
+def post(url, payload, timeout=30, headers=None):
     data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:
             return answer.status, json.loads(answer.read())
@@ -674,17 +674,24 @@ def test_sigterm_under_load_finishes_the_requests_in_flight_then_exits(tmp_path,
 def test_ray_serve_replicas_behind_the_same_route_lose_nothing(tmp_path, monkeypatch):
     """``--ray-serve --replicas 2`` on a local Ray cluster (CPU): the plugin's client posts 400 rollouts, 16
     requests in flight; every rollout comes back once with its own reward, both replicas scored, SIGTERM removes
-    the deployment and exits 0."""
+    the deployment and exits 0. With --auth-token-file: a request without the token gets a 401, the plugin's client
+    sends it."""
     pytest.importorskip("ray.serve")
 
     monkeypatch.setenv("GD2PO_REWARD_BACKOFF_S", "0.2")
+    (tmp_path / "token").write_text("replica-token\n")
+    monkeypatch.setenv("GD2PO_REWARD_AUTH_TOKEN_FILE", str(tmp_path / "token"))
+    auth = {"Authorization": "Bearer replica-token"}
     scored = tmp_path / "scored.txt"
     reward_file = tmp_path / "echo.py"
     reward_file.write_text(ECHO_REWARDS.format(log=str(scored), sleep=0.01))
     port = free_port()
     command = [sys.executable, "-m", "gd2po_openrlhf.serve_rewards", "--ray-serve", "--replicas", "2"]
     command += ["--reward-file", str(reward_file), "--port", str(port), "--reward-keys", "rollout_id"]
-    env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    command += ["--auth-token-file", str(tmp_path / "token")]
+    env = {
+        key: value for key, value in os.environ.items() if key not in ("RAY_ADDRESS", "GD2PO_REWARD_AUTH_TOKEN_FILE")
+    }
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     lines = []
     try:
@@ -696,9 +703,11 @@ def test_ray_serve_replicas_behind_the_same_route_lose_nothing(tmp_path, monkeyp
         threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True).start()
         url = f"http://127.0.0.1:{port}/get_reward"
         answered = load_through_the_plugins_client(url, 400)
-        code, answer = post(url.replace("/get_reward", "/nowhere"), {})
+        code, answer = post(url, payload_of([0]))
+        assert code == 401 and "missing or wrong bearer token" in answer["error"]
+        code, answer = post(url.replace("/get_reward", "/nowhere"), {}, headers=auth)
         assert code == 404 and "unknown path /nowhere" in answer["error"]
-        code, answer = post(url, {"query": ["a"], "prompts": ["a"], "labels": [float("nan")]})
+        code, answer = post(url, {"query": ["a"], "prompts": ["a"], "labels": [float("nan")]}, headers=auth)
         assert code == 400 and answer["error"].startswith("labels[0]: NaN")
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=120) == 0, "".join(lines[-30:])
@@ -813,15 +822,17 @@ def test_a_bearer_token_is_required_when_the_server_has_one(serve, tmp_path, mon
         request = urllib.request.Request(server.url.replace("/get_reward", path), data=data, headers=headers)
         try:
             with urllib.request.urlopen(request, timeout=10) as answer:
-                return answer.status, dict(answer.headers)
+                return answer.status, dict(answer.headers), json.loads(answer.read())
         except urllib.error.HTTPError as error:
-            return error.code, dict(error.headers)
+            return error.code, dict(error.headers), json.loads(error.read())
 
     assert ask()[0] == 401 and ask()[1]["WWW-Authenticate"].startswith("Bearer")
     assert ask(token="Bearer wrong")[0] == 401 and ask(token="s3cret-Token_1")[0] == 401
-    assert ask(path="/health", data=None)[0] == 401
     assert ask(token="Bearer s3cret-Token_1")[0] == 200
-    assert ask(path="/health", token="Bearer s3cret-Token_1", data=None)[0] == 200
+    # /health: its status to anyone (a liveness probe), the worker's details with the token only
+    status, _, health = ask(path="/health", data=None)
+    assert status == 200 and health["status"] == "ok" and set(health) == {"status", "details"}
+    assert ask(path="/health", token="Bearer s3cret-Token_1", data=None)[2]["reward_file"] == "test.py"
 
     monkeypatch.setenv("GD2PO_REWARD_BACKOFF_S", "0.01")
     with pytest.raises(RuntimeError, match="refused the request with HTTP 401: .*missing or wrong bearer token"):

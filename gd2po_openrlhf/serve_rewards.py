@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import hashlib
 import hmac
 import importlib.util
@@ -488,6 +489,10 @@ class RewardServer:
             return await self.score(request, length, body_seconds)
         finally:
             self.buffered_bytes -= length
+            if self.buffered_bytes == 0 and length >= 1 << 20:
+                # Once aiohttp has let the request go: without this the worker keeps the memory of the largest
+                # bodies it ever held (measured: benchmarks/reward_server_memory.py).
+                asyncio.get_running_loop().call_later(1.0, release_freed_memory)
 
     async def score(self, request, length: int, body_seconds: float):
         try:
@@ -500,6 +505,9 @@ class RewardServer:
             )
         except asyncio.IncompleteReadError as error:
             return reply(400, {"error": f"the body ended after {len(error.partial)} of {length} bytes"}, close=True)
+        except ConnectionError:  # the client went away mid-body: nobody to answer
+            logger.info("a client closed its connection after sending part of a %d-byte body", length)
+            return reply(400, {"error": "connection lost"}, close=True)
         batch, refusal = check_body(data, self.limits)
         if refusal:
             return reply(*refusal)
@@ -552,6 +560,22 @@ class RewardServer:
             "served_requests": self.served_requests,
             "served_rollouts": self.served_rollouts,
         }
+
+
+try:  # glibc's: hands the free memory of the heap and its arenas back to the system
+    import ctypes
+
+    _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+except (OSError, AttributeError):  # another C library (musl, macOS): the memory stays with the worker, bounded
+    _malloc_trim = None
+
+
+def release_freed_memory() -> None:
+    """A body's 64 kB chunks outlive its request in reference cycles (an aborted read's exception and traceback),
+    and once freed the C allocator keeps their pages: collect the cycles, then return the pages."""
+    gc.collect()
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 def reply(

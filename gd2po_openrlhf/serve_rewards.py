@@ -82,6 +82,7 @@ except ImportError:  # a reward host installed with --no-deps and without aiohtt
 logger = logging.getLogger("gd2po_openrlhf.serve_rewards")
 REWARD_PATHS = ("/get_reward", "")  # compared without the query string and trailing slashes
 ALLOWED = "GET, POST"
+HASH_BYTES = 32  # of a body's SHA-256, in hex: how a retried batch is known again
 
 
 @dataclass(frozen=True)
@@ -384,15 +385,22 @@ class RewardServer:
 
     ``serve(sock, stop)`` runs it in the caller's event loop until ``stop`` is set (the command line);
     ``start_in_thread()`` runs it in a thread of its own on a free port (tests, notebooks). Under the supervisor,
-    ``marks`` is the folder where the worker marks each batch it scores (``<pid>-<body hash>-<n>``, removed when
-    scored) and where the supervisor leaves ``poison-<body hash>`` for a batch that ended a worker."""
+    ``scoring`` is memory shared with it, one slot of ``HASH_BYTES`` per ``--max-concurrency`` slot, holding the
+    body hash of each batch being scored (what the supervisor reads when the worker dies), and ``poison`` the
+    folder where the supervisor leaves ``poison-<body hash>`` for a batch that ended a worker."""
 
     def __init__(
-        self, reward_func: Callable, source: str, limits: ServerLimits = ServerLimits(), marks: Optional[str] = None
+        self,
+        reward_func: Callable,
+        source: str,
+        limits: ServerLimits = ServerLimits(),
+        poison: Optional[str] = None,
+        scoring=None,
     ):
-        self.reward_func, self.source, self.limits, self.marks = reward_func, source, limits, marks
+        self.reward_func, self.source, self.limits = reward_func, source, limits
+        self.poison, self.scoring, self.free_slots = poison, scoring, list(range(limits.max_concurrency))
         self.connections = {}
-        self.in_flight = self.served_requests = self.served_rollouts = self.buffered_bytes = self.marked = 0
+        self.in_flight = self.served_requests = self.served_rollouts = self.buffered_bytes = 0
         self.scoring_since = {}  # request id -> when its batch began to be scored: /health's longest_in_flight_s
         self.url = self.server_address = None
 
@@ -512,9 +520,9 @@ class RewardServer:
         if refusal:
             return reply(*refusal)
         request[BATCH_SIZE] = len(batch[0])
-        fingerprint = hashlib.sha256(data).hexdigest()[:32] if self.marks is not None else None
-        if fingerprint is not None and os.path.exists(os.path.join(self.marks, f"poison-{fingerprint}")):
-            with open(os.path.join(self.marks, f"poison-{fingerprint}"), encoding="utf-8") as handle:
+        fingerprint = hashlib.sha256(data).hexdigest()[:HASH_BYTES] if self.poison is not None else None
+        if fingerprint is not None and os.path.exists(os.path.join(self.poison, f"poison-{fingerprint}")):
+            with open(os.path.join(self.poison, f"poison-{fingerprint}"), encoding="utf-8") as handle:
                 return reply(422, {"error": handle.read()})
         try:
             await asyncio.wait_for(self.slots.acquire(), self.limits.queue_timeout)
@@ -526,19 +534,18 @@ class RewardServer:
             )
         self.in_flight += 1
         self.scoring_since[id(request)] = time.monotonic()
-        mark = None
-        if fingerprint is not None:  # what the supervisor reads if the reward function ends this process
-            self.marked += 1
-            mark = os.path.join(self.marks, f"{os.getpid()}-{fingerprint}-{self.marked}")
-            open(mark, "w").close()
+        slot = self.free_slots.pop() if fingerprint is not None else None  # never empty: the semaphore's slots
+        if slot is not None:  # what the supervisor reads if the reward function ends this process
+            self.scoring[slot * HASH_BYTES : (slot + 1) * HASH_BYTES] = fingerprint.encode()
         try:
             status, answer = await score_batch(self.reward_func, batch, self.limits, self.source, self.pool)
         finally:
             self.slots.release()
             self.in_flight -= 1
             del self.scoring_since[id(request)]
-            if mark is not None:
-                os.unlink(mark)
+            if slot is not None:
+                self.scoring[slot * HASH_BYTES : (slot + 1) * HASH_BYTES] = bytes(HASH_BYTES)
+                self.free_slots.append(slot)
         if status == 200:
             self.served_requests += 1
             self.served_rollouts += len(batch[0])
@@ -650,7 +657,8 @@ def serve_until_signalled(
     source: str,
     limits: ServerLimits,
     parent_pid: Optional[int] = None,
-    marks: Optional[str] = None,
+    poison: Optional[str] = None,
+    scoring=None,
 ) -> None:
     """Serve until SIGTERM or SIGINT (or, for a worker, until its supervisor is gone), then stop gracefully."""
 
@@ -667,14 +675,16 @@ def serve_until_signalled(
             stop.set()
 
         watch = loop.create_task(orphaned()) if parent_pid is not None else None
-        await RewardServer(reward_func, source, limits, marks).serve(sock, stop)
+        await RewardServer(reward_func, source, limits, poison, scoring).serve(sock, stop)
         if watch is not None:
             watch.cancel()
 
     asyncio.run(run())
 
 
-def _worker(address, reward_file: str, limits: ServerLimits, ready, quiet: bool, parent_pid: int, marks: str) -> None:
+def _worker(
+    address, reward_file: str, limits: ServerLimits, ready, quiet: bool, parent_pid: int, poison: str, scoring
+) -> None:
     """A worker process: import the reward file (its own copy), listen on the shared port, say so, serve."""
     _configure_logging(quiet)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the supervisor, which stops the workers
@@ -685,7 +695,7 @@ def _worker(address, reward_file: str, limits: ServerLimits, ready, quiet: bool,
         ready.put((os.getpid(), _load_error(reward_file, error)))
         return
     ready.put((os.getpid(), None))
-    serve_until_signalled(sock, reward_func, reward_file, limits, parent_pid, marks)
+    serve_until_signalled(sock, reward_func, reward_file, limits, parent_pid, poison, scoring)
 
 
 def _load_error(reward_file: str, error: BaseException) -> str:
@@ -699,31 +709,31 @@ def _load_error(reward_file: str, error: BaseException) -> str:
 _EXTERNAL_SIGNALS = (signal.SIGKILL, signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
-def mark_poison(marks: str, pid: int, exitcode: int, reward_file: str) -> int:
-    """After worker ``pid`` ended with ``exitcode``: the batches it was scoring (its marks in ``marks``) become
-    poison, answered 422 from now on by every worker. A batch is poison at once when the worker ended by itself
-    (``os._exit``, a crash) with it alone in flight; otherwise suspect, and poison if it was in flight again when
-    another worker ended. Returns how many batches it was scoring."""
-    names = [name for name in os.listdir(marks) if name.startswith(f"{pid}-")]
+def mark_poison(poison: str, scoring: bytes, exitcode: int, reward_file: str) -> int:
+    """After a worker ended with ``exitcode``: the batches it was scoring (the body hashes in its shared ``scoring``
+    slots) become poison, answered 422 from now on by every worker (``poison-<hash>`` in the folder ``poison``). A
+    batch is poison at once when the worker ended by itself (``os._exit``, a crash) with it alone in flight;
+    otherwise suspect, and poison if it was in flight again when another worker ended. Returns how many batches
+    it was scoring."""
+    hashes = [scoring[i : i + HASH_BYTES].decode() for i in range(0, len(scoring), HASH_BYTES)]
+    hashes = [fingerprint for fingerprint in hashes if fingerprint.strip("\0")]
     external = exitcode < 0 and -exitcode in _EXTERNAL_SIGNALS
     how = f"killed by signal {signal.Signals(-exitcode).name}" if exitcode < 0 else f"exited with code {exitcode}"
-    for name in names:
-        fingerprint = name.split("-")[1]
-        suspect = os.path.join(marks, f"suspect-{fingerprint}")
-        if (len(names) == 1 and not external) or os.path.exists(suspect):
-            others = f" together with {len(names) - 1} other batches" if len(names) > 1 else ""
+    for fingerprint in hashes:
+        suspect = os.path.join(poison, f"suspect-{fingerprint}")
+        if (len(hashes) == 1 and not external) or os.path.exists(suspect):
+            others = f" together with {len(hashes) - 1} other batches" if len(hashes) > 1 else ""
             message = (
                 f"reward file {reward_file}: its reward_func ended the worker process ({how}) while scoring this "
                 f"batch{others}; the server answers it with this error instead of scoring it again (restart the "
                 "server to retry it)"
             )
-            with open(os.path.join(marks, f"poison-{fingerprint}"), "w", encoding="utf-8") as handle:
+            with open(os.path.join(poison, f"poison-{fingerprint}"), "w", encoding="utf-8") as handle:
                 handle.write(message)
             logger.error("a batch of %s made a worker end (%s): it is answered 422 from now on", reward_file, how)
         else:
             open(suspect, "w").close()
-        os.unlink(os.path.join(marks, name))
-    return len(names)
+    return len(hashes)
 
 
 def supervise(address, reward_file: str, limits: ServerLimits, workers: int, quiet: bool) -> Optional[str]:
@@ -732,15 +742,20 @@ def supervise(address, reward_file: str, limits: ServerLimits, workers: int, qui
     not import it (nothing was served then)."""
     context = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: its own import of the file
     ready, stopping = context.Queue(), threading.Event()
-    marks = tempfile.mkdtemp(prefix="gd2po-reward-server-")
+    poison = tempfile.mkdtemp(prefix="gd2po-reward-server-")
+    scoring = {}  # process -> its shared slots
     for signum in (signal.SIGTERM, signal.SIGINT):  # before any worker starts: none is ever left behind
         signal.signal(signum, lambda *_: stopping.set())
 
     def start():
+        slots = context.Array("c", HASH_BYTES * limits.max_concurrency, lock=False)  # one writer: the worker
         process = context.Process(
-            target=_worker, args=(address, reward_file, limits, ready, quiet, os.getpid(), marks), daemon=False
+            target=_worker,
+            args=(address, reward_file, limits, ready, quiet, os.getpid(), poison, slots),
+            daemon=False,
         )
         process.start()
+        scoring[process] = slots
         while True:  # its import's verdict, or its death before one
             try:
                 _, error = ready.get(timeout=1)
@@ -777,12 +792,12 @@ def supervise(address, reward_file: str, limits: ServerLimits, workers: int, qui
             multiprocessing.connection.wait([process.sentinel for process in processes], timeout=0.5)
             for index, process in enumerate(processes):
                 if not process.is_alive() and not stopping.is_set():
-                    scoring = mark_poison(marks, process.pid, process.exitcode, reward_file)
+                    batches = mark_poison(poison, scoring.pop(process).raw, process.exitcode, reward_file)
                     logger.warning(
                         "worker %d exited with %s: starting another%s",
                         process.pid,
                         process.exitcode,
-                        f" ({scoring} batch{'es' if scoring != 1 else ''} in flight on it)" if scoring else "",
+                        f" ({batches} batch{'es' if batches != 1 else ''} in flight on it)" if batches else "",
                     )
                     processes[index], error = start()
                     if error is not None:  # the file changed under the server: keep the others serving
@@ -794,7 +809,7 @@ def supervise(address, reward_file: str, limits: ServerLimits, workers: int, qui
         for process in processes:
             process.join(limits.shutdown_timeout + 10)
     finally:
-        shutil.rmtree(marks, ignore_errors=True)
+        shutil.rmtree(poison, ignore_errors=True)
     return None
 
 

@@ -34,6 +34,7 @@ SECTIONS = {
         "--gd2po.reward_model",
         "--gd2po.reward_chat_template",
         "--gd2po.reward_condition",
+        "--gd2po.reference_key",
     ),
     "The cost model group": (
         "--cost.model_name_or_path",

@@ -30,6 +30,8 @@ class GD2POConfig:
         weights: one weight per reward dimension (None = all 1). A negative weight turns a cost into a reward.
         reward_keys: optional names of the dimensions, in column order; used to name per-dimension metrics
             and errors.
+        reference_key: optional name of a dimension of weight 0 (a gold or held-out verifier) against which the
+            conflicting rollouts' summed advantage is compared (metric ``conflict_reference_agreement``).
     """
 
     filter: str = "snr"
@@ -40,6 +42,7 @@ class GD2POConfig:
     reweight_queries: bool = True
     weights: Optional[Tuple[float, ...]] = None
     reward_keys: Optional[Tuple[str, ...]] = field(default=None)
+    reference_key: Optional[str] = None
 
     def __post_init__(self) -> None:
         if self.filter not in FILTERS:
@@ -73,6 +76,18 @@ class GD2POConfig:
                 raise ValueError(
                     f"GD2POConfig has {len(self.weights)} weights {list(self.weights)} "
                     f"for {len(keys)} reward keys {list(keys)}"
+                )
+        if self.reference_key is not None:
+            if self.reward_keys is None or self.reference_key not in self.reward_keys:
+                raise ValueError(
+                    f"GD2POConfig.reference_key {self.reference_key!r} is not one of the reward keys "
+                    f"{self.reward_keys}"
+                )
+            index = self.reward_keys.index(self.reference_key)
+            if self.weights is None or self.weights[index] != 0:
+                raise ValueError(
+                    f"GD2POConfig.reference_key {self.reference_key!r} must have the weight 0 (it is logged, never "
+                    "trained)"
                 )
 
     @classmethod

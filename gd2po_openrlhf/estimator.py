@@ -162,8 +162,10 @@ def compute_rollout_advantages(
     dropped_ratio, keep_ratio, dropped_among_conflicting, group_keep_ratio_{mean,min,max,std} (over
     groups), snr_ratio_mean / snr_ratio_abs_mean / snr_ratio_abs_median (over conflicting rollouts,
     0 when there are none), score_abs_mean_before_filter / score_abs_mean_after_filter (token means of
-    |Σ_k A'| and |F| over response tokens), advantage_abs_mean (token mean of the final |adv|), and
-    reward_mean/<key>, reward_std/<key> of the raw rewards.
+    |Σ_k A'| and |F| over response tokens), advantage_abs_mean (token mean of the final |adv|),
+    reward_mean/<key>, reward_std/<key> of the raw rewards, and with ``cfg.reference_key`` (a weight-0 dimension)
+    conflict_reference_agreement = #{i : conflict_i ∧ A_ref,i ≠ 0 ∧ sign(Σ_k w_k A_ik) = sign(A_ref,i)} /
+    #{i : conflict_i ∧ A_ref,i ≠ 0} (0 when the denominator is), A_ref the reference's group-normalised reward.
     """
     rewards, group_ids, length = _validated(rewards, group_ids, response_lengths, cfg)
     batch_size, num_dims = rewards.shape
@@ -271,6 +273,13 @@ def compute_rollout_advantages(
         "advantage_abs_mean": token_means[2],
     }
     values.update(mass_diagnostics(token_dim_adv, keep, kappa, keys) if num_dims > 1 else {})
+    if cfg.reference_key is not None:
+        # Does the trained sum side with a held-out verifier where the trained rewards disagree? Over conflicting
+        # rollouts whose reference advantage is not a tie: sign(Σ_k w_k A_k) = sign(A_ref).
+        reference = normalized[:, keys.index(cfg.reference_key)]
+        judged = conflict & (reference.abs() > 0)
+        agree = judged & ((signed_sum > 0) == (reference > 0)) & (signed_sum != 0)
+        values["conflict_reference_agreement"] = agree.sum() / judged.sum().clamp_min(1)
     names = [*values, *(f"reward_mean/{key}" for key in keys), *(f"reward_std/{key}" for key in keys)]
     reward_mean = rewards.mean(dim=0)  # std_mean over dim 0 of a [B, K] tensor is ~10x slower
     reward_deviation = rewards - reward_mean

@@ -613,7 +613,10 @@ def test_the_reward_token_file_reaches_the_dry_runs_reward_check_with_any_estima
         ("REWARD_FILE", "tok", "--gd2po.reward_auth_token_file only acts with an http(s) --reward.remote_url"),
     ],
 )
-def test_a_bad_reward_token_file_is_refused_naming_it(reward_file, tmp_path, remote_url, token_text, message, capsys):
+def test_a_bad_reward_token_file_is_refused_naming_it(
+    reward_file, tmp_path, remote_url, token_text, message, capsys, monkeypatch
+):
+    monkeypatch.delenv("GD2PO_REWARD_AUTH_TOKEN_FILE", raising=False)  # restored whatever the launcher does
     token_file = tmp_path / "token"
     token_file.write_text(token_text)
     remote_url = reward_file if remote_url == "REWARD_FILE" else remote_url
@@ -623,7 +626,8 @@ def test_a_bad_reward_token_file_is_refused_naming_it(reward_file, tmp_path, rem
     error = capsys.readouterr().err
     assert exit_info.value.code == 2 and message in error
     if "token may" in message or "characters" in message:
-        assert f"token file {token_file}" in error
+        assert f"--gd2po.reward_auth_token_file: token file {token_file}" in error
+    assert "GD2PO_REWARD_AUTH_TOKEN_FILE" not in os.environ, "a refused token file is not exported"
 
 
 def test_the_token_files_path_rides_in_the_ray_jobs_runtime_env(tmp_path, monkeypatch):
@@ -643,3 +647,41 @@ def test_the_token_files_path_rides_in_the_ray_jobs_runtime_env(tmp_path, monkey
         {"runtime_env": {"env_vars": {"NCCL_DEBUG": "WARN", "GD2PO_REWARD_AUTH_TOKEN_FILE": str(token_file)}}}
     ]
     assert os.environ["GD2PO_REWARD_AUTH_TOKEN_FILE"] == str(token_file)
+
+
+# ---- issue 40: --gd2po.reference_key
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--gd2po.reward_weights", "1", "0", "--gd2po.reference_key", "gold"], None),
+        (
+            ["--gd2po.reward_weights", "1", "1", "--gd2po.reference_key", "gold"],
+            "--gd2po.reference_key 'gold' has the weight 1: a reference is logged, never trained",
+        ),
+        (
+            ["--gd2po.reward_weights", "1", "0", "--gd2po.reference_key", "golden"],
+            "--gd2po.reference_key 'golden' is not one of the reward keys ['correctness', 'gold']",
+        ),
+        (
+            ["--gd2po.reward_weights", "1", "0", "--gd2po.reference_key", "gold"]
+            + ["--gd2po.reward_weight_schedule", "gold=0:1:10"],
+            "--gd2po.reference_key 'gold' is given a moving weight by --gd2po.reward_weight_schedule",
+        ),
+    ],
+)
+def test_the_reference_key_is_a_logged_weight_zero_dimension(reward_file, extra, message, capsys):
+    argv = VALID_GD2PO[:4] + ["gold", *VALID_GD2PO[4:], "--reward.remote_url", reward_file, "--gd2po.dry_run"]
+    if message is None:
+        from gd2po_openrlhf.integration.dry_run import describe
+        from gd2po_openrlhf.integration.settings import resolve_settings
+
+        args = openrlhf_strategy(argv + extra).args
+        settings = resolve_settings(args)
+        assert settings.reference_key == "gold" and settings.gd2po_config.reference_key == "gold"
+        assert "reference         reward/gold (weight 0, logged)" in describe(args, settings)
+        return
+    with pytest.raises(SystemExit) as exit_info:
+        openrlhf_strategy(argv + extra)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err

@@ -37,13 +37,23 @@ def test_the_flag_reference_is_the_parsers_and_the_docs_name_only_real_flags():
 def logged_tags() -> set:
     """Every tag the plugin writes, ``<key>`` for a reward key: the estimator's metrics (computed), dynamic
     sampling's (computed) and the experience maker's own (its ``"gd2po/..."`` literals)."""
-    result = compute_rollout_advantages(
+    # Two dimensions, and three with a reference (--gd2po.reference_key).
+    metrics = compute_rollout_advantages(
         torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0]), torch.tensor([3, 4]), GD2POConfig(filter="snr")
+    ).metrics
+    with_reference = GD2POConfig(weights=(1.0, 1.0, 0.0), reward_keys=("dim0", "dim1", "dim2"), reference_key="dim2")
+    metrics.update(
+        compute_rollout_advantages(
+            torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]]),
+            torch.tensor([0, 0]),
+            torch.tensor([3, 4]),
+            with_reference,
+        ).metrics
     )
     tags = {
-        "train/gd2po/"
-        + re.sub(r"dim\d+__dim\d+", "<a>__<b>", name).replace("/dim0", "/<key>").replace("/dim1", "/<key>")
-        for name in result.metrics
+        "train/gd2po/" + re.sub(r"dim\d+__dim\d+", "<a>__<b>", name).replace("/dim0", "/<key>")
+        # every /dimN is a reward key's tag
+        for name in (re.sub(r"/dim\d+$", "/dim0", name) for name in metrics)
     }
     tags |= {f"train/{name}" for name in sampling_metrics(SamplingCounts(), 1)}
     maker = (ROOT / "gd2po_openrlhf" / "integration" / "experience_maker.py").read_text()

@@ -398,3 +398,41 @@ def test_one_dimension_has_no_mass_diagnostics():
     rewards = torch.tensor([[1.0], [0.0]])
     metrics = compute_rollout_advantages(rewards, torch.zeros(2, dtype=torch.long), torch.ones(2), config).metrics
     assert not [name for name in metrics if "mass" in name or name.startswith("pair_")]
+
+
+# ---- --gd2po.reference_key: does the trained sum side with a held-out verifier where the trained rewards conflict?
+
+
+def test_conflict_reference_agreement_on_a_hand_worked_batch():
+    """Two groups of 4, trained keys a and b, reference ref (weight 0), no std normalisation:
+    group 0: A_a = [2, -1, -1, 0], A_b = [-1, 2, -1, 0], A_ref = [0, -1, 0, 1]
+      -> rollouts 0 and 1 conflict; 0 has a tied reference (not judged); 1 sums to +1 against ref -1: disagrees;
+    group 1: A_a = [-2, 2, -1, 1], A_b = [1, -2, 0, 1], A_ref = [-1, 0, 0, 1]
+      -> rollouts 0 and 1 conflict; 0 sums to -1 with ref -1: agrees; 1 has a tied reference.
+    Judged 2, agreeing 1: 0.5. The reference changes no advantage."""
+    rewards = torch.tensor(
+        [[3, 0, 1], [0, 3, 0], [0, 0, 1], [1, 1, 2], [0, 3, 0], [4, 0, 1], [1, 2, 1], [3, 3, 2]], dtype=torch.float64
+    )
+    groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])
+    lengths = torch.ones(8)
+    config = GD2POConfig(
+        filter="none", norm_by_std=False, weights=(1.0, 1.0, 0.0), reward_keys=("a", "b", "ref"), reference_key="ref"
+    )
+    result = compute_rollout_advantages(rewards, groups, lengths, config)
+    assert result.conflict.tolist() == [True, True, False, False, True, True, False, False]
+    assert result.metrics["conflict_reference_agreement"] == 0.5
+    without = compute_rollout_advantages(rewards, groups, lengths, dataclasses.replace(config, reference_key=None))
+    assert "conflict_reference_agreement" not in without.metrics
+    assert torch.equal(result.rollout_advantages, without.rollout_advantages)
+
+
+@pytest.mark.parametrize(
+    "weights, reference_key, message",
+    [
+        ((1.0, 1.0, 0.5), "ref", "must have the weight 0"),
+        ((1.0, 1.0, 0.0), "gold", "is not one of the reward keys"),
+    ],
+)
+def test_a_reference_key_must_be_a_weight_zero_reward_key(weights, reference_key, message):
+    with pytest.raises(ValueError, match=message):
+        GD2POConfig(weights=weights, reward_keys=("a", "b", "ref"), reference_key=reference_key)

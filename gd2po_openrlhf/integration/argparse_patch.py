@@ -233,6 +233,10 @@ def check_command_line(parser: argparse.ArgumentParser, namespace: argparse.Name
         if not servers:
             refuse(parser, "--gd2po.reward_auth_token_file only acts with an http(s) --reward.remote_url: drop it")
         token_file = os.path.abspath(os.path.expanduser(token_file))
+        try:
+            reward_auth_token(token_file)
+        except ValueError as error:
+            refuse(parser, f"--gd2po.reward_auth_token_file: {error}")
         os.environ[AUTH_TOKEN_FILE_VARIABLE] = token_file  # this process: the dry run's reward check
         # The rollout actors, on any node: added to the job's runtime_env that OpenRLHF's train() gives ray.init (the
         # driver's own environment reaches neither nodes started by `ray start` nor other hosts).

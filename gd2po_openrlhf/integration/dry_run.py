@@ -67,6 +67,10 @@ def describe(args, settings: RunSettings) -> str:
             "else 0 (raw rewards, before normalisation)"
             for c in settings.conditions
         ),
+        f"  reference         reward/{settings.reference_key} (weight 0, logged): conflicting rollouts whose summed "
+        "advantage has its sign -> gd2po/conflict_reference_agreement"
+        if settings.reference_key
+        else None,
         f"  reward models see {rendering}" if settings.model_groups else None,
         "  model groups      (each its own Ray actor group: key, flag, nodes x GPUs per node, value head, chat "
         "template, normalisation, offload)"

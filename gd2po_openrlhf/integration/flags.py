@@ -197,6 +197,15 @@ def add_gd2po_arguments(parser: argparse.ArgumentParser) -> None:
         "condition failed) and restored on resume. E.g. length=correctness>=1",
     )
     group.add_argument(
+        "--gd2po.reference_key",
+        default=None,
+        metavar="KEY",
+        help="a reward key of weight 0 (a gold or held-out verifier, logged, never trained): logs "
+        "train/gd2po/conflict_reference_agreement, the share of rollouts whose trained rewards conflict and whose "
+        "summed advantage has the sign of this key's advantage (high: the conflict is noise the sum resolves "
+        "rightly; low: filtering them would help)",
+    )
+    group.add_argument(
         "--gd2po.constraint_key",
         default=None,
         metavar="KEY",

@@ -66,6 +66,7 @@ NOT_SAVED = {
     "cost_model_key": "the model groups' keys are in the dimensions",
     "resume_with_flags": "it decides the resume itself",
     "preset": "the preset's values are the other fields",
+    "reference_key": "it adds a metric only: the command line's applies",
 }
 # The key under which the restored settings ride in the dataloader state to the async GenerateSamplesActor.
 SETTINGS_KEY = "gd2po_settings"

@@ -171,6 +171,7 @@ class RunSettings:
     lambda_log_space: bool = False
     reward_weight_schedule: Tuple[str, ...] = ()  # --gd2po.reward_weight_schedule KEY=START:END:STEPS[:SHAPE]
     reward_condition: Tuple[str, ...] = ()  # --gd2po.reward_condition KEY=GATE_KEY>=T | KEY=GATE_KEY<=T
+    reference_key: Optional[str] = None  # --gd2po.reference_key: a weight-0 dimension, logged against conflicts
     preset: Optional[str] = None
 
     @property
@@ -193,6 +194,7 @@ class RunSettings:
             reweight_queries=self.estimator == "gd2po" and not self.no_reweight,
             weights=self.reward_weights,
             reward_keys=self.reward_keys,
+            reference_key=self.reference_key,
         )
 
     def estimator_inputs(self, rewards):
@@ -202,7 +204,9 @@ class RunSettings:
         if not self.sum_rewards:
             return rewards, config
         weighted_sum = (rewards * rewards.new_tensor(self.reward_weights)).sum(dim=1, keepdim=True)
-        return weighted_sum, dataclasses.replace(config, weights=(1.0,), reward_keys=("weighted_sum",))
+        return weighted_sum, dataclasses.replace(
+            config, weights=(1.0,), reward_keys=("weighted_sum",), reference_key=None
+        )
 
     @property
     def conditions(self) -> Tuple[RewardCondition, ...]:
@@ -325,6 +329,23 @@ def resolve_settings(args) -> RunSettings:
     conditions = tuple(_arg(args, "gd2po.reward_condition") or ())
     ordered_conditions(conditions, [dim.key for dim in dimensions])  # refuses unknown keys, self-gates, cycles
 
+    reference_key = _arg(args, "gd2po.reference_key")
+    if reference_key is not None:
+        weights = {dim.key: dim.weight for dim in dimensions}
+        if reference_key not in weights:
+            raise ValueError(f"--gd2po.reference_key {reference_key!r} is not one of the reward keys {list(weights)}")
+        if weights[reference_key] != 0:
+            raise ValueError(
+                f"--gd2po.reference_key {reference_key!r} has the weight {weights[reference_key]:g}: a reference is "
+                "logged, never trained: give it the weight 0 in --gd2po.reward_weights"
+            )
+        if reference_key == constraint_key or any(s.split("=")[0].strip() == reference_key for s in schedules):
+            raise ValueError(
+                f"--gd2po.reference_key {reference_key!r} is given a moving weight by "
+                + ("--cost.budget" if reference_key == constraint_key else "--gd2po.reward_weight_schedule")
+                + ": a reference keeps the weight 0"
+            )
+
     settings = RunSettings(
         estimator=estimator,
         n_samples_per_prompt=n_samples,
@@ -350,6 +371,7 @@ def resolve_settings(args) -> RunSettings:
         **budget_settings,
         reward_weight_schedule=schedules,
         reward_condition=conditions,
+        reference_key=reference_key,
         preset=_arg(args, "gd2po.config"),
     )
     if not schedules and all(weight == 0 for weight in settings.reward_weights):

@@ -20,6 +20,7 @@ PAGE = ROOT / "docs" / "flags.md"
 SECTIONS = {
     "The estimator": (
         "--gd2po.filter",
+        "--gd2po.what_if_filter",
         "--gd2po.snr_threshold",
         "--gd2po.snr_eps",
         "--gd2po.sum_rewards",
@@ -72,7 +73,8 @@ SECTIONS = {
 REFUSALS = {
     "The estimator": (
         "`--rollout.n_samples_per_prompt` below 2 (groups need two rollouts), τ outside [0, 1], a critic.",
-        "`--gd2po.snr_threshold` / `--gd2po.snr_eps` without the snr filter; `--gd2po.no_reweight` with `gdpo` "
+        "`--gd2po.snr_threshold` / `--gd2po.snr_eps` without the snr filter (applied or `--gd2po.what_if_filter "
+        "snr`); `--gd2po.what_if_filter` in a run that filters; `--gd2po.no_reweight` with `gdpo` "
         "(it never reweights); `--gd2po.sum_rewards` without `gdpo`.",
         "Any `--gd2po.*` or `--cost.*` flag with one of OpenRLHF's own estimators (`--gd2po.dry_run` and "
         "`--gd2po.reward_auth_token_file` aside), and "

@@ -30,6 +30,8 @@ class GD2POConfig:
         weights: one weight per reward dimension (None = all 1). A negative weight turns a cost into a reward.
         reward_keys: optional names of the dimensions, in column order; used to name per-dimension metrics
             and errors.
+        what_if_filter: with ``filter="none"``, a filter ("hard" or "snr", with ``snr_threshold``) that is not applied
+            but whose removed mass is reported as ``filtered_mass_ratio``: what GD²PO would do to a GDPO run.
         reference_key: optional name of a dimension of weight 0 (a gold or held-out verifier) against which the
             conflicting rollouts' summed advantage is compared (metric ``conflict_reference_agreement``).
     """
@@ -42,6 +44,7 @@ class GD2POConfig:
     reweight_queries: bool = True
     weights: Optional[Tuple[float, ...]] = None
     reward_keys: Optional[Tuple[str, ...]] = field(default=None)
+    what_if_filter: Optional[str] = None
     reference_key: Optional[str] = None
 
     def __post_init__(self) -> None:
@@ -77,6 +80,11 @@ class GD2POConfig:
                     f"GD2POConfig has {len(self.weights)} weights {list(self.weights)} "
                     f"for {len(keys)} reward keys {list(keys)}"
                 )
+        if self.what_if_filter is not None and (self.what_if_filter not in ("hard", "snr") or self.filter != "none"):
+            raise ValueError(
+                f"GD2POConfig.what_if_filter must be 'hard' or 'snr' with filter 'none', got {self.what_if_filter!r} "
+                f"with filter {self.filter!r}"
+            )
         if self.reference_key is not None:
             if self.reward_keys is None or self.reference_key not in self.reward_keys:
                 raise ValueError(

@@ -212,12 +212,7 @@ def compute_rollout_advantages(
     denominator = (dim_adv.abs() @ ones) * length + cfg.snr_eps
     # 0 where the denominator is 0 (then so is the numerator): every positive float64 is >= 5e-324.
     snr_ratio = numerator / denominator.clamp_min(5e-324)
-    if cfg.filter == "none":
-        keep = torch.ones(batch_size, dtype=torch.bool, device=device)
-    elif cfg.filter == "hard":
-        keep = ~conflict
-    else:
-        keep = ~(conflict & (snr_ratio.abs() < cfg.snr_threshold))
+    keep = filter_keep(cfg.filter, conflict, snr_ratio, cfg.snr_threshold)
 
     # 5. Query-level reweighting by the share of each group's rollouts that survived.
     kept_per_group = torch.zeros(num_groups, dtype=dtype, device=device).index_add_(0, group_index, keep.to(dtype))
@@ -272,7 +267,13 @@ def compute_rollout_advantages(
         "score_abs_mean_after_filter": token_means[1],
         "advantage_abs_mean": token_means[2],
     }
-    values.update(mass_diagnostics(token_dim_adv, keep, kappa, keys) if num_dims > 1 else {})
+    if num_dims > 1:  # with a what-if filter, the mass it would remove; else the mass the filter removed
+        would_keep = (
+            keep
+            if cfg.what_if_filter is None
+            else filter_keep(cfg.what_if_filter, conflict, snr_ratio, cfg.snr_threshold)
+        )
+        values.update(mass_diagnostics(token_dim_adv, keep, kappa, keys, would_keep))
     if cfg.reference_key is not None:
         # Does the trained sum side with a held-out verifier where the trained rewards disagree? Over conflicting
         # rollouts whose reference advantage is not a tie: sign(Σ_k w_k A_k) = sign(A_ref).
@@ -303,8 +304,22 @@ def compute_rollout_advantages(
     )
 
 
+def filter_keep(name: str, conflict: torch.Tensor, snr_ratio: torch.Tensor, snr_threshold: float) -> torch.Tensor:
+    """[B] bool, the rollouts a filter keeps: every one ("none"), the non-conflicting ("hard"), or those that do
+    not conflict or whose |SNR| ≥ τ ("snr")."""
+    if name == "none":
+        return torch.ones_like(conflict)
+    if name == "hard":
+        return ~conflict
+    return ~(conflict & (snr_ratio.abs() < snr_threshold))
+
+
 def mass_diagnostics(
-    token_dim_adv: torch.Tensor, keep: torch.Tensor, kappa: torch.Tensor, keys: Sequence[str]
+    token_dim_adv: torch.Tensor,
+    keep: torch.Tensor,
+    kappa: torch.Tensor,
+    keys: Sequence[str],
+    would_keep: Optional[torch.Tensor] = None,
 ) -> Dict[str, torch.Tensor]:
     """What the rewards' disagreement and the filter do to the advantage mass of a batch (0-d tensors).
 
@@ -313,7 +328,8 @@ def mass_diagnostics(
     - ``pair_cancelled/<a>__<b>``: 1 − Σ_i |M_ia + M_ib| / Σ_i (|M_ia| + |M_ib|), the share of the pair's mass that
       cancels in their sum (0 when the pair has no mass);
     - ``cancelled_mass_ratio``: 1 − Σ_i |S_i| / Σ_i Σ_k |M_ik|, the same over all dimensions;
-    - ``filtered_mass_ratio``: Σ_i (1 − keep_i)|S_i| / Σ_i |S_i|, the summed-advantage mass the filter removes;
+    - ``filtered_mass_ratio``: Σ_i (1 − keep_i)|S_i| / Σ_i |S_i|, the summed-advantage mass the filter removes
+      (with ``would_keep``, a what-if filter's keep, the mass that one would remove);
     - ``kappa_mass_ratio``: Σ_i keep_i κ_i |S_i| / Σ_i keep_i |S_i|, the kept mass κ leaves (1 without κ).
     Ratios over an empty mass are 0 (1 for κ). The pairs are every a < b of ``keys``.
     """
@@ -330,6 +346,7 @@ def mass_diagnostics(
     pair_cancelled = torch.where(pair_total > 0, 1 - pair_net / pair_total.clamp_min(5e-324), 0.0)
     summed = token_dim_adv.sum(dim=1).abs()
     kept = keep.to(dtype)
+    removed = 1 - (keep if would_keep is None else would_keep).to(dtype)
 
     def ratio(numerator: torch.Tensor, denominator: torch.Tensor, empty: float) -> torch.Tensor:
         return torch.where(denominator > 0, numerator / denominator.clamp_min(5e-324), empty)
@@ -340,7 +357,7 @@ def mass_diagnostics(
         **{f"pair_conflict/{pair}": value for pair, value in zip(pairs, pair_conflict[first, second])},
         **{f"pair_cancelled/{pair}": value for pair, value in zip(pairs, pair_cancelled[first, second])},
         "cancelled_mass_ratio": 1 - ratio(summed.sum(), magnitude.sum(), 1.0),
-        "filtered_mass_ratio": ratio(((1 - kept) * summed).sum(), summed.sum(), 0.0),
+        "filtered_mass_ratio": ratio((removed * summed).sum(), summed.sum(), 0.0),
         "kappa_mass_ratio": ratio((kept * kappa * summed).sum(), (kept * summed).sum(), 1.0),
     }
 

@@ -296,7 +296,8 @@ def test_a_stock_estimator_dry_run_runs_openrlhfs_checks_too(reward_file):
         ),
         (
             VALID_GD2PO + ["--gd2po.filter", "hard", "--gd2po.snr_threshold", "0.5"],
-            "--gd2po.snr_threshold only acts with the snr filter; with --gd2po.filter hard it would be ignored: "
+            "--gd2po.snr_threshold only acts with the snr filter (or --gd2po.what_if_filter snr); with --gd2po.filter "
+            "hard it would be ignored: "
             "drop it",
         ),
         (
@@ -312,7 +313,8 @@ def test_a_stock_estimator_dry_run_runs_openrlhfs_checks_too(reward_file):
                 "--gd2po.snr_thr",
                 "0.5",
             ],
-            "--gd2po.snr_eps, --gd2po.snr_thr only act with the snr filter; with --advantage_estimator gdpo (no "
+            "--gd2po.snr_eps, --gd2po.snr_thr only act with the snr filter (or --gd2po.what_if_filter snr); with "
+            "--advantage_estimator gdpo (no "
             "filter)",
         ),
     ],
@@ -681,6 +683,39 @@ def test_the_reference_key_is_a_logged_weight_zero_dimension(reward_file, extra,
         settings = resolve_settings(args)
         assert settings.reference_key == "gold" and settings.gd2po_config.reference_key == "gold"
         assert "reference         reward/gold (weight 0, logged)" in describe(args, settings)
+        return
+    with pytest.raises(SystemExit) as exit_info:
+        openrlhf_strategy(argv + extra)
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "estimator, extra, message",
+    [
+        ("gdpo", ["--gd2po.what_if_filter", "snr", "--gd2po.snr_threshold", "0.5"], None),
+        (
+            "gd2po",
+            ["--gd2po.filter", "hard", "--gd2po.what_if_filter", "snr"],
+            "--gd2po.what_if_filter only acts with a run without a filter",
+        ),
+        (
+            "gdpo",
+            ["--gd2po.what_if_filter", "hard", "--gd2po.snr_threshold", "0.5"],
+            "--gd2po.snr_threshold only acts with the snr filter (or --gd2po.what_if_filter snr)",
+        ),
+    ],
+)
+def test_a_what_if_filter_is_for_runs_without_a_filter(reward_file, estimator, extra, message, capsys):
+    argv = ["--advantage_estimator", estimator, *VALID_GD2PO[2:], "--reward.remote_url", reward_file]
+    argv += ["--gd2po.reward_keys", "correctness", "gold", "--gd2po.dry_run"]
+    if message is None:
+        from gd2po_openrlhf.integration.dry_run import describe
+        from gd2po_openrlhf.integration.settings import resolve_settings
+
+        args = openrlhf_strategy(argv + extra).args
+        settings = resolve_settings(args)
+        assert settings.gd2po_config.what_if_filter == "snr" and settings.gd2po_config.filter == "none"
+        assert "what-if filter    snr (τ = 0.5) (not applied)" in describe(args, settings)
         return
     with pytest.raises(SystemExit) as exit_info:
         openrlhf_strategy(argv + extra)

@@ -436,3 +436,23 @@ def test_conflict_reference_agreement_on_a_hand_worked_batch():
 def test_a_reference_key_must_be_a_weight_zero_reward_key(weights, reference_key, message):
     with pytest.raises(ValueError, match=message):
         GD2POConfig(weights=weights, reward_keys=("a", "b", "ref"), reference_key=reference_key)
+
+
+def test_a_what_if_filter_reports_the_mass_the_filter_would_remove_and_changes_nothing():
+    """GDPO (filter none) with what_if_filter hard: the advantages are GDPO's, filtered_mass_ratio is what the hard
+    filter removes in a run that applies it. Hand-worked: one group, A_a = [1, -1, 1, -1], A_b = [-3, 1, 1, 1]
+    (no std normalisation): sums S = [-2, 0, 2, 0]; rollouts 0, 1 and 3 conflict; the hard filter removes
+    |S_0| + |S_1| + |S_3| = 2 of Σ|S| = 4: 0.5."""
+    rewards = torch.tensor([[1.0, -3.0], [-1.0, 1.0], [1.0, 1.0], [-1.0, 1.0]], dtype=torch.float64)
+    groups, lengths = torch.zeros(4, dtype=torch.long), torch.ones(4)
+    gdpo = GD2POConfig(filter="none", norm_by_std=False, reweight_queries=False)
+    what_if = dataclasses.replace(gdpo, what_if_filter="hard")
+    hard = dataclasses.replace(gdpo, filter="hard")
+    result = compute_rollout_advantages(rewards, groups, lengths, what_if)
+    plain = compute_rollout_advantages(rewards, groups, lengths, gdpo)
+    assert torch.equal(result.rollout_advantages, plain.rollout_advantages) and bool(result.keep.all())
+    assert plain.metrics["filtered_mass_ratio"] == 0.0
+    assert result.metrics["filtered_mass_ratio"] == 0.5
+    assert compute_rollout_advantages(rewards, groups, lengths, hard).metrics["filtered_mass_ratio"] == 0.5
+    with pytest.raises(ValueError, match="what_if_filter must be 'hard' or 'snr' with filter 'none'"):
+        dataclasses.replace(hard, what_if_filter="snr")

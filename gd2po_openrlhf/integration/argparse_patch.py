@@ -62,7 +62,16 @@ def _filter_in_words(settings: RunSettings) -> str:
 
 ONLY_ACTS_WITH = (
     OnlyActsWith(
-        ("gd2po.snr_threshold", "gd2po.snr_eps"), lambda s: s.filter == "snr", "the snr filter", _filter_in_words
+        ("gd2po.snr_threshold", "gd2po.snr_eps"),
+        lambda s: s.filter == "snr" or s.what_if_filter == "snr",
+        "the snr filter (or --gd2po.what_if_filter snr)",
+        _filter_in_words,
+    ),
+    OnlyActsWith(
+        ("gd2po.what_if_filter",),
+        lambda s: s.filter == "none",
+        "a run without a filter (--advantage_estimator gdpo, or --gd2po.filter none)",
+        _filter_in_words,
     ),
     OnlyActsWith(
         ("gd2po.drop_filtered",),

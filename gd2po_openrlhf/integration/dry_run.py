@@ -67,6 +67,11 @@ def describe(args, settings: RunSettings) -> str:
             "else 0 (raw rewards, before normalisation)"
             for c in settings.conditions
         ),
+        f"  what-if filter    {config.what_if_filter}"
+        + (f" (τ = {config.snr_threshold})" if config.what_if_filter == "snr" else "")
+        + " (not applied): gd2po/filtered_mass_ratio is the mass it would remove"
+        if config.what_if_filter
+        else None,
         f"  reference         reward/{settings.reference_key} (weight 0, logged): conflicting rollouts whose summed "
         "advantage has its sign -> gd2po/conflict_reference_agreement"
         if settings.reference_key

@@ -318,7 +318,9 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
                 {
                     f"gd2po/{name}": value
                     for name, value in per_dimension.items()
-                    if name == "conflict_ratio" or name.startswith("pair_") or name.endswith("_mass_ratio")
+                    if name in ("conflict_ratio", "conflict_reference_agreement")
+                    or name.startswith("pair_")
+                    or name.endswith("_mass_ratio")
                 }
             )
         metrics.update(weight_metrics)

@@ -51,6 +51,14 @@ def add_gd2po_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"τ in [0, 1] of the snr filter (authors: 0.8; default {DEFAULTS.snr_threshold})",
     )
     group.add_argument(
+        "--gd2po.what_if_filter",
+        choices=("hard", "snr"),
+        default=None,
+        help="in a run without a filter (gdpo, its GRPO baseline --gd2po.sum_rewards, or --gd2po.filter none): the "
+        "filter whose effect is logged, never applied: train/gd2po/filtered_mass_ratio becomes the share of the "
+        "summed-advantage mass it would remove (snr with --gd2po.snr_threshold)",
+    )
+    group.add_argument(
         "--gd2po.snr_eps",
         type=float,
         default=DEFAULTS.snr_eps,

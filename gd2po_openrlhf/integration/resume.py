@@ -67,6 +67,7 @@ NOT_SAVED = {
     "resume_with_flags": "it decides the resume itself",
     "preset": "the preset's values are the other fields",
     "reference_key": "it adds a metric only: the command line's applies",
+    "what_if_filter": "it changes a metric only: the command line's applies",
 }
 # The key under which the restored settings ride in the dataloader state to the async GenerateSamplesActor.
 SETTINGS_KEY = "gd2po_settings"

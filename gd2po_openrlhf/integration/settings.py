@@ -172,6 +172,7 @@ class RunSettings:
     reward_weight_schedule: Tuple[str, ...] = ()  # --gd2po.reward_weight_schedule KEY=START:END:STEPS[:SHAPE]
     reward_condition: Tuple[str, ...] = ()  # --gd2po.reward_condition KEY=GATE_KEY>=T | KEY=GATE_KEY<=T
     reference_key: Optional[str] = None  # --gd2po.reference_key: a weight-0 dimension, logged against conflicts
+    what_if_filter: Optional[str] = None  # --gd2po.what_if_filter: logged as the mass it would remove, not applied
     preset: Optional[str] = None
 
     @property
@@ -195,6 +196,7 @@ class RunSettings:
             weights=self.reward_weights,
             reward_keys=self.reward_keys,
             reference_key=self.reference_key,
+            what_if_filter=self.what_if_filter if self.filter == "none" else None,
         )
 
     def estimator_inputs(self, rewards):
@@ -372,6 +374,7 @@ def resolve_settings(args) -> RunSettings:
         reward_weight_schedule=schedules,
         reward_condition=conditions,
         reference_key=reference_key,
+        what_if_filter=_arg(args, "gd2po.what_if_filter"),
         preset=_arg(args, "gd2po.config"),
     )
     if not schedules and all(weight == 0 for weight in settings.reward_weights):

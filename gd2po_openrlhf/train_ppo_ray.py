@@ -2,8 +2,8 @@
 ``openrlhf.cli.train_ppo_ray`` arguments plus the GD²PO flags.
 
 It activates the plugin in this process even where the installed ``gd2po_openrlhf.pth`` is not processed.
-Ray workers (the PPOTrainer actor) still need the .pth of the installed package, or Ray's
-``worker_process_setup_hook`` set to ``gd2po_openrlhf.register`` (see the README).
+Ray workers (the trainer, model and rollout actors) still need the .pth of the installed package, or Ray's
+``worker_process_setup_hook`` set to ``gd2po_openrlhf.register`` (see docs/install.md).
 """
 
 import runpy

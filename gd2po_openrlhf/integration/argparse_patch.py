@@ -1,4 +1,4 @@
-"""The only code that touches argparse: OpenRLHF's launcher parser learns gd2po/gdpo, and every parse is checked.
+"""OpenRLHF's launcher parser learns gd2po/gdpo and the plugin's flags (``flags.py``), and every parse is checked.
 
 ``install_argparse_extension`` (called by the import hook when ``openrlhf.cli.train_ppo_ray`` is looked up) patches
 ``ArgumentParser.add_argument`` and ``parse_known_args`` process-wide, but changes only the parser that defines
@@ -14,7 +14,8 @@ One policy for flags that act only together with another setting (``ONLY_ACTS_WI
 without it, they are refused; set by a preset, they are ignored, since one preset serves several variants of a run
 (``configs/tool_calling.yaml`` holds τ for the snr launcher and the hard one alike).
 
-Only the standard library at import time (``ray`` for the dry run only).
+Only the standard library and the plugin's torch-free modules at import time (``ray`` when the dry run stops the
+launch or a token file is sent to the Ray job; ``torch`` for the dry run's reward check).
 """
 
 from __future__ import annotations

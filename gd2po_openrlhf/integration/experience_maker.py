@@ -64,8 +64,9 @@ class StepReport:
 
 
 class GD2POExperienceMaker(RemoteExperienceMaker):
-    """``model_actor_class`` is the Ray actor class of the groups this maker creates itself (the cost model, and
-    the reward model when a reward file or server is also used, which OpenRLHF does not combine)."""
+    """``model_actor_class`` is the Ray actor class of the model groups this maker creates itself: the cost model,
+    every ``--gd2po.reward_model``, and ``--reward.model_name_or_path`` when a reward file or server is also used
+    (which OpenRLHF does not combine)."""
 
     model_actor_class = RewardModelActor
 

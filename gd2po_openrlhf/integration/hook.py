@@ -6,7 +6,7 @@ itself and imports this module only when the plugin is on (or a dry run must be 
 imports nothing beyond ``sys`` and ``os`` (already loaded by then): the hook costs well under a millisecond per
 interpreter start, and nothing with ``GD2PO_DISABLE=1`` (``benchmarks/startup_overhead.py`` measures both).
 
-The finder watches four module names:
+The finder watches five module names:
 - ``openrlhf.cli.train_ppo_ray``: when it is looked up (``python -m`` does that through
   ``importlib.util.find_spec``), the argparse extension (``argparse_patch.py``) is installed, which widens the
   estimator choices and adds the ``--gd2po.*`` and ``--cost.*`` flags to the parser that defines

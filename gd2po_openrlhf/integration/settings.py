@@ -4,8 +4,8 @@
 they depend on) out of an argparse namespace: the parse-time check, the experience maker, the rollout-arrival patch
 and the checkpoint code all read the :class:`RunSettings` it returns. ``dry_run.describe`` is the text of it.
 
-Only the standard library and ``gd2po_openrlhf.config`` at import time: this runs in the driver before OpenRLHF
-parses its arguments.
+Only the standard library and the plugin's torch-free modules (``config``, ``conditions``, ``constraints``) at import
+time: this runs in the driver before OpenRLHF parses its arguments.
 """
 
 from __future__ import annotations

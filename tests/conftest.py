@@ -19,6 +19,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.unit)
 
 
+@pytest.fixture(autouse=True)
+def ray_init_restored():
+    """An in-process launch replaces ``ray.init`` (the dry run's exit, the token file's runtime_env): whatever a test
+    leaves there, the next test in this worker gets Ray's own."""
+    import ray
+
+    init = ray.init
+    yield
+    ray.init = init
+
+
 @pytest.fixture(scope="module")
 def reward_file(request, tmp_path_factory) -> str:
     """A reward file whose ``reward_func`` returns the same rewards for every rollout: the test module's

@@ -105,6 +105,13 @@ def test_results_file_records_versions_seeds_settings_and_curves(demo_output):
         assert hard["gd2po/keep_ratio"] == pytest.approx([1 - c for c in hard["gd2po/conflict_ratio"]])
         assert all(k >= 1 - c - 1e-9 for k, c in zip(snr["gd2po/keep_ratio"], snr["gd2po/conflict_ratio"]))
         assert results["curves"]["main/grpo"][seed]["gd2po/keep_ratio"] == [1.0] * STEPS
+        # GRPO and GDPO log the hard filter's what-if: the mass it would remove, while keeping every rollout.
+        for arm in ("main/grpo", "main/gdpo"):
+            curves = results["curves"][arm][seed]
+            assert all(0.0 <= value <= 1.0 for value in curves["gd2po/filtered_mass_ratio"])
+            assert all(0.0 <= value <= 1.0 for value in curves["gd2po/cancelled_mass_ratio"])
+            assert max(curves["gd2po/conflict_ratio"]) > 0 and max(curves["gd2po/filtered_mass_ratio"]) > 0
+            assert curves["gd2po/keep_ratio"] == [1.0] * STEPS
         assert results["curves"]["main/gdpo"][seed]["generated_rollouts"] == [16.0] * STEPS
         dynamic = results["curves"]["three/gd2po_snr_ds"][seed]
         assert all(16 <= generated <= 64 for generated in dynamic["generated_rollouts"])

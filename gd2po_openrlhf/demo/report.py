@@ -175,17 +175,21 @@ def moving_average(values: List[float], window: int = WINDOW) -> torch.Tensor:
 
 
 def _figure(setting: str, curves: Curves, out: Path, word_budget: float) -> None:
-    """curves_<setting>.png: each dimension, the objective and the conflict ratio per step; correctness per
-    generated rollout; the words against the budget. Thin lines: seeds; bold: their mean; legend outside."""
+    """curves_<setting>.png: each dimension, the objective, the conflict ratio, the kept share and what the
+    disagreement and the filter do to the advantage mass (cancelled; filtered, or for GRPO and GDPO what the hard
+    filter would remove) per step; correctness per generated rollout; the words against the budget. Thin lines:
+    seeds; bold: their mean; legend outside."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     panels = [f"reward/{key}" for key in KEYS] + ["reward", "gd2po/conflict_ratio", "gd2po/keep_ratio"]
+    panels += ["gd2po/cancelled_mass_ratio", "gd2po/filtered_mass_ratio"]
     panels += ["correctness per generated rollout", "response_words"]
     colours = dict(zip(curves, plt.get_cmap("tab10").colors))
-    figure, axes = plt.subplots(3, 3, figsize=(15, 10.5))
+    figure, axes = plt.subplots(3, 4, figsize=(20, 10.5))
+    axes.flat[-1].axis("off")  # 11 panels
     for axis, key in zip(axes.flat, panels):
         for arm, runs in curves.items():
             series = "reward/correctness" if key == "correctness per generated rollout" else key
@@ -202,7 +206,12 @@ def _figure(setting: str, curves: Curves, out: Path, word_budget: float) -> None
         if key == "response_words" and any("gd2po/lambda/brevity" in runs[0] for runs in curves.values()):
             axis.axhline(word_budget, color="black", linestyle=":", linewidth=1)
             axis.annotate(f"budget {word_budget} words", (0.02, word_budget), xycoords=("axes fraction", "data"))
-        titles = {"reward": "objective (the setting's weighted sum)", "response_words": "response words"}
+        titles = {
+            "reward": "objective (the setting's weighted sum)",
+            "response_words": "response words",
+            "gd2po/cancelled_mass_ratio": "advantage mass cancelled in the sum",
+            "gd2po/filtered_mass_ratio": "mass filtered (GRPO, GDPO: hard's what-if)",
+        }
         axis.set_title(titles.get(key, key.replace("gd2po/", "")))
         axis.set_xlabel("generated rollouts" if key == "correctness per generated rollout" else "step")
         axis.grid(alpha=0.3)

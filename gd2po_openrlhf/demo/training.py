@@ -53,9 +53,10 @@ SETTINGS = {
 }
 # The estimators' train_ppo_ray flags. GRPO is the plugin's group normalisation of the weighted sum, as in the
 # recipes' GRPO scripts, so that every estimator sees the same four dimensions and weights.
+# GRPO and GDPO log what the hard filter would remove (gd2po/filtered_mass_ratio), changing nothing they train on.
 ESTIMATORS = {
-    "grpo": ["--advantage_estimator", "gdpo", "--gd2po.sum_rewards"],
-    "gdpo": ["--advantage_estimator", "gdpo"],
+    "grpo": ["--advantage_estimator", "gdpo", "--gd2po.sum_rewards", "--gd2po.what_if_filter", "hard"],
+    "gdpo": ["--advantage_estimator", "gdpo", "--gd2po.what_if_filter", "hard"],
     "gd2po_hard": ["--advantage_estimator", "gd2po", "--gd2po.filter", "hard"],
     "gd2po_snr": ["--advantage_estimator", "gd2po", "--gd2po.filter", "snr", "--gd2po.snr_threshold", "0.8"],
 }
@@ -324,6 +325,7 @@ def run_arm(arm: str, settings, warm_policy, tokenizer, seed: int, writer, progr
         values["generated_rollouts"] = float(len(generated))
         if not batch:  # dynamic sampling: no group passed (e.g. a collapsed policy, every group constant)
             metrics = {"gd2po/conflict_ratio": 0.0, "gd2po/keep_ratio": 0.0, "gd2po/dynamic_sampling/pass_rate": 0.0}
+            metrics.update({"gd2po/cancelled_mass_ratio": 0.0, "gd2po/filtered_mass_ratio": 0.0})
             values.update(advantage_abs_mean=0.0, policy_loss=0.0, **metrics)
             for key, value in values.items():
                 curves.setdefault(key, []).append(value)

@@ -386,7 +386,8 @@ def test_g_dynamic_sampling_with_drop_filtered(e2e, trainer):
 
 
 def test_d_two_data_parallel_actor_ranks_and_a_logged_only_dimension(e2e):
-    """2 actor ranks; brevity has weight 0: logged (train/reward/brevity) but not trained on."""
+    """2 actor ranks; brevity has weight 0: logged (train/reward/brevity) but not trained on, and the reference of
+    --gd2po.reference_key (train/gd2po/conflict_reference_agreement)."""
     assets, head, root = e2e
     run_dir = root / "d"
     flags = harness.base_flags(assets, run_dir) + [
@@ -401,6 +402,8 @@ def test_d_two_data_parallel_actor_ranks_and_a_logged_only_dimension(e2e):
         "1",
         "1",
         "0",
+        "--gd2po.reference_key",
+        "brevity",
         "--actor.num_gpus_per_node",
         "2",
     ]
@@ -409,6 +412,8 @@ def test_d_two_data_parallel_actor_ranks_and_a_logged_only_dimension(e2e):
     scalars = result.scalars()
     assert len(scalars["train/gd2po/keep_ratio"]) == 2
     assert len(scalars["train/reward/brevity"]) == 2 and len(scalars["train/gd2po/reward_mean/brevity"]) == 2
+    agreement = scalars["train/gd2po/conflict_reference_agreement"]
+    assert len(agreement) == 2 and all(0.0 <= value <= 1.0 for value in agreement), agreement
     assert_trained_and_synced(result, assets, syncs=2)
 
 
@@ -634,7 +639,8 @@ class AgentExecutor(MultiTurnAgentExecutor):
 
 def test_i_a_multi_turn_agent_returns_the_dimensions_at_its_last_step(e2e):
     """--train.agent_func_path with OpenRLHF's MultiTurnAgentExecutor: two turns per rollout, the final step's
-    extra_logs become the reward dimensions (the first step's never reach the trainer)."""
+    extra_logs become the reward dimensions (the first step's never reach the trainer). GDPO with
+    --gd2po.what_if_filter hard: filtered_mass_ratio is what the hard filter would remove, every rollout kept."""
     assets, head, root = e2e
     run_dir = root / "i"
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -654,6 +660,8 @@ def test_i_a_multi_turn_agent_returns_the_dimensions_at_its_last_step(e2e):
         "1",
         "0",
         "0",
+        "--gd2po.what_if_filter",
+        "hard",
     ]
     result = harness.run_launcher("i: a two-turn agent", flags, run_dir, head).check()
     scalars = result.scalars()
@@ -664,6 +672,9 @@ def test_i_a_multi_turn_agent_returns_the_dimensions_at_its_last_step(e2e):
         assert len(scalars[f"train/reward/{key}"]) == 2
         assert all(0.0 <= value <= 1.0 for value in scalars[f"train/reward/{key}"]), key
     assert scalars["train/gd2po/num_reward_dims"] == [5.0, 5.0]
+    assert scalars["train/gd2po/keep_ratio"] == [1.0, 1.0]
+    assert all(0.0 <= value <= 1.0 for value in scalars["train/gd2po/filtered_mass_ratio"])
+    assert "what-if filter    hard (not applied)" in result.log
     assert "reward/turns                agent" in result.log
     assert_trained_and_synced(result, assets, syncs=2)
 

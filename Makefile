@@ -8,6 +8,9 @@
 #               with the dev/e2e stand-ins for vLLM and torch.cuda (about 4 min warm)
 #   make demo   the CPU demo in the same venv: GRPO / GDPO / GD²PO-hard / GD²PO-SNR in four reward settings,
 #               5 seeds, 2 worker processes (DEMO_ARGS="--seeds 10 --steps 150" for a longer study; runs/demo)
+#   make study  the preregistered study (docs/study-protocol.md): every estimator and control against GDPO in five
+#               settings and two group sizes, 10 seeds, paired bootstrap CIs (about 30 min on 2 cores); writes
+#               docs/study.md's tables, docs/study-results.json and docs/img/study_*.png (STUDY_ARGS to change it)
 #   make venv   only the environment
 #   make test-openrlhf VERSION=0.11.x  another OpenRLHF release in its own venv (.venv-openrlhf-VERSION): the drift
 #               report (which relied-on OpenRLHF functions changed), the unit tests and e2e scenarios b and g (sync)
@@ -21,7 +24,7 @@ OPENRLHF_VERSION ?= 0.11.2
 STAMP := $(VENV)/.gd2po-cpu-env
 DS_OPS := $(VENV)/torch_extensions/.built
 
-.PHONY: venv test test-fast lint format e2e demo clean-venv test-openrlhf
+.PHONY: venv test test-fast lint format e2e demo study clean-venv test-openrlhf
 
 venv: $(STAMP) $(DS_OPS)
 
@@ -73,6 +76,9 @@ test-openrlhf:
 
 demo: $(STAMP)
 	$(PY) -m gd2po_openrlhf.demo $(DEMO_ARGS)
+
+study: $(STAMP)
+	$(PY) -m gd2po_openrlhf.demo.study --docs docs $(STUDY_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -23,6 +23,8 @@ from typing import Dict, List
 
 from .report import summarize, write_report
 from .training import (
+    DEMO_ESTIMATORS,
+    DEMO_SETTINGS,
     ESTIMATORS,
     EXTRA_ARMS,
     SETTINGS,
@@ -44,8 +46,20 @@ def parse_settings(argv=None) -> argparse.Namespace:
     )
     parser.add_argument("--seeds", type=int, default=5, help="number of seeds (0..N-1); every arm runs on each")
     parser.add_argument("--steps", type=int, default=50, help="RL steps per run")
-    parser.add_argument("--settings", nargs="+", choices=list(SETTINGS), default=list(SETTINGS), help="reward designs")
-    parser.add_argument("--estimators", nargs="+", choices=list(ESTIMATORS), default=list(ESTIMATORS))
+    parser.add_argument(
+        "--settings",
+        nargs="+",
+        choices=list(SETTINGS),
+        default=DEMO_SETTINGS,
+        help=f"reward designs (default: {' '.join(DEMO_SETTINGS)})",
+    )
+    parser.add_argument(
+        "--estimators",
+        nargs="+",
+        choices=list(ESTIMATORS),
+        default=DEMO_ESTIMATORS,
+        help=f"estimators and the study's controls (default: {' '.join(DEMO_ESTIMATORS)})",
+    )
     parser.add_argument(
         "--extra-arms",
         nargs="*",

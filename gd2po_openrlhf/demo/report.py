@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from .training import KEYS, SETTINGS, arm_setting
+from .training import KEYS, SETTINGS, arm_setting, setting_keys
 
 FINAL_STEPS = 10  # "final" = the mean of the last FINAL_STEPS steps
 FIRST_STEPS = 3  # "first" = the mean of the first FIRST_STEPS steps: the warm start's policy, barely trained
@@ -44,7 +44,7 @@ def final(run: Dict[str, List[float]], key: str, steps: int = FINAL_STEPS) -> fl
 
 def objective(values: Dict[str, float], setting: str) -> float:
     """The setting's fixed-weight sum of the dimensions (what its weights ask for; conditions not applied)."""
-    return sum(w * values[f"reward/{key}"] for w, key in zip(SETTINGS[setting]["weights"], KEYS))
+    return sum(w * values[f"reward/{key}"] for w, key in zip(SETTINGS[setting]["weights"], setting_keys(setting)))
 
 
 def summarize(curves: Curves, warm: List[Dict[str, float]]) -> List[dict]:
@@ -137,7 +137,7 @@ def write_report(rows: List[dict], curves: Curves, settings, out: Path, word_bud
     sections = []
     for setting in dict.fromkeys(row["setting"] for row in rows):
         weights = SETTINGS[setting]["weights"]
-        trained = " + ".join(key for key, w in zip(KEYS, weights) if w)
+        trained = " + ".join(key for key, w in zip(setting_keys(setting), weights) if w)
         extra = " ".join(SETTINGS[setting]["flags"])
         lines = [f"### {setting}: {trained}" + (f" ({extra})" if extra else ""), ""]
         lines += ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
@@ -218,7 +218,7 @@ def _figure(setting: str, curves: Curves, out: Path, word_budget: float) -> None
     handles, labels = axes.flat[0].get_legend_handles_labels()
     figure.legend(handles, labels, loc="center right", title="estimator", fontsize=10)
     weights = SETTINGS[setting]["weights"]
-    trained = " + ".join(key for key, w in zip(KEYS, weights) if w)
+    trained = " + ".join(key for key, w in zip(setting_keys(setting), weights) if w)
     figure.suptitle(
         f"{setting}: {trained} {' '.join(SETTINGS[setting]['flags'])}\n{WINDOW}-step moving average; thin = one "
         f"seed, bold = mean over {len(next(iter(curves.values())))} seeds"

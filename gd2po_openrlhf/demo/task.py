@@ -30,6 +30,12 @@ of its answers, one or two steps in another third and not at all in the rest (an
 a step now and then, and pads a quarter of its thinking with filler words. RL has to find that thinking pays and
 make the steps reliable.
 
+Noisy verifiers (the study's ``noisy`` setting): when a rollout's label carries a nonce after the digit (``"8
+4711"``, one nonce per rollout, drawn by the trainer), three more dimensions ``verifier_1..3`` each report
+correctness flipped with probability ``VERIFIER_FLIP`` = 0.25, independently per verifier and rollout. The flips are
+a function of the nonce, not of a global generator: OpenRLHF calls the reward function in threads, in no fixed order,
+and the runs must be reproducible.
+
 OpenRLHF loads this file by path (``SingleTurnAgentExecutor``), so it imports nothing from the package.
 ``reward_func`` returns each dimension as ``extra_logs["reward/<key>"]`` (what gd2po/gdpo train on, with the
 weights of the demo's setting) and correctness as OpenRLHF's scalar reward and score.
@@ -39,6 +45,8 @@ import random
 import re
 
 REWARD_KEYS = ("correctness", "format", "length", "brevity")
+VERIFIER_KEYS = ("verifier_1", "verifier_2", "verifier_3")
+VERIFIER_FLIP = 0.25
 NUM_PROMPT_DIGITS = 3
 MAX_RESPONSE_TOKENS = 8
 LENGTH_CAP = NUM_PROMPT_DIGITS  # the full scratchpad's thinking words
@@ -104,9 +112,22 @@ def score_response(response: str, label: str) -> dict:
     }
 
 
+def noisy_verifiers(correctness: float, nonce: str) -> dict:
+    """``VERIFIER_KEYS`` for one rollout: its correctness, each flipped with probability ``VERIFIER_FLIP``, decided by
+    a generator seeded with the rollout's nonce and the verifier (string seeds hash with SHA-512: the same in every
+    process)."""
+    return {
+        key: float(bool(correctness) != (random.Random(f"{nonce}:{key}").random() < VERIFIER_FLIP))
+        for key in VERIFIER_KEYS
+    }
+
+
 def reward_func(queries, prompts, labels):
     """OpenRLHF's reward-file interface; called with one rollout at a time (``queries`` = prompt + response)."""
-    scores = score_response(queries[0][len(prompts[0]) :], labels[0])
+    label, _, nonce = str(labels[0]).strip().partition(" ")
+    scores = score_response(queries[0][len(prompts[0]) :], label)
+    if nonce:
+        scores.update(noisy_verifiers(scores["correctness"], nonce))
     return {
         "rewards": scores["correctness"],
         "scores": scores["correctness"],

@@ -15,6 +15,7 @@ equivalent ``train_ppo_ray`` flags.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import functools
 import math
@@ -24,7 +25,8 @@ import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Dict, List
+from typing import Dict, List, Optional
+from unittest import mock
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
@@ -32,6 +34,7 @@ from tqdm import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 import gd2po_openrlhf
+from gd2po_openrlhf import estimator
 from gd2po_openrlhf.integration.dynamic_sampling import COUNTS_ATTRIBUTE, GroupTally
 from gd2po_openrlhf.integration.launcher_args import ONE_RANK_PER_GROUP, parse_launcher_args
 from gd2po_openrlhf.integration.settings import RunSettings
@@ -40,7 +43,8 @@ from . import task
 
 TASK_FILE = str(Path(task.__file__).resolve())
 KEYS = list(task.REWARD_KEYS)
-# The demo's reward settings: a weight per dimension of task.py (0: logged, not trained) and extra flags.
+# The demo's reward settings: a weight per dimension of task.py (0: logged, not trained), extra flags, and the
+# dimensions when they are not KEYS.
 SETTINGS = {
     # The GD²PO authors' main setting: correctness + their capped length reward.
     "main": {"weights": (1, 0, 1, 0), "flags": []},
@@ -50,7 +54,15 @@ SETTINGS = {
     "brevity": {"weights": (1, 1, 0, 1), "flags": []},
     # The same, with brevity paid only on correct answers (GDPO's conditioned reward).
     "conditioned": {"weights": (1, 1, 0, 1), "flags": ["--gd2po.reward_condition", "brevity=correctness>=1"]},
+    # Three noisy verifiers of one clean correctness (each flipped with p = 0.25), trained; the clean correctness
+    # logged as the reference: does the sum side with the truth where the verifiers disagree?
+    "noisy": {
+        "weights": (0, 0, 0, 0, 1, 1, 1),
+        "flags": ["--gd2po.reference_key", "correctness"],
+        "keys": KEYS + list(task.VERIFIER_KEYS),
+    },
 }
+DEMO_SETTINGS = ["main", "three", "brevity", "conditioned"]  # make demo's; the study adds noisy
 # The estimators' train_ppo_ray flags. GRPO is the plugin's group normalisation of the weighted sum, as in the
 # recipes' GRPO scripts, so that every estimator sees the same four dimensions and weights.
 # GRPO and GDPO log what the hard filter would remove (gd2po/filtered_mass_ratio), changing nothing they train on.
@@ -59,7 +71,14 @@ ESTIMATORS = {
     "gdpo": ["--advantage_estimator", "gdpo", "--gd2po.what_if_filter", "hard"],
     "gd2po_hard": ["--advantage_estimator", "gd2po", "--gd2po.filter", "hard"],
     "gd2po_snr": ["--advantage_estimator", "gd2po", "--gd2po.filter", "snr", "--gd2po.snr_threshold", "0.8"],
+    "gd2po_snr_0.5": ["--advantage_estimator", "gd2po", "--gd2po.filter", "snr", "--gd2po.snr_threshold", "0.5"],
+    "gd2po_snr_0.3": ["--advantage_estimator", "gd2po", "--gd2po.filter", "snr", "--gd2po.snr_threshold", "0.3"],
+    # The study's controls. random_drop runs GD²PO-hard's flags, but the demo swaps the filter's mask for a random
+    # one with as many drops per group (``random_drop_filter``): same rate, same κ, same whitening, other rollouts.
+    "random_drop": ["--advantage_estimator", "gd2po", "--gd2po.filter", "hard"],
+    "no_kappa": ["--advantage_estimator", "gd2po", "--gd2po.filter", "hard", "--gd2po.no_reweight"],
 }
+DEMO_ESTIMATORS = ["grpo", "gdpo", "gd2po_hard", "gd2po_snr"]  # make demo's; the study runs every one
 # Brevity as a constraint instead of a reward: "at most WORD_BUDGET words on average", which the full scratchpad
 # and its answer (6 words) meet. brevity = 1 − words / 8, so the budget is a floor on mean brevity (weight +1: +λ),
 # and λ falls to 0 once responses are short enough.
@@ -84,17 +103,42 @@ EXTRA_ARMS = {
 
 def arm_flags(arm: str) -> List[str]:
     """The train_ppo_ray flags of an arm ``SETTING/ESTIMATOR`` (or an ``EXTRA_ARMS`` name), without the common ones."""
-    setting, estimator, extra = EXTRA_ARMS.get(arm) or (*arm.split("/"), [])
+    setting, estimator_name, extra = EXTRA_ARMS.get(arm) or (*arm.split("/"), [])
     weights = [str(w) for w in SETTINGS[setting]["weights"]]
     return (
-        ESTIMATORS[estimator]
-        + ["--gd2po.reward_keys", *KEYS, "--gd2po.reward_weights", *weights]
+        ESTIMATORS[estimator_name]
+        + ["--gd2po.reward_keys", *setting_keys(setting), "--gd2po.reward_weights", *weights]
         + (SETTINGS[setting]["flags"] + extra)
     )
 
 
 def arm_setting(arm: str) -> str:
     return (EXTRA_ARMS.get(arm) or arm.split("/"))[0]
+
+
+def arm_estimator(arm: str) -> str:
+    return (EXTRA_ARMS.get(arm) or arm.split("/"))[1]
+
+
+def setting_keys(setting: str) -> List[str]:
+    """The reward dimensions a setting's runs log, in the order of its weights."""
+    return SETTINGS[setting].get("keys", KEYS)
+
+
+def random_drop_filter(group_size: int, generator: torch.Generator):
+    """The random-drop control's stand-in for ``estimator.filter_keep``: in each prompt group, as many rollouts
+    dropped as the configured filter would drop there, chosen uniformly at random within the group, so that κ and
+    the whitening see the same counts and only which rollouts go differs. Groups are consecutive runs of
+    ``group_size`` rollouts, as OpenRLHF (and the demo) order a batch."""
+    filter_keep = estimator.filter_keep
+
+    def keep(name: str, conflict: torch.Tensor, snr_ratio: torch.Tensor, snr_threshold: float) -> torch.Tensor:
+        would_keep = filter_keep(name, conflict, snr_ratio, snr_threshold).view(-1, group_size)
+        dropped = (~would_keep).sum(1, keepdim=True)
+        rank = torch.rand(would_keep.shape, generator=generator).argsort(1).argsort(1)  # a random order per group
+        return (rank >= dropped).view(-1)
+
+    return keep
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
@@ -152,9 +196,12 @@ async def _engine_answer(token_ids, finish_reason, *args, **kwargs):
     return SimpleNamespace(outputs=[SimpleNamespace(token_ids=token_ids, finish_reason=finish_reason, logprobs=None)])
 
 
-def sample_rollouts(policy, tokenizer, executor, samples_generator, prompts, labels, group_size: int):
+def sample_rollouts(
+    policy, tokenizer, executor, samples_generator, prompts, labels, group_size: int, nonces: Optional[List] = None
+):
     """G continuations per prompt from ``generate``, then OpenRLHF's rollout path: the executor (reward file)
-    and the trainer-side conversion into one Experience per rollout, in prompt order."""
+    and the trainer-side conversion into one Experience per rollout, in prompt order. ``nonces``, one per rollout,
+    go after each rollout's label (the noisy verifiers' randomness, ``task.noisy_verifiers``)."""
     prompt_ids = tokenizer(list(prompts), return_tensors="pt", add_special_tokens=False).input_ids  # equal lengths
     with torch.no_grad():
         sequences = policy.generate(
@@ -181,7 +228,7 @@ def sample_rollouts(policy, tokenizer, executor, samples_generator, prompts, lab
             *(
                 executor.execute(
                     prompts[i // group_size],
-                    labels[i // group_size],
+                    labels[i // group_size] if nonces is None else f"{labels[i // group_size]} {nonces[i]}",
                     params,
                     max_len,
                     tokenizer,
@@ -279,6 +326,7 @@ def run_arm(arm: str, settings, warm_policy, tokenizer, seed: int, writer, progr
 
     ``reward`` is the setting's objective (its fixed weights times the dimensions), ``reward/<key>`` every
     dimension's mean over the rollouts generated in the step (with dynamic sampling, rejected groups too).
+    The ``random_drop`` control runs with ``random_drop_filter`` in place of the estimator's filter.
     """
     import openrlhf.trainer.ppo_trainer as ppo_trainer
     from openrlhf.models.loss import PolicyLoss
@@ -293,69 +341,84 @@ def run_arm(arm: str, settings, warm_policy, tokenizer, seed: int, writer, progr
     policy = copy.deepcopy(warm_policy)
     optimizer = torch.optim.AdamW(policy.parameters(), lr=settings.lr)
     policy_loss = PolicyLoss(clip_eps_low=0.2, clip_eps_high=0.2)
-    # Same seed, same prompts and the same first samples for every arm.
+    # Same seed, same prompts, the same first samples and the same verifier noise for every arm.
     torch.manual_seed(seed)
     prompt_rng = random.Random(10_000 + seed)
+    keys = setting_keys(arm_setting(arm))
+    noise_rng = random.Random(30_000 + seed) if keys != KEYS else None
+    rollouts_per_step = settings.prompts_per_step * group_size
     weights = torch.tensor(SETTINGS[arm_setting(arm)]["weights"], dtype=torch.float64)
     curves: Dict[str, List[float]] = {}
     steps = range(1, settings.steps + 1)
     if progress:
         steps = tqdm(steps, desc=f"{arm:<26} seed {seed}", file=sys.stdout, mininterval=1.0)
-    for step in steps:
-        if maker.settings.dynamic_sampling:
-            generated, batch = sample_dynamically(
-                policy,
-                tokenizer,
-                executor,
-                samples_generator,
-                maker.settings,
-                prompt_rng,
-                settings.prompts_per_step,
-                group_size,
+    control = contextlib.nullcontext()
+    if arm_estimator(arm) == "random_drop":
+        drop_generator = torch.Generator().manual_seed(40_000 + seed)
+        control = mock.patch.object(estimator, "filter_keep", random_drop_filter(group_size, drop_generator))
+    with control:
+        for step in steps:
+            if maker.settings.dynamic_sampling:
+                generated, batch = sample_dynamically(
+                    policy,
+                    tokenizer,
+                    executor,
+                    samples_generator,
+                    maker.settings,
+                    prompt_rng,
+                    settings.prompts_per_step,
+                    group_size,
+                )
+            else:
+                prompts, labels = zip(*(task.make_prompt(prompt_rng) for _ in range(settings.prompts_per_step)))
+                nonces = [noise_rng.getrandbits(64) for _ in range(rollouts_per_step)] if noise_rng else None
+                generated = batch = sample_rollouts(
+                    policy, tokenizer, executor, samples_generator, prompts, labels, group_size, nonces
+                )
+            rewards = torch.stack(
+                [torch.cat([e.info[f"reward/{key}"] for e in generated]).double() for key in keys], 1
             )
-        else:
-            prompts, labels = zip(*(task.make_prompt(prompt_rng) for _ in range(settings.prompts_per_step)))
-            generated = batch = sample_rollouts(
-                policy, tokenizer, executor, samples_generator, prompts, labels, group_size
-            )
-        rewards = torch.stack([torch.cat([e.info[f"reward/{key}"] for e in generated]).double() for key in KEYS], 1)
-        values = {f"reward/{key}": float(rewards[:, k].mean()) for k, key in enumerate(KEYS)}
-        values["reward"] = float((rewards * weights).sum(1).mean())
-        values["response_words"] = task.MAX_RESPONSE_TOKENS * (1.0 - values["reward/brevity"])  # never clipped
-        values["generated_rollouts"] = float(len(generated))
-        if not batch:  # dynamic sampling: no group passed (e.g. a collapsed policy, every group constant)
-            metrics = {"gd2po/conflict_ratio": 0.0, "gd2po/keep_ratio": 0.0, "gd2po/dynamic_sampling/pass_rate": 0.0}
-            metrics.update({"gd2po/cancelled_mass_ratio": 0.0, "gd2po/filtered_mass_ratio": 0.0})
-            values.update(advantage_abs_mean=0.0, policy_loss=0.0, **metrics)
+            values = {f"reward/{key}": float(rewards[:, k].mean()) for k, key in enumerate(keys)}
+            values["reward"] = float((rewards * weights).sum(1).mean())
+            values["response_words"] = task.MAX_RESPONSE_TOKENS * (1.0 - values["reward/brevity"])  # never clipped
+            values["generated_rollouts"] = float(len(generated))
+            if not batch:  # dynamic sampling: no group passed (e.g. a collapsed policy, every group constant)
+                metrics = {
+                    "gd2po/conflict_ratio": 0.0,
+                    "gd2po/keep_ratio": 0.0,
+                    "gd2po/dynamic_sampling/pass_rate": 0.0,
+                }
+                metrics.update({"gd2po/cancelled_mass_ratio": 0.0, "gd2po/filtered_mass_ratio": 0.0})
+                values.update(advantage_abs_mean=0.0, policy_loss=0.0, **metrics)
+                for key, value in values.items():
+                    curves.setdefault(key, []).append(value)
+                    writer.add_scalar(f"train/{key}", value, step)
+                continue
+            experiences = maker.split_rollout_samples(batch)
+            with torch.no_grad():
+                for experience in experiences:
+                    experience.action_log_probs = action_log_probs(policy, experience)
+                    experience.kl = torch.zeros_like(experience.action_log_probs)
+            experiences = maker.compute_advantages_and_returns(experiences)
+
+            metrics = dict(maker.take_step_report().metrics)
+            lengths = torch.cat([e.action_mask.sum(-1) for e in experiences])
+            advantage_abs = sum(float(e.advantages.abs().sum()) for e in experiences) / float(lengths.sum())
+
+            losses = ppo_update(policy, optimizer, policy_loss, experiences, settings.updates_per_step)
+
+            values["advantage_abs_mean"] = advantage_abs
+            values["policy_loss"] = sum(losses) / len(losses)
+            values.update(metrics)
             for key, value in values.items():
                 curves.setdefault(key, []).append(value)
                 writer.add_scalar(f"train/{key}", value, step)
-            continue
-        experiences = maker.split_rollout_samples(batch)
-        with torch.no_grad():
-            for experience in experiences:
-                experience.action_log_probs = action_log_probs(policy, experience)
-                experience.kl = torch.zeros_like(experience.action_log_probs)
-        experiences = maker.compute_advantages_and_returns(experiences)
-
-        metrics = dict(maker.take_step_report().metrics)
-        lengths = torch.cat([e.action_mask.sum(-1) for e in experiences])
-        advantage_abs = sum(float(e.advantages.abs().sum()) for e in experiences) / float(lengths.sum())
-
-        losses = ppo_update(policy, optimizer, policy_loss, experiences, settings.updates_per_step)
-
-        values["advantage_abs_mean"] = advantage_abs
-        values["policy_loss"] = sum(losses) / len(losses)
-        values.update(metrics)
-        for key, value in values.items():
-            curves.setdefault(key, []).append(value)
-            writer.add_scalar(f"train/{key}", value, step)
-        if progress:
-            steps.set_postfix(
-                correct=f"{values['reward/correctness']:.2f}",
-                conflict=f"{metrics['gd2po/conflict_ratio']:.2f}",
-                refresh=False,
-            )
+            if progress:
+                steps.set_postfix(
+                    correct=f"{values['reward/correctness']:.2f}",
+                    conflict=f"{metrics['gd2po/conflict_ratio']:.2f}",
+                    refresh=False,
+                )
     return curves
 
 
@@ -365,11 +428,13 @@ def warm_start_rewards(policy, tokenizer, seed: int, settings) -> Dict[str, floa
     import openrlhf.trainer.ppo_trainer as ppo_trainer
     from openrlhf.utils.agent import SingleTurnAgentExecutor
 
-    strategy = SimpleNamespace(args=parse_launcher_args(arm_flags("main/gdpo") + common_flags(settings)))
+    # noisy declares every dimension: the warm start is scored on all of them.
+    strategy = SimpleNamespace(args=parse_launcher_args(arm_flags("noisy/gdpo") + common_flags(settings)))
     samples_generator = ppo_trainer.SamplesGenerator(strategy, None, None, tokenizer, [])
     torch.manual_seed(20_000 + seed)
     rng = random.Random(20_000 + seed)
     prompts, labels = zip(*(task.make_prompt(rng) for _ in range(4 * settings.prompts_per_step)))
+    nonces = [rng.getrandbits(64) for _ in range(len(prompts) * settings.rollouts_per_prompt)]
     samples = sample_rollouts(
         policy,
         tokenizer,
@@ -378,8 +443,12 @@ def warm_start_rewards(policy, tokenizer, seed: int, settings) -> Dict[str, floa
         prompts,
         labels,
         settings.rollouts_per_prompt,
+        nonces,
     )
-    return {f"reward/{key}": float(torch.cat([e.info[f"reward/{key}"] for e in samples]).mean()) for key in KEYS}
+    return {
+        f"reward/{key}": float(torch.cat([e.info[f"reward/{key}"] for e in samples]).mean())
+        for key in setting_keys("noisy")
+    }
 
 
 # ---- the demo's jobs (run in the demo's process or in its worker processes: module-level, so spawn finds them)

@@ -9,7 +9,7 @@
 #   make demo   the CPU demo in the same venv: GRPO / GDPO / GD²PO-hard / GD²PO-SNR in four reward settings,
 #               5 seeds, 2 worker processes (DEMO_ARGS="--seeds 10 --steps 150" for a longer study; runs/demo)
 #   make study  the preregistered study (docs/study-protocol.md): every estimator and control against GDPO in five
-#               settings and two group sizes, 10 seeds, paired bootstrap CIs (about 30 min on 2 cores); writes
+#               settings and two group sizes, 10 seeds, paired bootstrap CIs (about 40 min on 2 cores); writes
 #               docs/study.md's tables, docs/study-results.json and docs/img/study_*.png (STUDY_ARGS to change it)
 #   make venv   only the environment
 #   make test-openrlhf VERSION=0.11.x  another OpenRLHF release in its own venv (.venv-openrlhf-VERSION): the drift

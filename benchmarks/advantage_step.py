@@ -6,7 +6,8 @@ interleaved, median of --repeats (of 3 × --repeats pairs for (1)), each call af
 that every measurement and its floor start with cold caches:
   (1) the estimator core: gd2po_openrlhf.compute_advantages (SNR filter, τ = 0.8) on [B, K] rewards and a
       [B, 1024] float response mask; then on a bool mask, and its per-rollout math alone (from the lengths), and
-      the mass diagnostics in it alone (estimator.mass_diagnostics);
+      the mass diagnostics in it alone (estimator.mass_diagnostics); and compute_advantages' 0/1 test of a float
+      mask alone, in plain torch (the estimator's) and by bit patterns (its earlier one-pass version, kept here);
   (2) a loop implementation of the same formulas, written here the way the authors' code computes them
       (Python loops over groups and rollouts), checked equal to (1) first;
   (3) the plugin's compute_advantages_and_returns (gd2po) on the Experience objects;
@@ -199,6 +200,35 @@ def step_floor(experiences, columns):
         experience.rewards = experience.info["reward"] = experience.info["return"] = column[:, 0]
 
 
+FLOAT32_ONE_BITS = 0x3F800000  # the bit pattern of 1.0 in float32
+
+
+def zero_one_by_bit_patterns(mask: torch.Tensor, lengths: torch.Tensor) -> bool:
+    """The estimator's earlier 0/1 test, kept to time against its plain one: whether a float32 [B, T] mask holds
+    only 0 and 1, in one read pass without temporaries (``lengths`` = Σ_t m is computed anyway).
+
+    Read as its int32 bit patterns b(m), a row of 0s and 1s has a whole Σ_t m in [0, T] and Σ_t b(m) = b(1.0) · Σ_t
+    m modulo 2^32 (b(0) = 0). Any single other value breaks one of the two: a fraction makes Σ_t m non-whole or,
+    rounded away, leaves Σ_t b short of a multiple of b(1.0); a whole number ±2^e ≠ 1 has b = (127 + e) · 2^23 (+
+    the sign bit), never 127 · 2^(e + 23) modulo 2^32; NaN and infinities put Σ_t m outside [0, T]. Only several
+    odd values chosen to cancel modulo 2^32 could pass.
+    """
+    if mask.numel() == 0:
+        return True
+    # Whole sums within [0, T]: NaN fails the comparisons, ±inf the bounds.
+    shortest, longest = lengths.aminmax()
+    if not (bool(shortest >= 0) and bool(longest <= mask.shape[1]) and torch.equal(lengths, lengths.round())):
+        return False
+    # int32 sums wrap modulo 2^32, as the expected value does when the int64 product is narrowed.
+    expected = (lengths.to(torch.int64) * FLOAT32_ONE_BITS).to(torch.int32)
+    return torch.equal(mask.view(torch.int32).sum(dim=1, dtype=torch.int32), expected)
+
+
+def zero_one_plain(mask: torch.Tensor) -> bool:
+    """The estimator's 0/1 test of a float mask (compute_advantages)."""
+    return not bool(((mask != 0) & (mask != 1)).any())
+
+
 def spread(ratios):
     return f"{statistics.median(ratios):.2f} [{min(ratios):.2f}, {max(ratios):.2f}]"
 
@@ -234,6 +264,7 @@ def main() -> None:
     group_ids = torch.arange(len(rewards)) // GROUP
     bool_mask = torch.arange(MAX_LEN) < lengths.unsqueeze(1)
     response_mask = bool_mask.float()
+    float_lengths = response_mask.sum(dim=1)
     expected = compute_advantages(rewards, group_ids, response_mask, CONFIG)
     reference = loop_reference(rewards, group_ids, response_mask, CONFIG)
     error = float((expected.advantages - reference).abs().max())
@@ -259,7 +290,8 @@ def main() -> None:
                 experience.kl = experience_kl  # both makers consume it (set to None afterwards)
             maker.compute_advantages_and_returns(experiences)
 
-        names = ("(1)", "(1) floor", "(1) bool mask", "(1) per-rollout", "(1) mass", "(2)", "(3)", "(3) floor", "(4)")
+        names = ("(1)", "(1) floor", "(1) bool mask", "(1) per-rollout", "(1) mass", "(1) 0/1 plain", "(1) 0/1 bits")
+        names += ("(2)", "(3)", "(3) floor", "(4)")
         times = {name: [] for name in names}
         for _ in range(settings.repeats):
             if kl_coef == 0:
@@ -269,6 +301,8 @@ def main() -> None:
                 times["(1) bool mask"].append(timed(compute_advantages, rewards, group_ids, bool_mask, CONFIG))
                 times["(1) per-rollout"].append(timed(compute_rollout_advantages, rewards, group_ids, lengths, CONFIG))
                 times["(1) mass"].append(timed(mass_diagnostics, *mass_inputs))
+                times["(1) 0/1 plain"].append(timed(zero_one_plain, response_mask))
+                times["(1) 0/1 bits"].append(timed(zero_one_by_bit_patterns, response_mask, float_lengths))
                 if len(times["(2)"]) < 3:  # the loop baseline is slow and steady: 3 runs suffice
                     times["(2)"].append(timed(loop_reference, rewards, group_ids, response_mask, CONFIG))
                 times["(3) floor"].append(timed(step_floor, experiences, columns))
@@ -279,6 +313,12 @@ def main() -> None:
             ratios["core / core floor"] = [a / b for a, b in zip(times["(1)"], times["(1) floor"])]
             ratios["step / step floor"] = [a / b for a, b in zip(times["(3)"], times["(3) floor"])]
             ratios["stock group_norm / step"] = [a / b for a, b in zip(times["(4)"], times["(3)"])]
+            ratios["0/1 test, plain torch / core"] = [
+                a / b for a, b in zip(times["(1) 0/1 plain"], times["(1)"][::CORE_PAIRS])
+            ]
+            ratios["0/1 test, bit patterns / core"] = [
+                a / b for a, b in zip(times["(1) 0/1 bits"], times["(1)"][::CORE_PAIRS])
+            ]
             ratios["mass diagnostics / per-rollout math"] = [
                 a / b for a, b in zip(times["(1) mass"], times["(1) per-rollout"])
             ]
@@ -294,6 +334,8 @@ def main() -> None:
         "(1) bool mask": "(1) on a bool mask (no 0/1 check to make)",
         "(1) per-rollout": "(1)'s per-rollout math alone: compute_rollout_advantages on the lengths",
         "(1) mass": "the mass diagnostics inside it alone (estimator.mass_diagnostics)",
+        "(1) 0/1 plain": "(1)'s 0/1 test of the float mask alone, plain torch (the estimator's)",
+        "(1) 0/1 bits": "the same test by bit patterns (the earlier version; (3) runs neither: it has lengths)",
         "(2)": "(2) loop baseline",
         "(3)": "(3) plugin compute_advantages_and_returns (gd2po)",
         "(3) floor": "(3) floor: read rewards and action masks, write each Experience's advantages and rewards",

@@ -102,9 +102,9 @@ def compute_advantages(
     # One conversion up front: torch's sums and products on bool and integer tensors are 5-10x slower on CPU.
     response_mask = given.to(torch.float32)
     lengths = response_mask.sum(dim=1)
-    if given.dtype != torch.bool and not _is_zero_one(response_mask, lengths):
-        bad = (given != 0) & (given != 1)
-        if bool(bad.any()):  # the fast test's only false alarm is -0.0, which is 0
+    if given.dtype != torch.bool:
+        bad = (response_mask != 0) & (response_mask != 1)  # NaN is neither
+        if bool(bad.any()):
             rollout, token = bad.nonzero()[0].tolist()
             raise ValueError(
                 f"response_mask must be 0/1; rollout {rollout} token {token} is {given[rollout, token].item()}"
@@ -115,30 +115,6 @@ def compute_advantages(
     converted = given.dtype != torch.float32
     result.advantages = response_mask.mul_(column) if converted else column * response_mask
     return result
-
-
-FLOAT32_ONE_BITS = 0x3F800000  # the bit pattern of 1.0 in float32
-
-
-def _is_zero_one(mask: torch.Tensor, lengths: torch.Tensor) -> bool:
-    """Whether a float32 [B, T] mask holds only 0 and 1, in one read pass without temporaries (``lengths`` = Σ_t m
-    is computed anyway).
-
-    Read as its int32 bit patterns b(m), a row of 0s and 1s has a whole Σ_t m in [0, T] and Σ_t b(m) = b(1.0) · Σ_t
-    m modulo 2^32 (b(0) = 0). Any single other value breaks one of the two: a fraction makes Σ_t m non-whole or,
-    rounded away, leaves Σ_t b short of a multiple of b(1.0); a whole number ±2^e ≠ 1 has b = (127 + e) · 2^23 (+
-    the sign bit), never 127 · 2^(e + 23) modulo 2^32; NaN and infinities put Σ_t m outside [0, T]. Only several
-    odd values chosen to cancel modulo 2^32 could pass.
-    """
-    if mask.numel() == 0:
-        return True
-    # Whole sums within [0, T]: NaN fails the comparisons, ±inf the bounds.
-    shortest, longest = lengths.aminmax()
-    if not (bool(shortest >= 0) and bool(longest <= mask.shape[1]) and torch.equal(lengths, lengths.round())):
-        return False
-    # int32 sums wrap modulo 2^32, as the expected value does when the int64 product is narrowed.
-    expected = (lengths.to(torch.int64) * FLOAT32_ONE_BITS).to(torch.int32)
-    return torch.equal(mask.view(torch.int32).sum(dim=1, dtype=torch.int32), expected)
 
 
 def compute_rollout_advantages(
@@ -237,14 +213,63 @@ def compute_rollout_advantages(
     else:
         rollout_advantage = rollout_score
 
-    # Diagnostics: computed on the device, moved to the host in one transfer.
+    metrics = rollout_diagnostics(
+        rewards,
+        length,
+        normalized,
+        token_dim_adv,
+        signed_sum,
+        conflict,
+        snr_ratio,
+        keep,
+        group_keep,
+        kappa,
+        rollout_score,
+        rollout_advantage,
+        cfg,
+    )
+
+    return GD2POResult(
+        rollout_advantages=rollout_advantage.to(torch.float32),
+        keep=keep,
+        group_keep_ratio=rollout_group_keep.to(torch.float32),
+        dimension_advantages=dim_adv,
+        conflict=conflict,
+        snr_ratio=snr_ratio,
+        metrics=metrics,
+    )
+
+
+def rollout_diagnostics(
+    rewards: torch.Tensor,
+    length: torch.Tensor,
+    normalized: torch.Tensor,
+    token_dim_adv: torch.Tensor,
+    signed_sum: torch.Tensor,
+    conflict: torch.Tensor,
+    snr_ratio: torch.Tensor,
+    keep: torch.Tensor,
+    group_keep: torch.Tensor,
+    kappa: torch.Tensor,
+    rollout_score: torch.Tensor,
+    rollout_advantage: torch.Tensor,
+    cfg: GD2POConfig,
+) -> Dict[str, float]:
+    """The metrics of :func:`compute_rollout_advantages` (listed there) from its intermediate tensors (the module
+    docstring's notation): A (``normalized``), A'·L (``token_dim_adv``), Σ_k A' (``signed_sum``), the conflict and SNR
+    tests, the filter's keep, κ_g per group (``group_keep``) and per rollout as applied (``kappa``), F
+    (``rollout_score``) and adv (``rollout_advantage``). Computed on the device and moved to the host in one transfer;
+    nothing here feeds back into the advantages."""
+    batch_size, num_dims = rewards.shape
+    device, dtype = rewards.device, rewards.dtype
+    num_groups = group_keep.numel()
     keys = cfg.reward_keys or tuple(f"dim{k}" for k in range(num_dims))
     response_tokens = length.sum().clamp_min(1)
     conflict_ratio = snr_ratio.masked_select(conflict)
     conflict_abs_ratio = conflict_ratio.abs()
     num_conflict = conflict_abs_ratio.numel()
     has_conflict = num_conflict > 0
-    keep_ratio = kept_per_group.sum() / batch_size
+    keep_ratio = keep.to(dtype).sum() / batch_size
     # |Σ_k A'|, |F| and |adv| as token means over the response tokens: one product with the lengths.
     token_means = (torch.stack([signed_sum.abs(), rollout_score.abs(), rollout_advantage.abs()]) @ length) / (
         response_tokens
@@ -292,16 +317,7 @@ def compute_rollout_advantages(
         "conflict_ratio": num_conflict / batch_size,
         **dict(zip(names, torch.cat([torch.stack(list(values.values())), reward_mean, reward_std]).tolist())),
     }
-
-    return GD2POResult(
-        rollout_advantages=rollout_advantage.to(torch.float32),
-        keep=keep,
-        group_keep_ratio=rollout_group_keep.to(torch.float32),
-        dimension_advantages=dim_adv,
-        conflict=conflict,
-        snr_ratio=snr_ratio,
-        metrics=metrics,
-    )
+    return metrics
 
 
 def filter_keep(name: str, conflict: torch.Tensor, snr_ratio: torch.Tensor, snr_threshold: float) -> torch.Tensor:

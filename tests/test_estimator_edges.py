@@ -325,8 +325,8 @@ def test_a_zero_one_mask_of_any_dtype_gives_the_float32_masks_advantages(dtype):
 )
 @pytest.mark.parametrize("position", [(0, 0), (5, 900), (31, 1023)])
 def test_any_single_value_that_is_not_0_or_1_is_refused_naming_its_position(value, position):
-    """The fast 0/1 test (bit patterns summed modulo 2^32) on long rows of ones: every single odd value is found,
-    the smallest subnormal and the float just below 1 included."""
+    """The 0/1 test on long rows of ones: every single odd value is found, the smallest subnormal and the float just
+    below 1 included."""
     mask = (torch.arange(1024) < torch.randint(600, 1025, (32, 1), generator=torch.Generator().manual_seed(0))).float()
     mask[position] = value
     groups = torch.arange(32) // 4
@@ -336,7 +336,8 @@ def test_any_single_value_that_is_not_0_or_1_is_refused_naming_its_position(valu
 
 def test_minus_infinity_whose_bit_pattern_cancels_modulo_2_32_is_refused():
     """-inf beside 383 ones sums to bit pattern 0 modulo 2^32, the same as the int64 cast of the -inf length times
-    b(1.0): only the bound test on the lengths catches it."""
+    b(1.0): a one-pass test on summed bit patterns (the estimator's earlier one) needs a bound test on the lengths
+    to catch it."""
     mask = torch.zeros(4, 1024)
     mask[:, :2] = 1.0
     mask[2, :383] = 1.0

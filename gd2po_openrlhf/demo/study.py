@@ -146,7 +146,7 @@ def machine() -> Dict[str, str]:
 
 def run_study(study: argparse.Namespace) -> dict:
     """Every job, in worker processes; returns the results (metadata, one row of endpoints per run, mean curves)."""
-    started = time.time()
+    started, host = time.time(), machine()  # the checkout the runs load, before anyone edits it
     per_size = {group_size: run_settings(study, group_size) for group_size in study.group_sizes}
     first = per_size[study.group_sizes[0]]
     (first.output_dir / "warm_start").mkdir(parents=True, exist_ok=True)
@@ -191,7 +191,7 @@ def run_study(study: argparse.Namespace) -> dict:
     }
     return {
         "protocol": "docs/study-protocol.md",
-        "machine": machine(),
+        "machine": host,
         "versions": versions(),
         "study": {key: str(value) if isinstance(value, Path) else value for key, value in vars(study).items()},
         "warm_start": warm,

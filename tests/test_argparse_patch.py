@@ -567,7 +567,8 @@ def test_the_reward_token_file_reaches_the_dry_runs_reward_check_with_any_estima
     """A server that needs a token: the dry run's reward check is refused a 401 without --gd2po.reward_auth_token_file
     and scores with it; with OpenRLHF's own estimator the flag is accepted (the plugin's client serves every
     estimator)."""
-    from gd2po_openrlhf.serve_rewards import RewardServer, ServerLimits
+    from gd2po_openrlhf.serving.protocol import ServerLimits
+    from gd2po_openrlhf.serving.server import RewardServer
 
     server = RewardServer(
         lambda queries, prompts, labels: {"rewards": {"correctness": [1.0] * len(queries)}},

@@ -25,7 +25,7 @@ from transformers import PreTrainedTokenizerFast
 
 from gd2po_openrlhf import GD2POConfig, compute_advantages, compute_rollout_advantages
 from gd2po_openrlhf.integration.experience_maker import GD2POExperienceMaker
-from gd2po_openrlhf.serve_rewards import RewardServer
+from gd2po_openrlhf.serving.server import RewardServer
 
 pytestmark = pytest.mark.ray
 

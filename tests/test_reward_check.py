@@ -147,7 +147,9 @@ def doc_block(language: str, after: str) -> str:
 
 
 def test_the_reward_function_page_example_checks_and_serves_as_printed(tmp_path, capsys, monkeypatch):
-    from gd2po_openrlhf.serve_rewards import RewardServer, ServerLimits, load_reward_func
+    from gd2po_openrlhf.reward_check import load_reward_func
+    from gd2po_openrlhf.serving.protocol import ServerLimits
+    from gd2po_openrlhf.serving.server import RewardServer
 
     (tmp_path / "rules.py").write_text(doc_block("python", "## A complete example"))
     (tmp_path / "data").mkdir()
@@ -180,7 +182,9 @@ def test_the_reward_function_page_example_checks_and_serves_as_printed(tmp_path,
 def test_the_dry_run_asks_a_reward_server_that_answers_and_says_when_none_does(tmp_path, dataset):
     import socket
 
-    from gd2po_openrlhf.serve_rewards import RewardServer, ServerLimits, load_reward_func
+    from gd2po_openrlhf.reward_check import load_reward_func
+    from gd2po_openrlhf.serving.protocol import ServerLimits
+    from gd2po_openrlhf.serving.server import RewardServer
 
     for text, expected in ((GOOD, 0), (NAN, 2)):
         server = RewardServer(

@@ -388,7 +388,8 @@ def test_shipped_template_reward_file(tokenizer, continuation, expected):
 def test_the_template_scores_every_query_of_a_batch_behind_the_server():
     import pathlib
 
-    from gd2po_openrlhf.serve_rewards import RewardServer, load_reward_func
+    from gd2po_openrlhf.reward_check import load_reward_func
+    from gd2po_openrlhf.serving.server import RewardServer
 
     template = pathlib.Path(__file__).resolve().parents[1] / "examples" / "rewards" / "multi_reward_template.py"
     server = RewardServer(load_reward_func(str(template)), str(template)).start_in_thread()

@@ -26,7 +26,9 @@ from openrlhf.utils.agent import SingleTurnAgentExecutor
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from gd2po_openrlhf.serve_rewards import RewardServer, ServerLimits, load_reward_func
+from gd2po_openrlhf.reward_check import load_reward_func
+from gd2po_openrlhf.serving.protocol import ServerLimits
+from gd2po_openrlhf.serving.server import RewardServer
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOL_CALLING = ROOT / "examples" / "rewards" / "tool_calling.py"

@@ -21,13 +21,13 @@ import signal
 import threading
 from typing import Optional
 
-from .serve_rewards import (
+from ..reward_check import load_reward_func
+from .protocol import (
     HEALTH_WITHOUT_TOKEN,
     UNAUTHORIZED,
     ServerLimits,
     authorized,
     check_body,
-    load_reward_func,
     route_request,
     score_batch,
 )

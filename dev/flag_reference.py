@@ -3,9 +3,9 @@
     python dev/flag_reference.py            # rewrite docs/flags.md
     python dev/flag_reference.py --check    # exit 1 if docs/flags.md differs (tests/test_docs.py runs this)
 
-Each flag's default, choices and help text are the parser's, so the page cannot drift from the code; SECTIONS
-places every flag in one section, and a flag that is in no section (or a section naming a flag that does not
-exist) stops the script.
+Each flag's default, choices and help text are the parser's, and its section, what it acts with and what a resumed
+run does with it are its entry in the flag table (``gd2po_openrlhf/integration/flags.py``), so the page cannot drift
+from the code.
 """
 
 from __future__ import annotations
@@ -16,58 +16,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = ROOT / "docs" / "flags.md"
-
-SECTIONS = {
-    "The estimator": (
-        "--gd2po.filter",
-        "--gd2po.what_if_filter",
-        "--gd2po.snr_threshold",
-        "--gd2po.snr_eps",
-        "--gd2po.sum_rewards",
-        "--gd2po.no_reweight",
-        "--gd2po.no_whiten",
-    ),
-    "Reward dimensions and where they come from": (
-        "--gd2po.reward_keys",
-        "--gd2po.reward_weights",
-        "--gd2po.reward_model_key",
-        "--gd2po.cost_model_key",
-        "--gd2po.reward_model",
-        "--gd2po.reward_chat_template",
-        "--gd2po.reward_condition",
-        "--gd2po.reference_key",
-    ),
-    "The cost model group": (
-        "--cost.model_name_or_path",
-        "--cost.num_nodes",
-        "--cost.num_gpus_per_node",
-        "--cost.offload",
-        "--cost.normalize_enable",
-    ),
-    "Budgets and weight schedules": (
-        "--cost.budget",
-        "--gd2po.constraint_key",
-        "--cost.lambda_init",
-        "--cost.lambda_lr",
-        "--cost.lambda_max",
-        "--cost.lambda_log_space",
-        "--gd2po.reward_weight_schedule",
-    ),
-    "Which rollouts train": (
-        "--gd2po.drop_filtered",
-        "--gd2po.dynamic_sampling",
-        "--gd2po.dynamic_sampling_min_kept",
-        "--gd2po.dynamic_sampling_max_prompts_factor",
-    ),
-    "Reliability, resume and presets": (
-        "--gd2po.on_bad_reward",
-        "--gd2po.resume_with_flags",
-        "--gd2po.config",
-        "--gd2po.dry_run",
-        "--gd2po.reward_auth_token_file",
-    ),
-}
-
 
 # What refuses each section's flags (before Ray starts, one line naming the flag), as bullets under its table.
 REFUSALS = {
@@ -114,9 +62,8 @@ REFUSALS = {
         "Presets: unknown keys, a fraction for an integer setting, more than 64 YAML aliases, a file over 256 kB "
         "(a bad value is quoted, cut to 300 characters). A flag on the command line overrides the preset; a "
         "command-line schedule, condition or reward model replaces the preset's entry for that key only.",
-        "A flag that acts only with another setting (`ONLY_ACTS_WITH` in `integration/argparse_patch.py`) is "
-        "refused when given on the command line without it, and ignored when a preset sets it (one preset "
-        "serves several variants of a run).",
+        "A flag that acts only with another setting (the column *acts only with*) is refused when given on the "
+        "command line without it, and ignored when a preset sets it (one preset serves several variants of a run).",
         "On resume, a checkpoint whose settings the launcher would refuse stops the run naming the checkpoint "
         "and the flag (see [reliability](reliability.md)).",
         "`--gd2po.reward_auth_token_file`: a file that cannot be read, an empty token or one with characters other "
@@ -128,11 +75,19 @@ REFUSALS = {
 
 def plugin_actions() -> dict:
     """{flag: argparse action} of every --gd2po.* and --cost.* flag, as the launcher's parser gets them."""
-    from gd2po_openrlhf.integration.flags import add_gd2po_arguments
+    from gd2po_openrlhf.integration import flags
 
     parser = argparse.ArgumentParser()
-    add_gd2po_arguments(parser)
+    flags.add_gd2po_arguments(parser)
     return {action.option_strings[0]: action for action in parser._actions if action.option_strings[0] != "-h"}
+
+
+def _on_resume(flag) -> str:
+    from gd2po_openrlhf.integration import flags
+
+    if flag.resume == flags.NOT_SAVED:
+        return f"not saved: {flag.not_saved_because}" if flag.not_saved_because else "not saved"
+    return flag.resume
 
 
 def _default(action) -> str:
@@ -144,12 +99,12 @@ def _default(action) -> str:
 
 
 def render() -> str:
+    from gd2po_openrlhf.integration import flags
+
     actions = plugin_actions()
-    placed = [flag for flags in SECTIONS.values() for flag in flags]
-    unknown = sorted(set(placed) - set(actions))
-    missing = sorted(set(actions) - set(placed))
-    if unknown or missing or len(placed) != len(set(placed)) or set(REFUSALS) - set(SECTIONS):
-        raise SystemExit(f"SECTIONS is out of date: unknown {unknown}, unplaced {missing}, or a flag placed twice")
+    unplaced = [flag.name for flag in flags.FLAGS if flag.section not in flags.SECTIONS]
+    if unplaced or set(REFUSALS) - set(flags.SECTIONS):
+        raise SystemExit(f"flags in no section of flags.SECTIONS: {unplaced}, or REFUSALS names an unknown section")
     lines = [
         "# Flag reference",
         "",
@@ -164,17 +119,23 @@ def render() -> str:
         "would train with.",
         "",
     ]
-    for section, flags in SECTIONS.items():
-        lines += [f"## {section}", "", "| flag | default | what it does |", "|---|---|---|"]
-        for flag in flags:
-            action = actions[flag]
+    for section in flags.SECTIONS:
+        lines += [
+            f"## {section}",
+            "",
+            "| flag | default | what it does | acts only with | on resume |",
+            "|---|---|---|---|---|",
+        ]
+        for declared in (flag for flag in flags.FLAGS if flag.section == section):
+            flag, action = declared.name, actions[declared.name]
             value = f" {action.metavar}" if action.metavar else ""
             if action.choices:
                 value = " {" + ",".join(map(str, action.choices)) + "}"
             if action.nargs in ("+", "*"):
                 value += " ..."
             text = " ".join((action.help or "").split()).replace("|", "\\|")
-            lines.append(f"| `{flag}{value}` | {_default(action)} | {text} |")
+            acts_with = declared.acts_with.needs.replace("|", "\\|") if declared.acts_with else "—"
+            lines.append(f"| `{flag}{value}` | {_default(action)} | {text} | {acts_with} | {_on_resume(declared)} |")
         lines += ["", "Refused:", ""] + [f"- {refusal}" for refusal in REFUSALS.get(section, ())] + [""]
     return "\n".join(lines)
 

@@ -74,7 +74,8 @@ def main():
         from gd2po_testing import openrlhf_strategy
 
         settings = resolve_settings(openrlhf_strategy(argv).args)
-        sections.append((f"checkpoint_settings {preset}", repr(checkpoint_settings(settings))))
+        # Sorted: the order of the saved dict is not what a checkpoint means.
+        sections.append((f"checkpoint_settings {preset}", repr(sorted(checkpoint_settings(settings).items()))))
     text = "".join(f"==== {title}\n{body}\n" for title, body in sections)
     # DeepSpeed's start-up warning carries a timestamp: not part of what the plugin prints.
     lines = [line for line in text.replace(str(ROOT), "<ROOT>").splitlines() if "real_accelerator.py" not in line]

@@ -1,6 +1,8 @@
 """YAML presets (--gd2po.config, integration/flags.py) through OpenRLHF's real parser: the shipped presets resolve to
 the authors' settings, flags on the command line override them, bad presets are refused naming the file and key."""
 
+import argparse
+import dataclasses
 import json
 import pathlib
 import time
@@ -282,3 +284,108 @@ def test_a_huge_integer_in_a_preset_is_named_without_a_traceback(tmp_path, capsy
         preset_args(tmp_path, f"gd2po:\n  snr_threshold: {'9' * digits}\n")
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err) < 1500
+
+
+# ---- the flag table (integration/flags.py): one declaration per flag
+
+
+def test_every_flag_is_declared_consistently_with_run_settings():
+    """The table is complete and its entries fit RunSettings: a plain flag's field exists with the flag's default,
+    only a flag with a field is saved, every not-saved flag says why, every flag has a docs section."""
+    from gd2po_openrlhf.integration import flags
+    from gd2po_openrlhf.integration.settings import RunSettings
+
+    fields = {field.name: field for field in dataclasses.fields(RunSettings)}
+    names = [flag.name for flag in flags.FLAGS]
+    assert len(names) == len(set(names)) and all(name.startswith(("--gd2po.", "--cost.")) for name in names)
+    declared_fields = [flag.field for flag in flags.FLAGS if flag.field]
+    assert len(declared_fields) == len(set(declared_fields))
+    for flag in flags.FLAGS:
+        assert flag.section in flags.SECTIONS, flag.name
+        assert flag.resume in (flags.RESTORED, flags.REPORTED, flags.NOT_SAVED), flag.name
+        assert flag.resume == flags.NOT_SAVED or flag.field, f"{flag.name} is saved but lands in no field"
+        assert flag.resume != flags.NOT_SAVED or flag.not_saved_because, f"{flag.name}: say why it is not saved"
+        if flag.field:
+            assert flag.field in fields, flag.name
+        if flag.field and not flag.derived:
+            assert fields[flag.field].default == (False if flag.switch else flag.default), flag.name
+    # The parser's flags are exactly the table's.
+    parser = argparse.ArgumentParser()
+    flags.add_gd2po_arguments(parser)
+    assert [action.option_strings[0] for action in parser._actions[1:]] == names
+
+
+@pytest.fixture
+def probe_flag(monkeypatch):
+    """A new flag in one declaration: --gd2po.probe_scale, acting with the snr filter and restored on resume, plus
+    the RunSettings field that the code using it would read."""
+    from gd2po_openrlhf.integration import flags, settings
+
+    flag = flags.Flag(
+        "--gd2po.probe_scale",
+        "a probe flag of the tests",
+        "The estimator",
+        field="probe_scale",
+        default=0.5,
+        type=float,
+        metavar="S",
+        acts_with=flags.SNR_FILTER,
+        resume=flags.RESTORED,
+    )
+    extended = dataclasses.make_dataclass(
+        "RunSettings",
+        [("probe_scale", float, dataclasses.field(default=0.5))],
+        bases=(settings.RunSettings,),
+        frozen=True,
+    )
+    monkeypatch.setattr(flags, "FLAGS", flags.FLAGS + (flag,))
+    monkeypatch.setattr(settings, "RunSettings", extended)
+    return flag
+
+
+SNR_RUN = ("--reward.model_name_or_path", "org/rm", "--gd2po.filter", "snr")
+
+
+def test_a_flag_declared_once_reaches_help_refusals_presets_resume_and_docs(probe_flag, capsys, tmp_path):
+    import importlib.util
+
+    from gd2po_openrlhf.integration import resume
+
+    # --help, through OpenRLHF's real parser
+    with pytest.raises(SystemExit) as exited:
+        launch("--help")
+    assert exited.value.code == 0
+    assert "--gd2po.probe_scale S a probe flag of the tests (default 0.5)" in " ".join(capsys.readouterr().out.split())
+    # its value lands in the settings
+    args, _, _ = launch(*SNR_RUN, "--gd2po.probe_scale", "2")
+    from gd2po_openrlhf.integration.settings import resolve_settings as resolve
+
+    assert resolve(args).probe_scale == 2.0
+    # refused without what it acts with, naming it
+    with pytest.raises(SystemExit) as exited:
+        launch("--reward.model_name_or_path", "org/rm", "--gd2po.filter", "hard", "--gd2po.probe_scale", "2")
+    assert exited.value.code == 2
+    assert (
+        "--gd2po.probe_scale only acts with the snr filter (or --gd2po.what_if_filter snr); with --gd2po.filter hard "
+        "it would be ignored" in capsys.readouterr().err
+    )
+    # a preset key
+    preset = tmp_path / "probe.yaml"
+    preset.write_text("gd2po:\n  filter: snr\n  probe_scale: 3\n")
+    args, _, _ = launch("--reward.model_name_or_path", "org/rm", "--gd2po.config", str(preset))
+    assert resolve(args).probe_scale == 3.0
+    # resume: saved, restored over the command line's, and named in the warning
+    assert "probe_scale" in resume.resume_tables()[0]
+    saved = resume.checkpoint_settings(resolve(launch(*SNR_RUN, "--gd2po.probe_scale", "2")[0]))
+    assert saved["gd2po.probe_scale"] == 2.0
+    args = launch(*SNR_RUN)[0]
+    restored, warning = resume.restore_checkpoint_settings(args, resolve(args), saved, "ckpt")
+    assert restored.probe_scale == 2.0
+    assert "Restored from the checkpoint: --gd2po.probe_scale checkpoint 2.0, command line 0.5" in warning
+    # the generated reference page, in its section
+    spec = importlib.util.spec_from_file_location("flag_reference", CONFIGS.parent / "dev" / "flag_reference.py")
+    reference = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(reference)
+    page = reference.render()
+    row = "| `--gd2po.probe_scale S` | `0.5` | a probe flag of the tests (default 0.5) | the snr filter"
+    assert row in page and page.index("## The estimator") < page.index(row) < page.index("## Reward dimensions")

@@ -423,7 +423,7 @@ def test_every_settings_field_is_restored_reported_or_not_saved_exactly_once():
     from gd2po_openrlhf.integration import resume as resume_module
     from gd2po_openrlhf.integration.settings import RunSettings
 
-    tables = (resume_module.RESTORED, resume_module.REPORTED, resume_module.NOT_SAVED)
+    tables = resume_module.resume_tables()
     listed = [name for table in tables for name in table]
     assert sorted(listed) == sorted(field.name for field in dataclasses.fields(RunSettings))
     assert len(listed) == len(set(listed))

@@ -6,13 +6,12 @@
 - ``add_argument``: the estimator gets the choices gd2po and gdpo and the flat alias ``--advantage_estimator``; the
   ``--gd2po.*`` / ``--cost.*`` flags (``flags.py``) are added;
 - ``parse_known_args``: a ``--gd2po.config`` preset becomes the parser's defaults (the command line overrides it,
-  key by key for ``--gd2po.reward_weight_schedule`` and ``--gd2po.reward_condition``); negative numbers in
+  key by key for the lists whose entries name a reward key, ``Flag.keyed``); negative numbers in
   scientific notation (``-1e-3``) are values, not options; after parsing, ``check_command_line`` refuses what does
   not fit (exit 2 with one line naming the flag, before Ray starts) and runs the dry run.
 
-One policy for flags that act only together with another setting (``ONLY_ACTS_WITH``): given on the command line
-without it, they are refused; set by a preset, they are ignored, since one preset serves several variants of a run
-(``configs/tool_calling.yaml`` holds τ for the snr launcher and the hard one alike).
+One policy for flags that act only together with another setting (``Flag.acts_with``, ``flags.ActsWith``): given on
+the command line without it, they are refused; set by a preset, they are ignored.
 
 Only the standard library and the plugin's torch-free modules at import time (``ray`` when the dry run stops the
 launch or a token file is sent to the Ray job; ``torch`` for the dry run's reward check).
@@ -25,86 +24,20 @@ import difflib
 import os
 import re
 import sys
-from typing import Callable, List, NamedTuple, Optional, Tuple
+from typing import List, Optional, Tuple
 
 from ..rewards import AUTH_TOKEN_FILE_VARIABLE, reward_auth_token, reward_client_settings
+from . import flags
 from .cluster_shape import check_cluster_shape
 from .dry_run import check_rewards, describe, resumed_settings
-from .flags import ANY_ESTIMATOR_FLAGS, add_gd2po_arguments, load_preset
 from .openrlhf_patches import check_drift
-from .settings import COST_GROUP_DEFAULTS, GD2PO_ESTIMATORS, RunSettings, _arg, resolve_settings
+from .presets import load_preset
+from .settings import GD2PO_ESTIMATORS, RunSettings, _arg, resolve_settings
 
 ESTIMATOR_FLAG = "--algo.advantage.estimator"
 ESTIMATOR_ALIAS = "--advantage_estimator"  # OpenRLHF 0.9.x spelling
 # argparse reads -5, -0.5 but not -5e-1 as a number (a value, not an option): this adds scientific notation.
 NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
-# List flags whose entries name a reward key: a preset's entries are merged with the command line's key by key (a
-# command-line entry replaces the preset's entries on its key) instead of the command line's being appended.
-KEYED_LISTS = ("gd2po.reward_weight_schedule", "gd2po.reward_condition", "gd2po.reward_model")
-
-
-class OnlyActsWith(NamedTuple):
-    """``flags`` (dests) do something only when ``active(settings)``; ``needs`` says what that takes and
-    ``instead(settings)`` what the run has instead."""
-
-    flags: Tuple[str, ...]
-    active: Callable[[RunSettings], bool]
-    needs: str
-    instead: Callable[[RunSettings], str]
-
-
-def _filter_in_words(settings: RunSettings) -> str:
-    return (
-        "--advantage_estimator gdpo (no filter)"
-        if settings.estimator == "gdpo"
-        else f"--gd2po.filter {settings.filter}"
-    )
-
-
-ONLY_ACTS_WITH = (
-    OnlyActsWith(
-        ("gd2po.snr_threshold", "gd2po.snr_eps"),
-        lambda s: s.filter == "snr" or s.what_if_filter == "snr",
-        "the snr filter (or --gd2po.what_if_filter snr)",
-        _filter_in_words,
-    ),
-    OnlyActsWith(
-        ("gd2po.what_if_filter",),
-        lambda s: s.filter == "none",
-        "a run without a filter (--advantage_estimator gdpo, or --gd2po.filter none)",
-        _filter_in_words,
-    ),
-    OnlyActsWith(
-        ("gd2po.drop_filtered",),
-        lambda s: s.filter != "none",
-        "a conflict filter (--advantage_estimator gd2po with --gd2po.filter hard or snr)",
-        _filter_in_words,
-    ),
-    OnlyActsWith(
-        ("gd2po.no_reweight",),
-        lambda s: s.estimator == "gd2po",
-        "--advantage_estimator gd2po (κ reweighting)",
-        lambda s: "--advantage_estimator gdpo (no reweighting)",
-    ),
-    OnlyActsWith(
-        ("gd2po.dynamic_sampling_min_kept", "gd2po.dynamic_sampling_max_prompts_factor"),
-        lambda s: s.dynamic_sampling,
-        "--gd2po.dynamic_sampling",
-        lambda s: "dynamic sampling off",
-    ),
-    OnlyActsWith(
-        ("cost.lambda_init", "cost.lambda_lr", "cost.lambda_max", "cost.lambda_log_space", "gd2po.constraint_key"),
-        lambda s: s.cost_budget is not None,
-        "--cost.budget",
-        lambda s: "no budget",
-    ),
-    OnlyActsWith(
-        tuple(COST_GROUP_DEFAULTS),
-        lambda s: any(dim.source == "cost_model" for dim in s.dimensions),
-        "--cost.model_name_or_path",
-        lambda s: "no cost model",
-    ),
-)
 
 
 def install_argparse_extension() -> None:
@@ -127,7 +60,7 @@ def install_argparse_extension() -> None:
         if ESTIMATOR_ALIAS not in self._option_string_actions:
             option_strings = option_strings + (ESTIMATOR_ALIAS,)
         action = original_add_argument(self, *option_strings, **kwargs)
-        add_gd2po_arguments(self)
+        flags.add_gd2po_arguments(self)
         return action
 
     def parse_known_args(self, args=None, namespace=None):
@@ -145,7 +78,10 @@ def install_argparse_extension() -> None:
                 values = load_preset(self, path)
             except ValueError as error:
                 refuse(self, str(error))
-            preset_lists = {dest: values.pop(dest) for dest in KEYED_LISTS if values.get(dest)}
+            # Lists whose entries name a reward key: a command-line entry replaces the preset's entries on its key
+            # (instead of being appended to them).
+            keyed = [flag.dest for flag in flags.FLAGS if flag.keyed]
+            preset_lists = {dest: values.pop(dest) for dest in keyed if values.get(dest)}
             self.set_defaults(**values)
         _refuse_unknown_plugin_flags(self, argv)
         # argparse's errors on a plugin flag's value (a bad choice, not a number): one line, not OpenRLHF's usage.
@@ -342,8 +278,8 @@ def _refuse_ignored_flags(
     parser: argparse.ArgumentParser, argv: List[str], estimator: str, settings: Optional[RunSettings]
 ) -> None:
     """Flags on the command line that would be silently ignored are refused, named: both estimator spellings with
-    different values, GD²PO or cost-model flags with OpenRLHF's own estimators, and every ``ONLY_ACTS_WITH`` flag
-    without what it acts with."""
+    different values, GD²PO or cost-model flags with OpenRLHF's own estimators, and every flag given without what it
+    acts with (``Flag.acts_with``)."""
     given = _given_options(parser, argv)
     estimators = {(name, value) for dest, name, value in given if dest == "algo.advantage.estimator"}
     if len({value for _, value in estimators}) > 1:
@@ -353,11 +289,8 @@ def _refuse_ignored_flags(
             "(the last one would win silently): keep one",
         )
     if estimator not in GD2PO_ESTIMATORS:
-        ignored = [
-            name
-            for dest, name, _ in given
-            if dest.split(".")[0] in ("gd2po", "cost") and dest not in ANY_ESTIMATOR_FLAGS
-        ]
+        plugin_flags = flags.flags_by_dest()
+        ignored = [name for dest, name, _ in given if dest in plugin_flags and not plugin_flags[dest].any_estimator]
         if ignored:
             refuse(
                 parser,
@@ -365,8 +298,8 @@ def _refuse_ignored_flags(
                 + ", or switch the estimator",
             )
         return
-    for rule in ONLY_ACTS_WITH if settings is not None else ():
-        ignored = [name for dest, name, _ in given if dest in rule.flags]
+    for rule, dests in flags.only_acts_with() if settings is not None else ():
+        ignored = [name for dest, name, _ in given if dest in dests]
         if ignored and not rule.active(settings):
             refuse(parser, _ignored(ignored, rule.needs, rule.instead(settings)))
 

@@ -10,65 +10,44 @@ and the logged configuration all use it.
 
 from __future__ import annotations
 
-import argparse
 import copy
-import functools
 import math
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 from openrlhf.utils.logging_utils import init_logger
 
-from .argparse_patch import ONLY_ACTS_WITH
+from . import flags
 from .dry_run import describe
-from .flags import add_gd2po_arguments
 from .openrlhf_patches import UPSTREAM, installed_openrlhf, source_drift, upstream
 from .settings import REWARD_MODEL_FLAG, RunSettings, resolve_settings
 
 logger = init_logger(__name__)
 
-# Every RunSettings field by what a resumed run does with it; tests/test_resume.py checks that the three tables
-# cover dataclasses.fields(RunSettings) exactly once.
-# Restored: they define the advantages a run trains on; the checkpoint's flag value replaces the command line's.
-RESTORED = {
-    "filter": "gd2po.filter",
-    "snr_threshold": "gd2po.snr_threshold",
-    "snr_eps": "gd2po.snr_eps",
-    "norm_by_std": "algo.advantage.no_std_norm",  # saved as the flag: not norm_by_std
-    "dimensions": "gd2po.reward_weights",  # their weights; keys and sources are compared ("dimensions")
-    "no_reweight": "gd2po.no_reweight",
-    "no_whiten": "gd2po.no_whiten",
-    "drop_filtered": "gd2po.drop_filtered",
-    "sum_rewards": "gd2po.sum_rewards",
-    "reward_weight_schedule": "gd2po.reward_weight_schedule",
-    "reward_condition": "gd2po.reward_condition",
-    "constraint_key": "gd2po.constraint_key",
-    "cost_budget": "cost.budget",
-    "lambda_init": "cost.lambda_init",
-    "lambda_lr": "cost.lambda_lr",
-    "lambda_max": "cost.lambda_max",
-    "lambda_log_space": "cost.lambda_log_space",
+# The RunSettings fields that no plugin flag sets, by what a resumed run does with them (the others: ``Flag.resume``).
+OTHER_FIELDS = {
+    "estimator": (flags.REPORTED, "estimator"),
+    "norm_by_std": (flags.RESTORED, "algo.advantage.no_std_norm"),  # saved as the flag: not norm_by_std
+    "n_samples_per_prompt": (
+        flags.NOT_SAVED,
+        "OpenRLHF's --rollout.n_samples_per_prompt, which its own data state follows",
+    ),
 }
-# Reported: saved and compared, but acting where the run was set up before a checkpoint is read (the rollout actors,
-# the model groups, the samples generator's loop), or deciding whether anything is restored at all.
-REPORTED = {
-    "estimator": "estimator",
-    "model_groups": "gd2po.reward_model",  # the --gd2po.reward_model groups (the others' paths: "dimensions")
-    "on_bad_reward": "gd2po.on_bad_reward",
-    "reward_chat_template": "gd2po.reward_chat_template",
-    "dynamic_sampling": "gd2po.dynamic_sampling",
-    "dynamic_sampling_min_kept": "gd2po.dynamic_sampling_min_kept",
-    "dynamic_sampling_max_prompts_factor": "gd2po.dynamic_sampling_max_prompts_factor",
-}
-# Not saved, and why.
-NOT_SAVED = {
-    "n_samples_per_prompt": "OpenRLHF's --rollout.n_samples_per_prompt, which its own data state follows",
-    "reward_model_key": "the model groups' keys are in the dimensions",
-    "cost_model_key": "the model groups' keys are in the dimensions",
-    "resume_with_flags": "it decides the resume itself",
-    "preset": "the preset's values are the other fields",
-    "reference_key": "it adds a metric only: the command line's applies",
-    "what_if_filter": "it changes a metric only: the command line's applies",
-}
+
+
+def resume_tables() -> Tuple[Dict[str, str], Dict[str, str], Dict[str, str]]:
+    """``(restored, reported, not_saved)``: every RunSettings field by what a resumed run does with it, from the flag
+    table (``Flag.resume``) and ``OTHER_FIELDS``. Restored and reported map a field to the flag it is saved as
+    (``dimensions``: their weights, as --gd2po.reward_weights; keys and sources are compared apart); not saved maps it
+    to the reason. tests/test_resume.py checks that they cover ``dataclasses.fields(RunSettings)`` exactly once."""
+    tables = {flags.RESTORED: {}, flags.REPORTED: {}, flags.NOT_SAVED: {}}
+    for flag in flags.FLAGS:
+        if flag.field:
+            tables[flag.resume][flag.field] = flag.not_saved_because if flag.resume == flags.NOT_SAVED else flag.dest
+    for field, (resume, saved_as) in OTHER_FIELDS.items():
+        tables[resume][field] = saved_as
+    return tables[flags.RESTORED], tables[flags.REPORTED], tables[flags.NOT_SAVED]
+
+
 # The key under which the restored settings ride in the dataloader state to the async GenerateSamplesActor.
 SETTINGS_KEY = "gd2po_settings"
 
@@ -89,7 +68,8 @@ def checkpoint_settings(settings: RunSettings) -> dict:
     The restored and reported flags hold their resolved values (``estimator`` the estimator); ``dimensions`` lists
     each reward dimension as [key, source, location].
     """
-    saved = {flag: _flag_value(settings, field) for field, flag in {**RESTORED, **REPORTED}.items()}
+    restored, reported, _ = resume_tables()
+    saved = {flag: _flag_value(settings, field) for field, flag in {**restored, **reported}.items()}
     saved["dimensions"] = [[dim.key, dim.source, dim.location] for dim in settings.dimensions]
     return saved
 
@@ -111,16 +91,18 @@ def _with_flags(args, values: dict):
 def _check_restored_type(flag: str, value) -> None:
     """A restored value has the type the flag's parser gives (a checkpoint file can hold anything: ``"false"`` is
     truthy); raises ValueError naming the flag and the type expected."""
-    action = {a.dest: a for a in _plugin_parser()._actions}.get(flag)
+    declared = flags.flags_by_dest().get(flag)
     number = (int, float)
-    if action is None or action.nargs == 0:  # a switch (OpenRLHF's --algo.advantage.no_std_norm has no action here)
+    if declared is None or declared.switch:  # a switch (OpenRLHF's --algo.advantage.no_std_norm is not declared here)
         ok, expected = isinstance(value, bool), "true or false"
-    elif action.nargs == "+":
-        kinds = number if action.type is float else str
+    elif declared.nargs == "+":
+        kinds = number if declared.type is float else str
         ok = isinstance(value, (list, tuple)) and all(isinstance(v, kinds) and not isinstance(v, bool) for v in value)
-        expected = "a list of numbers" if action.type is float else "a list of strings"
-    elif action.type is float:
-        ok = (value is None and action.default is None) or (isinstance(value, number) and not isinstance(value, bool))
+        expected = "a list of numbers" if declared.type is float else "a list of strings"
+    elif declared.type in (int, float):
+        ok = (value is None and declared.default is None) or (
+            isinstance(value, number) and not isinstance(value, bool)
+        )
         expected = "a number"
     else:
         ok, expected = value is None or isinstance(value, str), "a string"
@@ -128,41 +110,34 @@ def _check_restored_type(flag: str, value) -> None:
         raise ValueError(f"--{flag} {value!r} restored, expected {expected}")
 
 
-@functools.lru_cache(maxsize=1)
-def _plugin_parser() -> argparse.ArgumentParser:
-    """The plugin's flags on a parser of their own: their types, for checking restored values."""
-    parser = argparse.ArgumentParser(add_help=False)
-    add_gd2po_arguments(parser)
-    return parser
-
-
 def restore_checkpoint_settings(
     args, settings: RunSettings, saved: dict, checkpoint: str
 ) -> Tuple[RunSettings, Optional[str]]:
     """The settings to resume with, and a warning naming every difference from the checkpoint's (None if none).
 
-    The checkpoint's ``RESTORED`` flags replace the command line's in ``args``, except with
+    The checkpoint's restored flags (``resume_tables``) replace the command line's in ``args``, except with
     --gd2po.resume_with_flags or when the estimator or the reward keys changed (the checkpoint's weights would then
     belong to other dimensions), and ``resolve_settings`` checks the result as it checks a command line: a value the
     launcher would refuse raises ValueError naming ``checkpoint`` and the flag. Other differences are reported.
     """
     current = checkpoint_settings(settings)
     # A flag the checkpoint lacks came with a later plugin version: the checkpoint's run had the flag's default.
-    defaults = checkpoint_settings(RunSettings())
-    saved = {**{flag: defaults[flag] for flag in {**RESTORED, **REPORTED}.values()}, **saved}
+    defaults = checkpoint_settings(type(settings)())
+    restored_flags = resume_tables()[0].values()
+    saved = {**{flag: value for flag, value in defaults.items() if flag != "dimensions"}, **saved}
     differences = {name: (saved.get(name), value) for name, value in current.items() if saved.get(name) != value}
     if not differences:
         return settings, None
     same_keys = [d[0] for d in saved.get("dimensions", [])] == [d[0] for d in current["dimensions"]]
     restore = same_keys and saved.get("estimator") == current["estimator"] and not settings.resume_with_flags
-    restored = [name for name in differences if restore and name in RESTORED.values()]
+    restored = [name for name in differences if restore and name in restored_flags]
     if restored:
         try:
             for name in restored:
                 _check_restored_type(name, differences[name][0])
             settings = resolve_settings(_with_flags(args, {name: differences[name][0] for name in restored}))
-            for rule in ONLY_ACTS_WITH:  # as the parser refuses a flag that would be ignored
-                ignored = [name for name in restored if name in rule.flags and differences[name][0] != defaults[name]]
+            for rule, dests in flags.only_acts_with():  # as the parser refuses a flag that would be ignored
+                ignored = [name for name in restored if name in dests and differences[name][0] != defaults[name]]
                 if ignored and not rule.active(settings):
                     raise ValueError(
                         f"{', '.join('--' + name for name in ignored)} only acts with {rule.needs}, which the "

@@ -21,21 +21,12 @@ from typing import Optional, Tuple
 from ..conditions import RewardCondition, apply_conditions, ordered_conditions
 from ..config import MAX_ABS_WEIGHT, GD2POConfig
 from ..constraints import WeightSchedule
+from . import flags
+from .flags import REWARD_CHAT_TEMPLATES
 
 GD2PO_ESTIMATORS = ("gd2po", "gdpo")
 REMOTE_SOURCES = ("reward_function", "reward_server", "agent")
 MODEL_SOURCES = ("reward_model", "cost_model")
-ON_BAD_REWARD = ("error", "drop_group")
-REWARD_CHAT_TEMPLATES = ("policy", "own")
-# The --cost.* flags that describe the cost model group (given without --cost.model_name_or_path: refused from the
-# command line, argparse_patch.ONLY_ACTS_WITH).
-COST_GROUP_DEFAULTS = {
-    "cost.num_nodes": 1,
-    "cost.num_gpus_per_node": 1,
-    "cost.offload": False,
-    "cost.normalize_enable": False,
-}
-
 
 REWARD_MODEL_FLAG = "--gd2po.reward_model"
 # What a reward key may be made of (str patterns are Unicode: \w is any script's letters and digits, and '_').
@@ -110,16 +101,6 @@ def parse_reward_model(text: str) -> ModelGroup:
         else:
             values[name] = value
     return ModelGroup(key, path, **values)
-
-
-# GD2POConfig's field names in its errors, as the flags that set them.
-CONFIG_FLAGS = {
-    "filter": "--gd2po.filter",
-    "snr_threshold": "--gd2po.snr_threshold",
-    "snr_eps": "--gd2po.snr_eps",
-    "weights": "--gd2po.reward_weights",
-    "reward_keys": "--gd2po.reward_keys",
-}
 
 
 @dataclass(frozen=True)
@@ -249,6 +230,17 @@ class RunSettings:
         return tuple(dim for dim in self.dimensions if dim.source in REMOTE_SOURCES)
 
 
+def given_values(args) -> dict:
+    """``{field: value}`` of every flag in the table whose ``RunSettings`` field is its value as given (not derived),
+    its default where ``args`` lacks it; a switch is a bool whatever the namespace holds."""
+    values = {}
+    for flag in flags.FLAGS:
+        if flag.field and not flag.derived:
+            value = _arg(args, flag.dest, False if flag.switch else flag.default)
+            values[flag.field] = bool(value) if flag.switch else value
+    return values
+
+
 def _arg(args, dotted: str, default=None):
     """A dotted option from either the flat argparse namespace or OpenRLHF's hierarchized one."""
     if dotted in vars(args):
@@ -266,7 +258,7 @@ def resolve_settings(args) -> RunSettings:
 
     Raises ValueError naming the flags that do not fit together.
     """
-    defaults = RunSettings()
+    given = given_values(args)
     estimator = _arg(args, "algo.advantage.estimator")
     if estimator not in GD2PO_ESTIMATORS:
         raise ValueError(f"resolve_settings() is for --advantage_estimator gd2po|gdpo, got {estimator!r}")
@@ -283,8 +275,7 @@ def resolve_settings(args) -> RunSettings:
             "(given on the command line or by --gd2po.config) needs --advantage_estimator gd2po: add --gd2po.filter "
             "none"
         )
-    sum_rewards = bool(_arg(args, "gd2po.sum_rewards", defaults.sum_rewards))
-    if sum_rewards and estimator != "gdpo":
+    if given["sum_rewards"] and estimator != "gdpo":
         raise ValueError(
             "--gd2po.sum_rewards (GRPO on the weighted sum) needs --advantage_estimator gdpo: "
             "a single summed dimension never conflicts"
@@ -296,9 +287,8 @@ def resolve_settings(args) -> RunSettings:
                 f"{estimator}: return a length dimension from your reward function instead"
             )
 
-    dimensions, model_groups = resolve_dimensions(args)
-    reward_chat_template = _arg(args, "gd2po.reward_chat_template", defaults.reward_chat_template)
-    if reward_chat_template == "own" or any(group.chat_template == "own" for group in model_groups):
+    dimensions, model_groups = resolve_dimensions(args, given)
+    if given["reward_chat_template"] == "own" or any(group.chat_template == "own" for group in model_groups):
         if not model_groups:
             raise ValueError(
                 "--gd2po.reward_chat_template own re-renders rollouts for reward/cost models, but none is given"
@@ -310,15 +300,17 @@ def resolve_settings(args) -> RunSettings:
                 "(examples/data/prepare_safe_alignment.py writes it as 'label')"
             )
 
-    dynamic_sampling = bool(_arg(args, "gd2po.dynamic_sampling", defaults.dynamic_sampling))
-    min_kept = _arg(args, "gd2po.dynamic_sampling_min_kept", defaults.dynamic_sampling_min_kept)
-    max_prompts_factor = _arg(
-        args, "gd2po.dynamic_sampling_max_prompts_factor", defaults.dynamic_sampling_max_prompts_factor
-    )
+    dynamic_sampling = given["dynamic_sampling"]
     if dynamic_sampling:
-        _check_dynamic_sampling(args, dimensions, n_samples, min_kept, max_prompts_factor)
+        _check_dynamic_sampling(
+            args,
+            dimensions,
+            n_samples,
+            given["dynamic_sampling_min_kept"],
+            given["dynamic_sampling_max_prompts_factor"],
+        )
 
-    constraint_key, budget_settings = _resolve_budget(args, dimensions)
+    constraint_key = _resolve_budget(args, given, dimensions)
     schedules = tuple(_arg(args, "gd2po.reward_weight_schedule") or ())
     _check_schedules(args, dimensions, schedules, constraint_key)
     if dynamic_sampling and (constraint_key or schedules):
@@ -331,7 +323,7 @@ def resolve_settings(args) -> RunSettings:
     conditions = tuple(_arg(args, "gd2po.reward_condition") or ())
     ordered_conditions(conditions, [dim.key for dim in dimensions])  # refuses unknown keys, self-gates, cycles
 
-    reference_key = _arg(args, "gd2po.reference_key")
+    reference_key = given["reference_key"]
     if reference_key is not None:
         weights = {dim.key: dim.weight for dim in dimensions}
         if reference_key not in weights:
@@ -349,33 +341,17 @@ def resolve_settings(args) -> RunSettings:
             )
 
     settings = RunSettings(
+        **given,
         estimator=estimator,
         n_samples_per_prompt=n_samples,
+        norm_by_std=not _arg(args, "algo.advantage.no_std_norm", False),
+        # The fields the flag table marks derived.
+        filter="none" if estimator == "gdpo" else (given_filter or GD2POConfig.filter),
         dimensions=dimensions,
         model_groups=model_groups,
-        filter="none" if estimator == "gdpo" else (given_filter or defaults.filter),
-        snr_threshold=_arg(args, "gd2po.snr_threshold", defaults.snr_threshold),
-        snr_eps=_arg(args, "gd2po.snr_eps", defaults.snr_eps),
-        norm_by_std=not _arg(args, "algo.advantage.no_std_norm", False),
-        no_reweight=bool(_arg(args, "gd2po.no_reweight", defaults.no_reweight)),
-        no_whiten=bool(_arg(args, "gd2po.no_whiten", defaults.no_whiten)),
-        sum_rewards=sum_rewards,
-        drop_filtered=bool(_arg(args, "gd2po.drop_filtered", defaults.drop_filtered)),
-        on_bad_reward=_arg(args, "gd2po.on_bad_reward", defaults.on_bad_reward),
-        reward_chat_template=reward_chat_template,
-        reward_model_key=_arg(args, "gd2po.reward_model_key", defaults.reward_model_key),
-        cost_model_key=_arg(args, "gd2po.cost_model_key", defaults.cost_model_key),
-        resume_with_flags=bool(_arg(args, "gd2po.resume_with_flags", defaults.resume_with_flags)),
-        dynamic_sampling=dynamic_sampling,
-        dynamic_sampling_min_kept=min_kept,
-        dynamic_sampling_max_prompts_factor=max_prompts_factor,
         constraint_key=constraint_key,
-        **budget_settings,
         reward_weight_schedule=schedules,
         reward_condition=conditions,
-        reference_key=reference_key,
-        what_if_filter=_arg(args, "gd2po.what_if_filter"),
-        preset=_arg(args, "gd2po.config"),
     )
     if not schedules and all(weight == 0 for weight in settings.reward_weights):
         raise ValueError(
@@ -387,7 +363,7 @@ def resolve_settings(args) -> RunSettings:
         settings.gd2po_config  # GD2POConfig validates τ, ε and the weights: refused here, at parse time
     except ValueError as error:
         message = str(error)
-        for field, flag in CONFIG_FLAGS.items():
+        for field, flag in flags.config_flags().items():
             message = message.replace(f"GD2POConfig.{field}", flag)
         raise ValueError(message) from None
     return settings
@@ -421,21 +397,14 @@ def _check_dynamic_sampling(args, dimensions, n_samples: int, min_kept, max_prom
         )
 
 
-def _resolve_budget(args, dimensions) -> Tuple[Optional[str], dict]:
-    """The budgeted reward key (None without --cost.budget) and the --cost.budget/lambda_* values; raises ValueError
-    naming the flag that does not fit."""
-    defaults = RunSettings()
-    budget = _arg(args, "cost.budget")
-    values = {
-        "cost_budget": budget,
-        "lambda_init": _arg(args, "cost.lambda_init", defaults.lambda_init),
-        "lambda_lr": _arg(args, "cost.lambda_lr", defaults.lambda_lr),
-        "lambda_max": _arg(args, "cost.lambda_max", defaults.lambda_max),
-        "lambda_log_space": bool(_arg(args, "cost.lambda_log_space", defaults.lambda_log_space)),
-    }
+def _resolve_budget(args, given: dict, dimensions) -> Optional[str]:
+    """The budgeted reward key (None without --cost.budget), with the --cost.budget/lambda_* values checked; raises
+    ValueError naming the flag that does not fit."""
+    budget = given["cost_budget"]
+    values = {name: given[name] for name in ("cost_budget", "lambda_init", "lambda_lr", "lambda_max")}
     given_key = _arg(args, "gd2po.constraint_key")
-    if budget is None:  # λ flags given without it: argparse_patch.ONLY_ACTS_WITH
-        return None, values
+    if budget is None:  # λ flags given without it: refused by flags.BUDGET
+        return None
     cost_models = [dim.key for dim in dimensions if dim.source == "cost_model"]
     key = given_key or (cost_models[0] if cost_models else None)
     keys = [dim.key for dim in dimensions]
@@ -460,20 +429,20 @@ def _resolve_budget(args, dimensions) -> Tuple[Optional[str], dict]:
             "budget is a floor)"
         )
     for name, value in values.items():
-        if name != "lambda_log_space" and (isinstance(value, bool) or not math.isfinite(value)):
+        if isinstance(value, bool) or not math.isfinite(value):
             raise ValueError(f"--cost.{name.removeprefix('cost_')} must be a finite number, got {value!r}")
     if not 0 < values["lambda_max"] <= MAX_ABS_WEIGHT:
         raise ValueError(f"--cost.lambda_max must lie in (0, {MAX_ABS_WEIGHT:g}], got {values['lambda_max']!r}")
-    low = 0 if not values["lambda_log_space"] else math.nextafter(0, 1)
+    low = 0 if not given["lambda_log_space"] else math.nextafter(0, 1)
     if not low <= values["lambda_init"] <= values["lambda_max"]:
         raise ValueError(
             f"--cost.lambda_init must lie in [0, --cost.lambda_max = {values['lambda_max']:g}]"
-            + (" and be > 0 with --cost.lambda_log_space (λ moves by factors)" if values["lambda_log_space"] else "")
+            + (" and be > 0 with --cost.lambda_log_space (λ moves by factors)" if given["lambda_log_space"] else "")
             + f", got {values['lambda_init']!r}"
         )
     if values["lambda_lr"] < 0:
         raise ValueError(f"--cost.lambda_lr must be >= 0, got {values['lambda_lr']!r}")
-    return key, values
+    return key
 
 
 def _check_schedules(args, dimensions, schedules, constraint_key: Optional[str]) -> None:
@@ -506,12 +475,11 @@ def _check_schedules(args, dimensions, schedules, constraint_key: Optional[str])
             )
 
 
-def resolve_dimensions(args) -> Tuple[Tuple[RewardDimension, ...], Tuple[ModelGroup, ...]]:
+def resolve_dimensions(args, given: dict) -> Tuple[Tuple[RewardDimension, ...], Tuple[ModelGroup, ...]]:
     """The reward dimensions, in --gd2po.reward_keys order, each with its source (a reward/cost model group, a
     reward file, a server or an agent) and its weight, and the model groups that score the model dimensions (same
     order). Raises ValueError naming the flags that do not fit."""
     estimator = _arg(args, "algo.advantage.estimator")
-    defaults = RunSettings()
     given_remote = _arg(args, "reward.remote_url")
     remote = given_remote.split(",") if isinstance(given_remote, str) else list(given_remote or [])
     if given_remote is not None and not all(url.strip() for url in remote):
@@ -523,8 +491,7 @@ def resolve_dimensions(args) -> Tuple[Tuple[RewardDimension, ...], Tuple[ModelGr
     agent = _arg(args, "train.agent_func_path")
     reward_model = _arg(args, "reward.model_name_or_path")
     cost_model = _arg(args, "cost.model_name_or_path")
-    reward_model_key = _arg(args, "gd2po.reward_model_key", defaults.reward_model_key)
-    cost_model_key = _arg(args, "gd2po.cost_model_key", defaults.cost_model_key)
+    reward_model_key, cost_model_key = given["reward_model_key"], given["cost_model_key"]
     extra_models = {}
     for text in _arg(args, "gd2po.reward_model") or ():
         group = parse_reward_model(text)

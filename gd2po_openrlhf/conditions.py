@@ -20,6 +20,8 @@ import re
 from dataclasses import dataclass
 from typing import Sequence, Tuple
 
+from .config import exact_number
+
 SYNTAX = re.compile(r"^\s*([^=\s]+)\s*=\s*([^<>=\s]+)\s*(>=|<=)\s*(\S+)\s*$")
 
 
@@ -53,7 +55,8 @@ class RewardCondition:
         return cls(key, gate_key, operator, value)
 
     def __str__(self) -> str:
-        return f"{self.key}={self.gate_key}{self.operator}{self.threshold:g}"
+        """The entry as ``parse`` reads it back (the threshold exact)."""
+        return f"{self.key}={self.gate_key}{self.operator}{exact_number(self.threshold)}"
 
 
 def ordered_conditions(texts: Sequence[str], reward_keys: Sequence[str]) -> Tuple[RewardCondition, ...]:

@@ -14,6 +14,13 @@ FILTERS = ("none", "hard", "snr")
 MAX_ABS_WEIGHT = 1e6  # keeps weighted advantages far from float32 overflow
 
 
+def exact_number(value: float) -> str:
+    """``value`` as its shortest text that reads back as the same float (``1`` for 1.0, ``0.1`` for 0.1): how
+    parsed entries (conditions, schedules) are written back, e.g. into a checkpoint, without losing digits."""
+    short = f"{value:g}"
+    return short if float(short) == value else repr(float(value))
+
+
 @dataclass(frozen=True)
 class GD2POConfig:
     """How per-dimension rewards become token-level advantages.

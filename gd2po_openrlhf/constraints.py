@@ -29,6 +29,8 @@ import sys
 from dataclasses import dataclass
 from typing import Tuple
 
+from .config import exact_number
+
 SCHEDULE_SHAPES = ("linear", "cosine", "step")
 
 
@@ -64,6 +66,11 @@ class WeightSchedule:
         if shape not in SCHEDULE_SHAPES:
             raise ValueError(f"--gd2po.reward_weight_schedule {text!r}: the shape must be one of {SCHEDULE_SHAPES}")
         return cls(key.strip(), start, end, int(parts[2]), shape)
+
+    def __str__(self) -> str:
+        """The entry as ``parse`` reads it back (the weights exact; a linear shape left out)."""
+        shape = "" if self.shape == "linear" else f":{self.shape}"
+        return f"{self.key}={exact_number(self.start)}:{exact_number(self.end)}:{self.steps}{shape}"
 
     def weight_at(self, step: int) -> float:
         """The weight at global step ``step`` (the number of steps already trained; formula in the module doc)."""

@@ -137,7 +137,7 @@ def test_the_flag_repeats_and_the_dry_run_shows_each_condition(reward_file):
         )
     )
     settings = resolve_settings(args)
-    assert settings.reward_condition == ("length=correctness>=1", "format=correctness>=0.5")
+    assert tuple(map(str, settings.conditions)) == ("length=correctness>=1", "format=correctness>=0.5")
     text = describe(args, settings)
     assert (
         "  condition         reward/length counts where reward/correctness >= 1, else 0 (raw rewards, before "
@@ -153,12 +153,12 @@ def test_a_command_line_condition_replaces_the_presets_on_that_key_only(reward_f
         f"reward:\n  remote_url: {reward_file}\n"
     )
     base = flags(reward_file, "--gd2po.config", str(preset))
-    assert resolve_settings(parse_launcher_args(base)).reward_condition == (
+    assert tuple(map(str, resolve_settings(parse_launcher_args(base)).conditions)) == (
         "length=correctness>=1",
         "format=correctness>=1",
     )
     overridden = resolve_settings(parse_launcher_args(base + ["--gd2po.reward_condition", "length=format>=1"]))
-    assert overridden.reward_condition == ("format=correctness>=1", "length=format>=1")
+    assert tuple(map(str, overridden.conditions)) == ("format=correctness>=1", "length=format>=1")
 
 
 # ---- the experience maker ----

@@ -9,6 +9,7 @@ import torch
 
 from gd2po_openrlhf import GD2POConfig, compute_rollout_advantages
 from gd2po_openrlhf.integration.dynamic_sampling import SamplingCounts, sampling_metrics
+from gd2po_openrlhf.reward_pipeline import estimate
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md", ROOT / "PYPI.md"]
@@ -35,11 +36,16 @@ def test_the_flag_reference_is_the_parsers_and_the_docs_name_only_real_flags():
 
 
 def logged_tags() -> set:
-    """Every tag the plugin writes, ``<key>`` for a reward key: the estimator's metrics (computed), dynamic
+    """Every tag the plugin writes, ``<key>`` for a reward key: the reward pipeline's metrics (computed), dynamic
     sampling's (computed) and the experience maker's own (its ``"gd2po/..."`` literals)."""
-    # Two dimensions, and three with a reference (--gd2po.reference_key).
-    metrics = compute_rollout_advantages(
-        torch.tensor([[1.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0]), torch.tensor([3, 4]), GD2POConfig(filter="snr")
+    # Two dimensions, one conditioned, and three with a reference (--gd2po.reference_key).
+    metrics = estimate(
+        torch.tensor([[1.0, 0.0], [0.0, 1.0]]),
+        {"dim0": torch.tensor([False, True])},
+        torch.tensor([0, 0]),
+        torch.tensor([3, 4]),
+        GD2POConfig(filter="snr"),
+        sum_rewards=False,
     ).metrics
     with_reference = GD2POConfig(weights=(1.0, 1.0, 0.0), reward_keys=("dim0", "dim1", "dim2"), reference_key="dim2")
     metrics.update(

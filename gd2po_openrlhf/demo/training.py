@@ -38,6 +38,7 @@ from gd2po_openrlhf import estimator
 from gd2po_openrlhf.integration.dynamic_sampling import COUNTS_ATTRIBUTE, GroupTally
 from gd2po_openrlhf.integration.launcher_args import ONE_RANK_PER_GROUP, parse_launcher_args
 from gd2po_openrlhf.integration.settings import RunSettings
+from gd2po_openrlhf.reward_pipeline import stack_rewards
 
 from . import task
 
@@ -375,9 +376,7 @@ def run_arm(arm: str, settings, warm_policy, tokenizer, seed: int, writer, progr
                 generated = batch = sample_rollouts(
                     policy, tokenizer, executor, samples_generator, prompts, labels, group_size, nonces
                 )
-            rewards = torch.stack(
-                [torch.cat([e.info[f"reward/{key}"] for e in generated]).double() for key in keys], 1
-            )
+            rewards = stack_rewards([e.info for e in generated], keys)
             values = {f"reward/{key}": float(rewards[:, k].mean()) for k, key in enumerate(keys)}
             values["reward"] = float((rewards * weights).sum(1).mean())
             values["response_words"] = task.MAX_RESPONSE_TOKENS * (1.0 - values["reward/brevity"])  # never clipped
@@ -445,10 +444,9 @@ def warm_start_rewards(policy, tokenizer, seed: int, settings) -> Dict[str, floa
         settings.rollouts_per_prompt,
         nonces,
     )
-    return {
-        f"reward/{key}": float(torch.cat([e.info[f"reward/{key}"] for e in samples]).mean())
-        for key in setting_keys("noisy")
-    }
+    keys = setting_keys("noisy")
+    means = stack_rewards([e.info for e in samples], keys).mean(dim=0).tolist()
+    return {f"reward/{key}": mean for key, mean in zip(keys, means)}
 
 
 # ---- the demo's jobs (run in the demo's process or in its worker processes: module-level, so spawn finds them)

@@ -30,7 +30,7 @@ import torch
 from openrlhf.utils.logging_utils import init_logger
 
 from ..estimator import group_verdicts
-from ..rewards import MAX_ABS_REWARD
+from ..reward_pipeline import condition, estimator_inputs, invalid_rewards, stack_rewards
 from .cluster_shape import step_shape
 from .openrlhf_patches import UPSTREAM
 from .rollout_selection import FILLER_ATTRIBUTE
@@ -67,14 +67,12 @@ class SamplingCounts:
 
 def judge_group(group: List, settings: RunSettings) -> str:
     """The verdict (one of ``VERDICTS``) on one prompt's rollouts, Experiences with ``info["reward/<key>"]``."""
-    rewards = torch.stack(
-        [torch.cat([e.info[f"reward/{key}"].reshape(-1) for e in group]).double() for key in settings.reward_keys],
-        dim=1,
-    )
-    if not bool((torch.isfinite(rewards) & (rewards.abs() <= MAX_ABS_REWARD)).all()):
+    rewards = stack_rewards([e.info for e in group], settings.reward_keys)
+    if bool(invalid_rewards(rewards).any()):
         return "rejected_bad_reward"
     lengths = torch.cat([e.action_mask.sum(dim=-1) for e in group])
-    estimator_rewards, config = settings.estimator_inputs(settings.condition_rewards(rewards)[0])
+    conditioned, _ = condition(rewards, settings.reward_keys, settings.conditions)
+    estimator_rewards, config = estimator_inputs(conditioned, settings.gd2po_config, settings.sum_rewards)
     verdict = group_verdicts(
         estimator_rewards,
         torch.zeros(len(rewards), dtype=torch.int64),

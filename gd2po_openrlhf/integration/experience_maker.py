@@ -7,11 +7,10 @@ but gd2po/gdpo goes to OpenRLHF untouched. For gd2po/gdpo, one step of ``make_ex
 0. ``split_rollout_samples``: OpenRLHF's micro-batches; the dynamic-sampling counts that came with the rollouts;
 1. ``make_experience``: OpenRLHF's forwards, plus one ``info["reward/<key>"]`` column per reward/cost model group
    (remote dimensions arrived with the rollouts: ``remote_rewards._process_response_into_experience``);
-2. ``compute_advantages_and_returns``, a pipeline:
-   stack the rewards [B, K] → drop groups with a bad reward → condition them (--gd2po.reward_condition:
-   ``conditions.apply_conditions``) → the step's weights (--cost.budget's λ, --gd2po.reward_weight_schedule:
-   ``_step_settings``) → estimate (``estimator.compute_rollout_advantages``) → write the token advantages
-   (+ KL returns) → select the rollouts to train (``rollout_selection``);
+2. ``compute_advantages_and_returns``, the core's reward pipeline (``reward_pipeline``) on the step's batch:
+   stack the rewards [B, K] → drop groups with a bad reward → condition them (--gd2po.reward_condition) → the
+   step's weights (--cost.budget's λ, --gd2po.reward_weight_schedule: ``_step_settings``) → estimate → write the
+   token advantages (+ KL returns) → select the rollouts to train (``rollout_selection``);
 3. ``take_step_report``: the step's ``gd2po/*`` metrics and the rollouts OpenRLHF's statistics describe, read once
    by ``_compute_rollout_stats`` (here, replacing ``BasePPOTrainer``'s).
 """
@@ -19,7 +18,6 @@ but gd2po/gdpo goes to OpenRLHF untouched. For gd2po/gdpo, one step of ``make_ex
 from __future__ import annotations
 
 import copy
-import dataclasses
 import itertools
 import json
 import math
@@ -37,8 +35,7 @@ from openrlhf.utils.logging_utils import init_logger
 from ray.util.placement_group import placement_group, remove_placement_group
 
 from ..constraints import dual_ascent
-from ..estimator import compute_rollout_advantages
-from ..rewards import MAX_ABS_REWARD
+from ..reward_pipeline import condition, estimate, invalid_rewards, stack_rewards
 from .cluster_shape import step_shape
 from .dynamic_sampling import COUNTS_ATTRIBUTE, SamplingCounts, sampling_metrics
 from .openrlhf_patches import UPSTREAM
@@ -227,7 +224,7 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
                 if filler:  # a rejected group's rollout: its rewards are logged as trained, never estimated
                     info.update(
                         {
-                            key: torch.where(value.isfinite() & (value.abs() <= MAX_ABS_REWARD), value, 0.0)
+                            key: torch.where(invalid_rewards(value), 0.0, value)
                             for key, value in info.items()
                             if key.startswith("reward/")
                         }
@@ -296,42 +293,27 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
         excluded = dropped | fillers
         good = ~excluded
         # --gd2po.reward_condition on the raw rewards; info["reward/<key>"] keeps what the source returned.
-        rewards, condition_failed = self.settings.condition_rewards(rewards)
+        rewards, condition_failed = condition(rewards, self.settings.reward_keys, self.settings.conditions)
         settings, weight_metrics = self._step_settings(rewards[good])
         weighted_total = (rewards * torch.tensor(settings.reward_weights, dtype=rewards.dtype)).sum(dim=1)
         # The estimator on the valid rollouts (with --gd2po.sum_rewards, on their weighted sum).
-        estimator_rewards, config = settings.estimator_inputs(rewards[good])
-        result = compute_rollout_advantages(estimator_rewards, groups[good], lengths[good], config)
+        estimated = estimate(
+            rewards[good],
+            {key: failed[good] for key, failed in condition_failed.items()},
+            groups[good],
+            lengths[good],
+            settings.gd2po_config,
+            settings.sum_rewards,
+        )
+        result = estimated.result
         rollout_advantages = torch.zeros(len(indices), dtype=result.rollout_advantages.dtype)
         rollout_advantages[good] = result.rollout_advantages
         keep = torch.zeros(len(indices), dtype=torch.bool)
         keep[good] = result.keep
         self._write_advantages(experiences, rollout_advantages, keep, weighted_total.float())
 
-        metrics = {f"gd2po/{name}": value for name, value in result.metrics.items()}
-        if settings.sum_rewards and len(settings.reward_keys) > 1:
-            # GRPO trains on the sum: its conflict and mass tags are what the per-dimension (GDPO) advantages of the
-            # same rewards show, so that every multi-reward run logs them.
-            per_dimension = compute_rollout_advantages(
-                rewards[good], groups[good], lengths[good], dataclasses.replace(settings.gd2po_config, filter="none")
-            ).metrics
-            metrics.update(
-                {
-                    f"gd2po/{name}": value
-                    for name, value in per_dimension.items()
-                    if name in ("conflict_ratio", "conflict_reference_agreement")
-                    or name.startswith("pair_")
-                    or name.endswith("_mass_ratio")
-                }
-            )
+        metrics = {f"gd2po/{name}": value for name, value in estimated.metrics.items()}
         metrics.update(weight_metrics)
-        failed_share = condition_failed[good].double().mean(dim=0).tolist()
-        metrics.update(
-            {
-                f"gd2po/conditioned/{c.key}": failed_share[settings.reward_keys.index(c.key)]
-                for c in settings.conditions
-            }
-        )
         if self.settings.on_bad_reward == "drop_group":
             metrics["gd2po/dropped_bad_groups"] = float(groups[dropped].unique().numel())
         if self._sampling_counts is not None:
@@ -405,9 +387,7 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
                     + (f"unexpected {unexpected} " if unexpected else "")
                     + f"for prompt {experience.prompts[0]!r:.200}"
                 )
-        # OpenRLHF's info values are [b] tensors, one per rollout of the micro-batch: one cat per key.
-        columns = [torch.cat([exp.info[f"reward/{key}"] for exp in experiences]) for key in keys]
-        return torch.stack(columns, dim=1).double()
+        return stack_rewards([experience.info for experience in experiences], keys)
 
     def _drop_bad_groups(
         self,
@@ -425,7 +405,7 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
         the run, not burn GPU hours), raises naming each bad group's first bad value; with drop_group, warns and
         zeroes the bad values in the experiences' info too (OpenRLHF concatenates and logs them).
         """
-        invalid = ~(torch.isfinite(rewards) & (rewards.abs() <= MAX_ABS_REWARD)) & ~fillers.unsqueeze(1)
+        invalid = invalid_rewards(rewards) & ~fillers.unsqueeze(1)
         dropped = torch.isin(groups, groups[invalid.any(dim=1)]) & ~fillers
         if not dropped.any():
             return rewards, dropped

@@ -332,7 +332,7 @@ FLAGS: Tuple[Flag, ...] = (
         "(default), cosine or step (START until STEPS, then END). Repeatable, one per key; logged as "
         "train/gd2po/weight/<key> and restored on resume. E.g. length=0:1:100:cosine",
         _BUDGETS,
-        field="reward_weight_schedule",
+        field="weight_schedules",
         derived=True,
         nargs="+",
         action="extend",
@@ -348,7 +348,7 @@ FLAGS: Tuple[Flag, ...] = (
         "conditioned is read conditioned. Logged as train/gd2po/conditioned/<key> (the share of rollouts whose "
         "condition failed) and restored on resume. E.g. length=correctness>=1",
         _DIMENSIONS,
-        field="reward_condition",
+        field="conditions",
         derived=True,
         nargs="+",
         action="extend",

@@ -59,7 +59,9 @@ def _flag_value(settings: RunSettings, field: str):
         return list(settings.reward_weights)
     if field == "model_groups":
         return [str(group) for group in settings.model_groups if group.flag == REWARD_MODEL_FLAG]
-    return getattr(settings, field)
+    value = getattr(settings, field)
+    # Parsed entries (schedules, conditions) are saved as the text their flag takes.
+    return tuple(str(entry) for entry in value) if isinstance(value, tuple) else value
 
 
 def checkpoint_settings(settings: RunSettings) -> dict:

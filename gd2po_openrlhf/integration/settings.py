@@ -11,6 +11,7 @@ time: this runs in the driver before OpenRLHF parses its arguments.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import re
@@ -18,7 +19,7 @@ import unicodedata
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from ..conditions import RewardCondition, apply_conditions, ordered_conditions
+from ..conditions import RewardCondition, ordered_conditions
 from ..config import MAX_ABS_WEIGHT, GD2POConfig
 from ..constraints import WeightSchedule
 from . import flags
@@ -150,8 +151,8 @@ class RunSettings:
     lambda_lr: float = 0.1
     lambda_max: float = 10.0
     lambda_log_space: bool = False
-    reward_weight_schedule: Tuple[str, ...] = ()  # --gd2po.reward_weight_schedule KEY=START:END:STEPS[:SHAPE]
-    reward_condition: Tuple[str, ...] = ()  # --gd2po.reward_condition KEY=GATE_KEY>=T | KEY=GATE_KEY<=T
+    weight_schedules: Tuple[WeightSchedule, ...] = ()  # --gd2po.reward_weight_schedule, one per scheduled key
+    conditions: Tuple[RewardCondition, ...] = ()  # --gd2po.reward_condition, in the order they apply
     reference_key: Optional[str] = None  # --gd2po.reference_key: a weight-0 dimension, logged against conflicts
     what_if_filter: Optional[str] = None  # --gd2po.what_if_filter: logged as the mass it would remove, not applied
     preset: Optional[str] = None
@@ -164,9 +165,10 @@ class RunSettings:
     def reward_weights(self) -> Tuple[float, ...]:
         return tuple(dim.weight for dim in self.dimensions)
 
-    @property
+    @functools.cached_property
     def gd2po_config(self) -> GD2POConfig:
-        """The estimator's configuration (validated by ``GD2POConfig``); κ reweighting is gd2po's only."""
+        """The estimator's configuration (validated by ``GD2POConfig``, built once per settings); κ reweighting is
+        gd2po's only."""
         return GD2POConfig(
             filter=self.filter,
             snr_threshold=self.snr_threshold,
@@ -180,37 +182,10 @@ class RunSettings:
             what_if_filter=self.what_if_filter if self.filter == "none" else None,
         )
 
-    def estimator_inputs(self, rewards):
-        """The reward matrix [B, K'] and configuration the estimator runs on: the dimensions' rewards [B, K], or
-        with --gd2po.sum_rewards (the GRPO baseline) their weighted sum Σ_k w_k r_k as the one dimension."""
-        config = self.gd2po_config
-        if not self.sum_rewards:
-            return rewards, config
-        weighted_sum = (rewards * rewards.new_tensor(self.reward_weights)).sum(dim=1, keepdim=True)
-        return weighted_sum, dataclasses.replace(
-            config, weights=(1.0,), reward_keys=("weighted_sum",), reference_key=None
-        )
-
-    @property
-    def conditions(self) -> Tuple[RewardCondition, ...]:
-        """The --gd2po.reward_condition entries, parsed, in the order they apply (``ordered_conditions``)."""
-        return ordered_conditions(self.reward_condition, self.reward_keys)
-
-    def condition_rewards(self, rewards):
-        """The raw rewards [B, K] with every conditioned key zeroed where its gate fails, and the mask [B, K] of
-        those zeroed values (``conditions.apply_conditions``); ``rewards`` unchanged without conditions."""
-        if not self.reward_condition:
-            return rewards, rewards.new_zeros(rewards.shape, dtype=bool)
-        return apply_conditions(rewards, self.reward_keys, self.conditions)
-
-    @property
-    def weight_schedules(self) -> Tuple[WeightSchedule, ...]:
-        return tuple(WeightSchedule.parse(text) for text in self.reward_weight_schedule)
-
     @property
     def weights_move(self) -> bool:
         """Whether a budget or a schedule changes the weights from step to step."""
-        return self.cost_budget is not None or bool(self.reward_weight_schedule)
+        return self.cost_budget is not None or bool(self.weight_schedules)
 
     def step_weights(self, step: int, multiplier: Optional[float]) -> Tuple[float, ...]:
         """The weights of global step ``step`` (steps already trained): a scheduled dimension's ``weight_at(step)``,
@@ -311,8 +286,7 @@ def resolve_settings(args) -> RunSettings:
         )
 
     constraint_key = _resolve_budget(args, given, dimensions)
-    schedules = tuple(_arg(args, "gd2po.reward_weight_schedule") or ())
-    _check_schedules(args, dimensions, schedules, constraint_key)
+    schedules = _resolve_schedules(args, dimensions, constraint_key)
     if dynamic_sampling and (constraint_key or schedules):
         raise ValueError(
             "--gd2po.dynamic_sampling tests each prompt group with the run's fixed weights where its rollouts are "
@@ -320,8 +294,8 @@ def resolve_settings(args) -> RunSettings:
             + ("--cost.budget" if constraint_key else "--gd2po.reward_weight_schedule")
         )
 
-    conditions = tuple(_arg(args, "gd2po.reward_condition") or ())
-    ordered_conditions(conditions, [dim.key for dim in dimensions])  # refuses unknown keys, self-gates, cycles
+    # Refuses unknown keys, self-gates, cycles.
+    conditions = ordered_conditions(_arg(args, "gd2po.reward_condition") or (), [dim.key for dim in dimensions])
 
     reference_key = given["reference_key"]
     if reference_key is not None:
@@ -333,7 +307,7 @@ def resolve_settings(args) -> RunSettings:
                 f"--gd2po.reference_key {reference_key!r} has the weight {weights[reference_key]:g}: a reference is "
                 "logged, never trained: give it the weight 0 in --gd2po.reward_weights"
             )
-        if reference_key == constraint_key or any(s.split("=")[0].strip() == reference_key for s in schedules):
+        if reference_key == constraint_key or any(schedule.key == reference_key for schedule in schedules):
             raise ValueError(
                 f"--gd2po.reference_key {reference_key!r} is given a moving weight by "
                 + ("--cost.budget" if reference_key == constraint_key else "--gd2po.reward_weight_schedule")
@@ -350,8 +324,8 @@ def resolve_settings(args) -> RunSettings:
         dimensions=dimensions,
         model_groups=model_groups,
         constraint_key=constraint_key,
-        reward_weight_schedule=schedules,
-        reward_condition=conditions,
+        weight_schedules=schedules,
+        conditions=conditions,
     )
     if not schedules and all(weight == 0 for weight in settings.reward_weights):
         raise ValueError(
@@ -445,14 +419,15 @@ def _resolve_budget(args, given: dict, dimensions) -> Optional[str]:
     return key
 
 
-def _check_schedules(args, dimensions, schedules, constraint_key: Optional[str]) -> None:
-    """--gd2po.reward_weight_schedule entries parse, name a reward key once each, stay off the budgeted key and
-    start where an explicit --gd2po.reward_weights puts the key; raises ValueError naming the entry."""
+def _resolve_schedules(args, dimensions, constraint_key: Optional[str]) -> Tuple[WeightSchedule, ...]:
+    """The --gd2po.reward_weight_schedule entries, parsed; each names a reward key once, stays off the budgeted key
+    and starts where an explicit --gd2po.reward_weights puts the key. Raises ValueError naming the entry."""
     keys = [dim.key for dim in dimensions]
     given_weights = _arg(args, "gd2po.reward_weights")
-    seen = set()
-    for text in schedules:
+    seen, schedules = set(), []
+    for text in _arg(args, "gd2po.reward_weight_schedule") or ():
         schedule = WeightSchedule.parse(text)
+        schedules.append(schedule)
         if schedule.key not in keys:
             raise ValueError(f"--gd2po.reward_weight_schedule {text!r}: {schedule.key!r} is not one of {keys}")
         if schedule.key in seen:
@@ -473,6 +448,7 @@ def _check_schedules(args, dimensions, schedules, constraint_key: Optional[str])
                 f"--gd2po.reward_weight_schedule {text!r} starts at {schedule.start:g} but --gd2po.reward_weights "
                 f"gives {schedule.key!r} the weight {fixed:g}: make them agree"
             )
+    return tuple(schedules)
 
 
 def resolve_dimensions(args, given: dict) -> Tuple[Tuple[RewardDimension, ...], Tuple[ModelGroup, ...]]:

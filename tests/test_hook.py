@@ -119,7 +119,7 @@ def test_disabled_plugin_patches_nothing_in_the_process():
 
 
 @pytest.mark.subprocess
-def test_the_hook_imports_nothing_but_itself_and_nothing_at_all_when_disabled():
+def test_the_hook_imports_nothing_but_itself_and_its_module_names_and_nothing_at_all_when_disabled():
     """The .pth runs at every interpreter start (every Ray worker, every pip): it must stay free."""
     root = str(pathlib.Path(__file__).resolve().parents[1])
     code = (
@@ -128,7 +128,8 @@ def test_the_hook_imports_nothing_but_itself_and_nothing_at_all_when_disabled():
     )
     result = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, check=True)
     assert (
-        result.stdout.strip() == "['gd2po_openrlhf', 'gd2po_openrlhf.integration', 'gd2po_openrlhf.integration.hook']"
+        result.stdout.strip() == "['gd2po_openrlhf', 'gd2po_openrlhf.integration', 'gd2po_openrlhf.integration.hook', "
+        "'gd2po_openrlhf.integration.targets']"
     )
     pth_line = (pathlib.Path(root) / "gd2po_openrlhf.pth").read_text()
     disabled = subprocess.run(

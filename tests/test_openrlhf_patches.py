@@ -42,7 +42,7 @@ EXPECTED_PATCHES = {
 
 def test_every_patched_method_resolves_to_the_plugin_in_every_ray_actor_class():
     modules = [importlib.import_module(name) for name in ACTOR_MODULES]
-    from gd2po_openrlhf.integration.openrlhf_patches import PATCHED_METHODS, ray_actor_classes
+    from gd2po_openrlhf.integration.patching import PATCHED_METHODS, ray_actor_classes
 
     assert {(owner.__name__, name) for owner, name in PATCHED_METHODS} == EXPECTED_PATCHES
     checked = []
@@ -73,7 +73,8 @@ def test_every_patched_method_resolves_to_the_plugin_in_every_ray_actor_class():
 def imported_source_hashes() -> dict:
     """sha256 (16 hex digits) of ``inspect.getsource`` of each ``WRITTEN_AGAINST`` entry, imported; a method the
     plugin replaced is read from its original, kept in ``UPSTREAM``."""
-    from gd2po_openrlhf.integration.openrlhf_patches import UPSTREAM, WRITTEN_AGAINST, plain_class, source_hash
+    from gd2po_openrlhf.integration.openrlhf_patches import UPSTREAM, WRITTEN_AGAINST, source_hash
+    from gd2po_openrlhf.integration.patching import plain_class
 
     hashes = {}
     for name in WRITTEN_AGAINST:
@@ -149,7 +150,8 @@ def unguarded_openrlhf_names(sources: dict) -> list:
     """The OpenRLHF functions and classes ``sources`` read that no ``WRITTEN_AGAINST`` entry guards (an entry
     guards its object and, for a class, the class itself), and the private OpenRLHF attributes they read that are
     neither a guarded method nor in ``PRIVATE_ATTRIBUTES``."""
-    from gd2po_openrlhf.integration.openrlhf_patches import PRIVATE_ATTRIBUTES, WRITTEN_AGAINST, plain_class
+    from gd2po_openrlhf.integration.openrlhf_patches import PRIVATE_ATTRIBUTES, WRITTEN_AGAINST
+    from gd2po_openrlhf.integration.patching import plain_class
 
     guarded = set()
     for name in WRITTEN_AGAINST:

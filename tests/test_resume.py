@@ -312,7 +312,7 @@ def test_the_sync_samples_generator_judges_with_the_restored_settings(tmp_path, 
 def test_the_async_generator_actor_gets_the_restored_settings_with_the_dataloader_state(tmp_path, reward_file):
     from openrlhf.trainer import ppo_trainer_async
 
-    from gd2po_openrlhf.integration.openrlhf_patches import plain_class
+    from gd2po_openrlhf.integration.patching import plain_class
     from gd2po_openrlhf.integration.settings import generator_settings
 
     save(trainer(tmp_path, reward_file, *DYNAMIC, "--gd2po.snr_threshold", "0.3"))

@@ -29,7 +29,7 @@ from typing import List, Optional, Tuple
 from ..rewards import AUTH_TOKEN_FILE_VARIABLE, reward_auth_token, reward_client_settings
 from . import flags
 from .cluster_shape import check_cluster_shape
-from .dry_run import check_rewards, describe, resumed_settings
+from .dry_run import check_rewards, describe
 from .openrlhf_patches import check_drift
 from .presets import load_preset
 from .settings import GD2PO_ESTIMATORS, RunSettings, _arg, resolve_settings
@@ -249,6 +249,8 @@ def check_command_line(parser: argparse.ArgumentParser, namespace: argparse.Name
             refuse(parser, f"--data.prompt_dataset {path} does not exist")
     if dry_run:
         try:
+            from .resume import resumed_settings  # imports openrlhf's logging: only for a dry run of a resume
+
             resumed, resume_lines = (
                 resumed_settings(namespace, settings) if _arg(namespace, "ckpt.load_enable") else (settings, [])
             )

@@ -6,7 +6,7 @@ Only the standard library (OpenRLHF's KL and GPU flags are read from ``args``).
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 from .cluster_shape import describe_shape
 from .settings import RunSettings, _arg
@@ -181,32 +181,3 @@ def check_rewards(args, settings: RunSettings) -> List[str]:
         *rewards_table(rows, responses, settings.reward_keys, rewards, result.rollout_advantages),
         "    " + batch_check(reward_func, rows, responses, keys, scored, source),
     ]
-
-
-def resumed_settings(args, settings: RunSettings) -> Tuple[RunSettings, List[str]]:
-    """With --ckpt.load_enable: the settings the resumed run will train on (the checkpoint's restorable ones, as
-    ``resume.restore_checkpoint_settings`` gives them at the first step) and the lines saying so; the command line's
-    settings and no line when there is no checkpoint yet. The model states file is memory-mapped: only its client
-    state is read."""
-    import glob
-
-    import torch
-
-    from .resume import restore_checkpoint_settings
-
-    actor = os.path.join(os.path.expanduser(str(_arg(args, "ckpt.path", ""))), "_actor")
-    latest = os.path.join(actor, "latest")
-    if not os.path.isfile(latest):
-        return settings, [f"  resume            no checkpoint in {actor} yet: the run starts from step 0"]
-    with open(latest, encoding="utf-8") as file:
-        tag = file.read().strip()
-    files = sorted(glob.glob(os.path.join(actor, tag, "*model_states.pt")))
-    if not files:
-        raise ValueError(f"--ckpt.load_enable: {latest} names {tag}, but {os.path.join(actor, tag)} holds no states")
-    states = torch.load(files[0], map_location="cpu", weights_only=False, mmap=True)
-    checkpoint = f"--ckpt.path {_arg(args, 'ckpt.path')} ({tag})"
-    if "gd2po" not in states:
-        return settings, [f"  resume            {checkpoint} holds no GD²PO settings: the command line's are used"]
-    resumed, warning = restore_checkpoint_settings(args, settings, states["gd2po"], checkpoint)
-    line = f"  resume            from {checkpoint}: the settings above are the ones the resumed run trains on"
-    return resumed, [line] + ([f"  resume            {warning}"] if warning else [])

@@ -3,8 +3,9 @@
 ``gd2po_openrlhf.pth`` (installed at the root of site-packages) runs at every interpreter start, in the driver
 and in every Ray worker alike, since Ray workers start from the same environment. It reads ``GD2PO_DISABLE``
 itself and imports this module only when the plugin is on (or a dry run must be refused), and this module
-imports nothing beyond ``sys`` and ``os`` (already loaded by then): the hook costs well under a millisecond per
-interpreter start, and nothing with ``GD2PO_DISABLE=1`` (``benchmarks/startup_overhead.py`` measures both).
+imports nothing beyond ``sys``, ``os`` (already loaded by then) and the module names of ``targets.py``: the hook
+costs well under a millisecond per interpreter start, and nothing with ``GD2PO_DISABLE=1``
+(``benchmarks/startup_overhead.py`` measures both).
 
 The finder watches five module names:
 - ``openrlhf.cli.train_ppo_ray``: when it is looked up (``python -m`` does that through
@@ -13,7 +14,7 @@ The finder watches five module names:
   ``--algo.advantage.estimator``;
 - ``PATCHED_MODULES`` (the PPO trainer, its samples generator, the rollout actors' agent executor, the async
   trainer's generator actor): right after
-  one of them executes, ``openrlhf_patches.patch_module`` applies the plugin's replacements to it, in whichever
+  one of them executes, ``patching.patch_module`` applies the plugin's replacements to it, in whichever
   process imports it (the driver, the PPOTrainer actor, the async TrainingActor and GenerateSamplesActor, the
   vLLM rollout actors).
 
@@ -24,12 +25,8 @@ also set, the launcher refuses to start instead of silently launching a real run
 import os
 import sys
 
-CLI_MODULE = "openrlhf.cli.train_ppo_ray"
-TRAINER_MODULE = "openrlhf.trainer.ppo_trainer"
-SAMPLES_MODULE = "openrlhf.trainer.ppo_utils.samples_generator"
-AGENT_MODULE = "openrlhf.utils.agent"
-ASYNC_TRAINER_MODULE = "openrlhf.trainer.ppo_trainer_async"
-PATCHED_MODULES = (TRAINER_MODULE, SAMPLES_MODULE, AGENT_MODULE, ASYNC_TRAINER_MODULE)
+from .targets import CLI_MODULE, PATCHED_MODULES
+
 # The OpenRLHF releases whose internals the integration was checked against (the file:line references in
 # integration/ point into openrlhf 0.11.2).
 SUPPORTED_OPENRLHF = ((0, 11, 2), (0, 12, 0))
@@ -92,7 +89,7 @@ class _PatchingLoader:
 
 
 def _patch(module) -> None:
-    from .openrlhf_patches import patch_module
+    from .patching import patch_module
 
     patch_module(module)
 

@@ -1,16 +1,17 @@
 """Every change the plugin makes to OpenRLHF: one table, ``PATCHES``, that drives the patching and the drift guard.
 
-The import hook calls :func:`patch_module` right after one of ``hook.PATCHED_MODULES`` executes, in whichever process
-imports it (the driver, the PPOTrainer actor, the async TrainingActor and GenerateSamplesActor, the vLLM rollout
-actors). Each replacement lives with its feature, under the name of the method it replaces, and calls OpenRLHF's
-original (kept in ``UPSTREAM``); besides the methods, ``RemoteExperienceMaker`` in ``openrlhf.trainer.ppo_trainer``
-becomes ``experience_maker.GD2POExperienceMaker``.
+The import hook applies the table (``patching.patch_module``) right after one of ``targets.PATCHED_MODULES``
+executes, in whichever process imports it (the driver, the PPOTrainer actor, the async TrainingActor and
+GenerateSamplesActor, the vLLM rollout actors). Each replacement lives with its feature, under the name of the method
+it replaces, and calls OpenRLHF's original (kept in ``UPSTREAM``); besides the methods, ``RemoteExperienceMaker`` in
+``openrlhf.trainer.ppo_trainer`` becomes ``experience_maker.GD2POExperienceMaker``.
 
 ``WRITTEN_AGAINST`` holds a hash of the source of every OpenRLHF function these replace (from ``PATCHES``), override
 or rely on (``RELIED_ON``), as in the OpenRLHF release they were written against. Every gd2po/gdpo launch and dry
 run compares them with the installed OpenRLHF's files (``check_drift``, called by ``argparse_patch``) and warns once
 per changed function, naming the plugin features that depend on it; ``GD2PO_OPENRLHF_DRIFT=refuse`` refuses instead.
-Imports no feature module and nothing of ``openrlhf`` at module level: the features import ``UPSTREAM`` from here.
+Imports no feature module and nothing of ``openrlhf``: the features import ``UPSTREAM`` from here, and
+``patching`` (which imports the features) fills it.
 """
 
 from __future__ import annotations
@@ -21,13 +22,12 @@ import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
-import inspect
 import os
 import pathlib
 import sys
 from typing import Callable, Dict, List, NamedTuple, Optional, Tuple
 
-from .hook import AGENT_MODULE, ASYNC_TRAINER_MODULE, SAMPLES_MODULE, TRAINER_MODULE
+from .targets import AGENT_MODULE, ASYNC_TRAINER_MODULE, SAMPLES_MODULE, TRAINER_MODULE
 
 
 class Patch(NamedTuple):
@@ -213,69 +213,22 @@ def check_drift(stream=None) -> Optional[str]:
 
 def upstream(name: str) -> Callable:
     """OpenRLHF's original of the replaced ``Class.method`` ``name``. A process that runs a Ray actor class sent
-    by value (``GenerateSamplesActor``) never imported the module it came from: importing it here lets the hook
-    patch it, which keeps the original."""
+    by value (``GenerateSamplesActor``) never imported the module it came from: importing it here lets the import
+    hook patch it (``patching.patch_module``), which keeps the original."""
     if name not in UPSTREAM:
         patch = next(p for p in PATCHES if f"{p.owner}.{p.method}" == name)
-        patch_module(importlib.import_module(patch.module))  # patched by the hook already, or now
+        importlib.import_module(patch.module)
+        if name not in UPSTREAM:
+            raise RuntimeError(
+                f"{patch.module} was imported without the plugin's import hook, so {name} was never patched: "
+                "run with gd2po-openrlhf installed and GD2PO_DISABLE unset, or call gd2po_openrlhf.integration.hook"
+                ".install() before importing OpenRLHF"
+            )
     return UPSTREAM[name]
 
 
-# "Class.method" → OpenRLHF's original, for the replacements to call.
+# "Class.method" → OpenRLHF's original, for the replacements to call (``patching.replace_method`` fills it).
 UPSTREAM: Dict[str, Callable] = {}
-# (class, method name) of every OpenRLHF method replaced: the unit test walks OpenRLHF's Ray actor classes and
-# checks that each of these resolves to the plugin's version there, not to OpenRLHF's original.
-PATCHED_METHODS: List[Tuple[type, str]] = []
-
-
-def plain_class(value) -> type:
-    """The class a ``@ray.remote`` class was defined as (``value`` itself for a plain class)."""
-    metadata = getattr(value, "__ray_metadata__", None)
-    return metadata.modified_class.__ray_actor_class__ if metadata is not None else value
-
-
-def ray_actor_classes(module) -> List[type]:
-    """The classes Ray instantiates for the ``@ray.remote`` classes defined or imported in ``module``."""
-    from ray.actor import ActorClass  # the patched OpenRLHF modules import ray already
-
-    return [
-        value.__ray_metadata__.modified_class for value in list(vars(module).values()) if isinstance(value, ActorClass)
-    ]
-
-
-def replace_method(owner: type, name: str, function: Callable, module) -> None:
-    """``owner.name = function``, also in every Ray actor class of ``module`` that inherited ``name`` from ``owner``.
-
-    ``@ray.remote`` builds the actor class Ray instantiates (``__ray_metadata__.modified_class``) when the module
-    executes, with a wrapped copy of every inherited method (``ray/util/tracing/tracing_helper.py``): patching only
-    the base class afterwards changes nothing in the actor process (the sync ``PPOTrainer`` kept OpenRLHF's
-    ``_compute_rollout_stats``, so no GD²PO metric reached TensorBoard). Methods patched here are called from inside
-    the actor, never as remote methods, so they need no tracing wrapper.
-    """
-    original = owner.__dict__[name]
-    UPSTREAM[f"{owner.__name__}.{name}"] = original
-    setattr(owner, name, function)
-    for actor_class in ray_actor_classes(module):
-        copied = actor_class.__dict__.get(name)
-        if copied is not None and inspect.unwrap(copied) is original:
-            setattr(actor_class, name, function)
-    PATCHED_METHODS.append((owner, name))
-
-
-def patch_module(module) -> None:
-    """Apply the ``PATCHES`` of an executed OpenRLHF module of ``hook.PATCHED_MODULES`` (idempotent)."""
-    if getattr(module, "gd2po_patched", False):
-        return
-    if module.__name__ == TRAINER_MODULE:
-        from .experience_maker import GD2POExperienceMaker
-
-        module.RemoteExperienceMaker = GD2POExperienceMaker
-    for patch in PATCHES:
-        if patch.module == module.__name__:
-            feature = importlib.import_module(f"{__package__}.{patch.feature}")
-            owner = plain_class(getattr(module, patch.owner))
-            replace_method(owner, patch.method, getattr(feature, patch.method), module)
-    module.gd2po_patched = True
 
 
 def main() -> int:

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Dict, Optional, Tuple
+import os
+from typing import Dict, List, Optional, Tuple
 
 from openrlhf.utils.logging_utils import init_logger
 
 from . import flags
 from .dry_run import describe
 from .openrlhf_patches import UPSTREAM, installed_openrlhf, source_drift, upstream
-from .settings import REWARD_MODEL_FLAG, RunSettings, resolve_settings
+from .settings import REWARD_MODEL_FLAG, RunSettings, _arg, resolve_settings
 
 logger = init_logger(__name__)
 
@@ -178,6 +179,33 @@ def restore_checkpoint_settings(
         )
         lines.append(f"Kept from the command line ({reason}): {listed(kept)}.")
     return settings, " ".join(lines)
+
+
+def resumed_settings(args, settings: RunSettings) -> Tuple[RunSettings, List[str]]:
+    """With --ckpt.load_enable: the settings the resumed run will train on (the checkpoint's restorable ones, as
+    ``restore_checkpoint_settings`` gives them at the first step) and the lines saying so; the command line's
+    settings and no line when there is no checkpoint yet. The model states file is memory-mapped: only its client
+    state is read."""
+    import glob
+
+    import torch
+
+    actor = os.path.join(os.path.expanduser(str(_arg(args, "ckpt.path", ""))), "_actor")
+    latest = os.path.join(actor, "latest")
+    if not os.path.isfile(latest):
+        return settings, [f"  resume            no checkpoint in {actor} yet: the run starts from step 0"]
+    with open(latest, encoding="utf-8") as file:
+        tag = file.read().strip()
+    files = sorted(glob.glob(os.path.join(actor, tag, "*model_states.pt")))
+    if not files:
+        raise ValueError(f"--ckpt.load_enable: {latest} names {tag}, but {os.path.join(actor, tag)} holds no states")
+    states = torch.load(files[0], map_location="cpu", weights_only=False, mmap=True)
+    checkpoint = f"--ckpt.path {_arg(args, 'ckpt.path')} ({tag})"
+    if "gd2po" not in states:
+        return settings, [f"  resume            {checkpoint} holds no GD²PO settings: the command line's are used"]
+    resumed, warning = restore_checkpoint_settings(args, settings, states["gd2po"], checkpoint)
+    line = f"  resume            from {checkpoint}: the settings above are the ones the resumed run trains on"
+    return resumed, [line] + ([f"  resume            {warning}"] if warning else [])
 
 
 # ---- trainer process: openrlhf/trainer/ppo_trainer.py, BasePPOTrainer

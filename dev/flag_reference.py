@@ -22,7 +22,7 @@ REFUSALS = {
     "The estimator": (
         "`--rollout.n_samples_per_prompt` below 2 (groups need two rollouts), τ outside [0, 1], a critic.",
         "`--gd2po.snr_threshold` / `--gd2po.snr_eps` without the snr filter (applied or `--gd2po.what_if_filter "
-        "snr`); `--gd2po.what_if_filter` in a run that filters; `--gd2po.no_reweight` with `gdpo` "
+        "snr`); `--gd2po.what_if_filter` in a run that filters; `--gd2po.no_reweight_queries` with `gdpo` "
         "(it never reweights); `--gd2po.sum_rewards` without `gdpo`.",
         "Any `--gd2po.*` or `--cost.*` flag with one of OpenRLHF's own estimators (`--gd2po.dry_run` and "
         "`--gd2po.reward_auth_token_file` aside), and "

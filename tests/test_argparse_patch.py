@@ -24,7 +24,7 @@ def test_help_lists_estimators_and_flags():
         "--gd2po.snr_eps EPS",
         "--gd2po.reward_keys KEY [KEY ...]",
         "--gd2po.reward_weights W [W ...]",
-        "--gd2po.no_reweight",
+        "--gd2po.no_reweight_queries, --gd2po.no_reweight",
         "--gd2po.no_whiten",
         "--gd2po.dry_run",
         "--gd2po.on_bad_reward {error,drop_group}",
@@ -395,8 +395,8 @@ def test_reward_urls_that_openrlhf_would_misread_are_refused(remote_url, message
     "argv, message",
     [
         (
-            ["--advantage_estimator", "gdpo", "--gd2po.no_reweight"],
-            "--gd2po.no_reweight only acts with --advantage_estimator gd2po (κ reweighting); with "
+            ["--advantage_estimator", "gdpo", "--gd2po.no_reweight_queries"],
+            "--gd2po.no_reweight_queries only acts with --advantage_estimator gd2po (κ reweighting); with "
             "--advantage_estimator gdpo (no reweighting) it would be ignored: drop it",
         ),
         (

@@ -392,3 +392,24 @@ def test_a_flag_declared_once_reaches_help_refusals_presets_resume_and_docs(prob
     page = reference.render()
     row = "| `--gd2po.probe_scale S` | `0.5` | a probe flag of the tests (default 0.5) | the snr filter"
     assert row in page and page.index("## The estimator") < page.index(row) < page.index("## Reward dimensions")
+
+
+def test_a_renamed_flag_reads_under_its_former_name_on_the_command_line_in_presets_and_checkpoints(tmp_path):
+    """--gd2po.no_reweight became --gd2po.no_reweight_queries (one word with GD2POConfig.reweight_queries)."""
+    from gd2po_openrlhf.integration import resume
+
+    base = ("--reward.model_name_or_path", "org/rm")
+    new = resolve_settings(launch(*base, "--gd2po.no_reweight_queries")[0])
+    assert new.no_reweight_queries and not new.gd2po_config.reweight_queries
+    assert resolve_settings(launch(*base, "--gd2po.no_reweight")[0]) == new
+    preset = tmp_path / "old.yaml"
+    preset.write_text("gd2po:\n  no_reweight: true\n")
+    assert resolve_settings(launch(*base, "--gd2po.config", str(preset))[0]).no_reweight_queries
+    # a checkpoint written before the rename restores it
+    args = launch(*base)[0]
+    saved = {**resume.checkpoint_settings(new)}
+    saved["gd2po.no_reweight"] = saved.pop("gd2po.no_reweight_queries")
+    restored, warning = resume.restore_checkpoint_settings(args, resolve_settings(args), saved, "old-ckpt")
+    assert (
+        restored.no_reweight_queries and "--gd2po.no_reweight_queries checkpoint True, command line False" in warning
+    )

@@ -77,7 +77,7 @@ ESTIMATORS = {
     # The study's controls. random_drop runs GD²PO-hard's flags, but the demo swaps the filter's mask for a random
     # one with as many drops per group (``random_drop_filter``): same rate, same κ, same whitening, other rollouts.
     "random_drop": ["--advantage_estimator", "gd2po", "--gd2po.filter", "hard"],
-    "no_kappa": ["--advantage_estimator", "gd2po", "--gd2po.filter", "hard", "--gd2po.no_reweight"],
+    "no_kappa": ["--advantage_estimator", "gd2po", "--gd2po.filter", "hard", "--gd2po.no_reweight_queries"],
 }
 DEMO_ESTIMATORS = ["grpo", "gdpo", "gd2po_hard", "gd2po_snr"]  # make demo's; the study runs every one
 # Brevity as a constraint instead of a reward: "at most WORD_BUDGET words on average", which the full scratchpad

@@ -109,6 +109,7 @@ class Flag:
     preset: bool = True  # may a --gd2po.config preset set it
     any_estimator: bool = False  # acts with OpenRLHF's own estimators too (the others are refused with them)
     config_field: Optional[str] = None  # the GD2POConfig field it sets, which GD2POConfig's errors name
+    aliases: Tuple[str, ...] = ()  # former names, still accepted on the command line, in presets and checkpoints
 
     @property
     def dest(self) -> str:
@@ -252,10 +253,12 @@ FLAGS: Tuple[Flag, ...] = (
         resume=RESTORED,
     ),
     Flag(
-        "--gd2po.no_reweight",
-        "do not scale prompts by their kept share κ",
+        "--gd2po.no_reweight_queries",
+        "do not scale prompts by their kept share κ (GD2POConfig.reweight_queries off; --gd2po.no_reweight, its "
+        "former name, is still accepted)",
         _ESTIMATOR,
-        field="no_reweight",
+        field="no_reweight_queries",
+        aliases=("--gd2po.no_reweight",),
         action="store_true",
         acts_with=GD2PO_ESTIMATOR,
         resume=RESTORED,
@@ -534,7 +537,7 @@ def add_gd2po_arguments(parser: argparse.ArgumentParser) -> None:
         for name in ("type", "choices", "metavar", "nargs", "action"):
             if getattr(flag, name) is not None:
                 options[name] = getattr(flag, name)
-        action = groups[flag.dest.split(".")[0]].add_argument(flag.name, **options)
+        action = groups[flag.dest.split(".")[0]].add_argument(flag.name, *flag.aliases, **options)
         # Every help ends with its default, where it has one and the help does not say it already.
         if action.default not in (None, False) and "default" not in action.help.lower():
             shown = f"{action.default:g}" if isinstance(action.default, float) else action.default
@@ -548,6 +551,11 @@ def only_acts_with() -> List[Tuple[ActsWith, Tuple[str, ...]]]:
         if flag.acts_with is not None:
             rules.setdefault(id(flag.acts_with), (flag.acts_with, []))[1].append(flag.dest)
     return [(rule, tuple(dests)) for rule, dests in rules.values()]
+
+
+def renamed() -> Dict[str, str]:
+    """A former name's dest (``Flag.aliases``) → the flag's dest: how presets and checkpoints written with it read."""
+    return {alias[2:]: flag.dest for flag in FLAGS for alias in flag.aliases}
 
 
 def config_flags() -> Dict[str, str]:

@@ -101,6 +101,7 @@ def load_preset(parser: argparse.ArgumentParser, path: str) -> dict:
             raise ValueError(f"--gd2po.config {path}: section {section!r} must be a mapping of option: value")
         for key, value in entries.items():
             dest = f"{section}.{key}"
+            dest = flags.renamed().get(dest, dest)
             if dest not in allowed and dest not in PRESET_REWARD_KEYS:
                 raise ValueError(
                     f"--gd2po.config {path}: unknown key {dest!r}; allowed: "

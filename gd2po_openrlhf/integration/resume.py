@@ -127,6 +127,7 @@ def restore_checkpoint_settings(
     # A flag the checkpoint lacks came with a later plugin version: the checkpoint's run had the flag's default.
     defaults = checkpoint_settings(type(settings)())
     restored_flags = resume_tables()[0].values()
+    saved = {flags.renamed().get(flag, flag): value for flag, value in saved.items()}  # a flag's former name
     saved = {**{flag: value for flag, value in defaults.items() if flag != "dimensions"}, **saved}
     differences = {name: (saved.get(name), value) for name, value in current.items() if saved.get(name) != value}
     if not differences:

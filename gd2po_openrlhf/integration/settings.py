@@ -132,7 +132,7 @@ class RunSettings:
     snr_threshold: float = GD2POConfig.snr_threshold
     snr_eps: float = GD2POConfig.snr_eps
     norm_by_std: bool = GD2POConfig.norm_by_std  # OpenRLHF's --algo.advantage.no_std_norm, negated
-    no_reweight: bool = False
+    no_reweight_queries: bool = False
     no_whiten: bool = False
     sum_rewards: bool = False
     drop_filtered: bool = False
@@ -175,7 +175,7 @@ class RunSettings:
             snr_eps=self.snr_eps,
             norm_by_std=self.norm_by_std,
             whiten=not self.no_whiten,
-            reweight_queries=self.estimator == "gd2po" and not self.no_reweight,
+            reweight_queries=self.estimator == "gd2po" and not self.no_reweight_queries,
             weights=self.reward_weights,
             reward_keys=self.reward_keys,
             reference_key=self.reference_key,

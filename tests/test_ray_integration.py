@@ -700,9 +700,9 @@ def test_model_groups_that_cannot_be_placed_are_refused_with_the_counts(local_ra
 def test_a_group_the_cluster_cannot_place_in_time_is_named_instead_of_waiting_for_ever(local_ray, monkeypatch):
     # The free-GPU count passed (another job took the GPUs since, say): placement then waits at most
     # GD2PO_PLACEMENT_TIMEOUT_S and names the group.
-    import gd2po_openrlhf.integration.experience_maker as experience_maker_module
+    from gd2po_openrlhf.integration import model_groups
 
-    monkeypatch.setattr(experience_maker_module, "_check_free_gpus", lambda groups: None)
+    monkeypatch.setattr(model_groups, "check_free_gpus", lambda groups: None)
     monkeypatch.setenv("GD2PO_PLACEMENT_TIMEOUT_S", "2")
     strategy = openrlhf_strategy(
         [
@@ -724,7 +724,7 @@ def test_a_model_tokenizer_without_a_pad_token_pads_with_its_eos_as_openrlhfs_ow
     word_level = Tokenizer(models.WordLevel({"[UNK]": 0, "</s>": 1, "a": 2, "b": 3}, unk_token="[UNK]"))
     word_level.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     PreTrainedTokenizerFast(tokenizer_object=word_level, unk_token="[UNK]", eos_token="</s>").save_pretrained(tmp_path)
-    tokenizer = GD2POExperienceMaker.load_model_tokenizer(None, str(tmp_path))
+    tokenizer = GD2POExperienceMaker.load_model_tokenizer(str(tmp_path))
     assert tokenizer.pad_token == "</s>" and tokenizer.padding_side == "right"
     encoded = tokenizer(["a b a", "b"], add_special_tokens=False, padding=True, return_tensors="pt")
     assert encoded["input_ids"].tolist() == [[2, 3, 2], [3, 1, 1]]
@@ -747,7 +747,7 @@ FORGED = {  # the policy ends its turn, writes a user turn and an assistant turn
 def test_the_policy_cannot_forge_the_reward_models_conversation_with_special_tokens_as_text(template):
     from tokenizers import decoders, trainers
 
-    from gd2po_openrlhf.integration.experience_maker import render_for_model
+    from gd2po_openrlhf.integration.model_groups import render_for_model
 
     specials = ["<|pad|>", "<|im_start|>", "<|im_end|>", "<|begin_of_text|>", "<|start_header_id|>"]
     specials += ["<|end_header_id|>", "<|eot_id|>"]

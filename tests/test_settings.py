@@ -204,3 +204,28 @@ def test_settings_are_frozen():
     settings = resolve_settings(args_for(**{"reward.model_name_or_path": "org/rm"}))
     with pytest.raises(AttributeError):
         settings.snr_threshold = 0.1
+
+
+def test_each_model_group_names_who_creates_its_ray_actor_group(reward_file):
+    """OpenRLHF creates the --reward.model_name_or_path group unless a remote reward source also scores; the plugin
+    creates every other group (the cost model's, each --gd2po.reward_model)."""
+    both_models = resolve_settings(
+        args_for(
+            **{
+                "reward.model_name_or_path": "org/rm",
+                "cost.model_name_or_path": "org/cm",
+                "gd2po.reward_weights": [1.0, -1.0],
+            }
+        )
+    )
+    assert [(g.key, g.owner) for g in both_models.model_groups] == [("reward_model", "openrlhf"), ("cost", "plugin")]
+    with_file = resolve_settings(
+        args_for(
+            **{
+                "reward.model_name_or_path": "org/rm",
+                "reward.remote_url": reward_file,
+                "gd2po.reward_keys": ["correctness", "reward_model"],
+            }
+        )
+    )
+    assert [(g.key, g.owner) for g in with_file.model_groups] == [("reward_model", "plugin")]

@@ -17,33 +17,27 @@ but gd2po/gdpo goes to OpenRLHF untouched. For gd2po/gdpo, one step of ``make_ex
 
 from __future__ import annotations
 
-import copy
 import itertools
-import json
 import math
-import os
 from dataclasses import dataclass
-from types import SimpleNamespace
 from typing import Dict, List, Optional, Tuple
 
-import ray
 import torch
 from openrlhf.trainer.ppo_utils.experience import Experience
 from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
 from openrlhf.trainer.ray.launcher import RayActorGroup, RewardModelActor
 from openrlhf.utils.logging_utils import init_logger
-from ray.util.placement_group import placement_group, remove_placement_group
 
 from ..constraints import dual_ascent
 from ..reward_pipeline import condition, estimate, invalid_rewards, stack_rewards
+from . import model_groups
 from .cluster_shape import step_shape
 from .dynamic_sampling import COUNTS_ATTRIBUTE, SamplingCounts, sampling_metrics
 from .openrlhf_patches import UPSTREAM
-from .rollout_selection import FILLER_ATTRIBUTE, rollouts_to_train, select_rollouts
+from .rollout_selection import FILLER_ATTRIBUTE, rollouts_of_step
 from .settings import (
     GD2PO_ESTIMATORS,
     REMOTE_SOURCES,
-    ModelGroup,
     RunSettings,
     replace_weights,
     resolve_settings,
@@ -66,6 +60,8 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
     (which OpenRLHF does not combine)."""
 
     model_actor_class = RewardModelActor
+    # The tokenizer of a model group's model (a seam for tests, whose stand-in models have none).
+    load_model_tokenizer = staticmethod(model_groups.load_model_tokenizer)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -84,15 +80,10 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
         self.step_shape = step_shape(self.args, self.settings)
         if self.settings.cost_budget is not None:
             self.constraint_lambda = self.settings.lambda_init
-        remote_used = bool(self.settings.remote_dimensions)
         # Tokenizers of the model groups that score their own chat template's rendering, by reward key.
         self.gd2po_model_tokenizers = {}
-        # OpenRLHF creates the --reward.model_name_or_path group itself unless a reward file/server is given; the
-        # plugin creates every other model group.
-        created = [
-            group for group in self.settings.model_groups if group.flag != "--reward.model_name_or_path" or remote_used
-        ]
-        _check_free_gpus(created)
+        created = [group for group in self.settings.model_groups if group.owner == "plugin"]
+        model_groups.check_free_gpus(created)
         for group in self.settings.model_groups:
             model_tokenizer = self.load_model_tokenizer(group.path)
             if (group.chat_template or self.settings.reward_chat_template) == "own":
@@ -106,15 +97,10 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
                     "re-render each conversation with its own tokenizer and chat template"
                 )
         for group in created:
-            self.gd2po_model_groups[group.key] = self._create_model_group(group)
-        self.openrlhf_reward_key = next(
-            (
-                group.key
-                for group in self.settings.model_groups
-                if group.flag == "--reward.model_name_or_path" and group.key not in self.gd2po_model_groups
-            ),
-            None,
-        )
+            self.gd2po_model_groups[group.key] = model_groups.create_model_group(
+                group, self.args, self.strategy, self.model_actor_class
+            )
+        self.openrlhf_reward_key = next((g.key for g in self.settings.model_groups if g.owner == "openrlhf"), None)
         self.gd2po_rendered = {}
 
     @property
@@ -127,84 +113,11 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
         report, self._step_report = self._step_report, None
         return report
 
-    def load_model_tokenizer(self, model_path: str):
-        """The tokenizer shipped with a reward or cost model, padding on the right; without a pad token it pads with
-        its end-of-sequence token, as OpenRLHF's own ``get_tokenizer`` does (most Llama-family tokenizers)."""
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=True)
-        tokenizer.padding_side = "right"
-        if tokenizer.pad_token is None:
-            if tokenizer.eos_token is None:
-                raise ValueError(
-                    f"the tokenizer of the reward/cost model {model_path} has neither a pad nor an end-of-sequence "
-                    "token: a batch of its renderings cannot be padded; give it a pad_token in tokenizer_config.json"
-                )
-            tokenizer.pad_token = tokenizer.eos_token
-        return tokenizer
-
-    def _render_for_model(self, samples_list: List[Experience], model_tokenizer) -> Dict[str, list]:
-        """Each rollout as ``model_tokenizer``'s chat template renders it: label conversation + decoded response
-        (``render_for_model``). The response is the policy's action tokens decoded without special tokens; the
-        conversation is the label, JSON chat messages or a plain user message. Returns ``sequences`` and
-        ``attention_mask`` lists, one right-padded tensor per micro-batch, as the model groups' ``forward`` takes them.
-        """
-        sequences, attention_masks = [], []
-        for samples in samples_list:
-            responses = self.tokenizer.batch_decode(
-                [seq[1:][mask].tolist() for seq, mask in zip(samples.sequences, samples.action_mask.bool())],
-                skip_special_tokens=True,
-            )
-            conversations = [
-                _label_conversation(label, prompt) for label, prompt in zip(samples.labels, samples.prompts)
-            ]
-            encoded = render_for_model(model_tokenizer, conversations, responses)
-            sequences.append(encoded["input_ids"])
-            attention_masks.append(encoded["attention_mask"])
-        return {"sequences": sequences, "attention_mask": attention_masks}
-
     def _dispatch_forward(self, group, sync_condition, **kwargs):
         # OpenRLHF's own reward model group gets its chat template's rendering too (make_experience prepares it).
         if group is self.reward_model_group and self.openrlhf_reward_key in self.gd2po_rendered:
             kwargs.update(self.gd2po_rendered[self.openrlhf_reward_key])
         return super()._dispatch_forward(group, sync_condition, **kwargs)
-
-    def _create_model_group(self, group: ModelGroup) -> RayActorGroup:
-        """A sequence-regression model as its own Ray actor group on its own GPUs, with the group's settings."""
-        args = self.args
-        # Placed here, with a deadline: RayActorGroup would wait for its GPUs for ever (a free-GPU count read once
-        # can be wrong by the time the group asks, e.g. when another job takes them).
-        placement = placement_group([{"GPU": 1, "CPU": 1}] * group.gpus, strategy="PACK")
-        timeout_s = float(os.environ.get("GD2PO_PLACEMENT_TIMEOUT_S", "600"))
-        try:
-            ray.get(placement.ready(), timeout=timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            remove_placement_group(placement)
-            raise RuntimeError(
-                f"the model group of reward key {group.key!r} ({group.flag}, {group.nodes}x{group.gpus_per_node} "
-                f"GPUs) could not be placed within {timeout_s:g} s (GD2PO_PLACEMENT_TIMEOUT_S): the Ray cluster has "
-                f"{ray.available_resources().get('GPU', 0):g} GPUs free now. Lower its nodes or gpus_per_node, or "
-                "free GPUs"
-            ) from None
-        actors = RayActorGroup(
-            group.nodes,
-            group.gpus_per_node,
-            self.model_actor_class,
-            pg=placement,
-            num_gpus_per_actor=1,
-            duplicate_actors=args.ds.ring_attn_size * args.ds.tensor_parallel_size,
-        )
-        # RewardModelActor reads offload and normalisation from args.reward and the value head from args.ds: give it
-        # the group's.
-        strategy = copy.copy(self.strategy)
-        strategy.args = copy.copy(args)
-        strategy.args.reward = SimpleNamespace(
-            **{**vars(args.reward), "offload": group.offload, "normalize_enable": group.normalize}
-        )
-        if group.value_head_prefix:
-            strategy.args.ds = SimpleNamespace(**{**vars(args.ds), "value_head_prefix": group.value_head_prefix})
-        ray.get(actors.async_init_model_from_pretrained(strategy, group.path))
-        return actors
 
     def split_rollout_samples(self, rollout_samples: List[Experience]) -> List[Experience]:
         if self.settings is not None:
@@ -239,7 +152,7 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
             return super().make_experience(samples_list)
         duplicate_factor = self.args.ds.ring_attn_size * self.args.ds.tensor_parallel_size
         self.gd2po_rendered = {
-            key: self._render_for_model(samples_list, tokenizer)
+            key: model_groups.render_samples(samples_list, self.tokenizer, tokenizer)
             for key, tokenizer in self.gd2po_model_tokenizers.items()
         }
         policy_tokens = {
@@ -319,20 +232,17 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
         if self._sampling_counts is not None:
             metrics.update(sampling_metrics(self._sampling_counts, int((good & keep).sum())))
             self._sampling_counts = None
-        # The rollouts to train, sized so that every data-parallel rank gets equal work (cluster_shape.StepShape).
-        generated = trained = experiences
-        shortened = self.settings.drop_filtered or bool(excluded.any())
-        if shortened or self.step_shape.balanced_size(len(indices)) != len(indices):
-            micro_batch_size, pad_token_id = self.args.rollout.micro_batch_size, self.tokenizer.pad_token_id
-            if excluded.any():
-                generated = select_rollouts(experiences, good, micro_batch_size, pad_token_id)
-            selected = rollouts_to_train(
-                good & keep if self.settings.drop_filtered else good, lengths, excluded, self.step_shape
-            )
-            if not bool(selected.all()):
-                trained = select_rollouts(experiences, selected, micro_batch_size, pad_token_id)
-            if shortened:
-                metrics["gd2po/trained_ratio"] = int(selected.sum()) / len(indices)
+        generated, trained, trained_ratio = rollouts_of_step(
+            experiences,
+            good,
+            good & keep if self.settings.drop_filtered else good,
+            lengths,
+            self.step_shape,
+            self.args.rollout.micro_batch_size,
+            self.tokenizer.pad_token_id,
+        )
+        if self.settings.drop_filtered or bool(excluded.any()):
+            metrics["gd2po/trained_ratio"] = trained_ratio
         self._step_report = StepReport(generated=generated, metrics=metrics)
         return trained
 
@@ -483,87 +393,6 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
             experience.info["reward"] = total
             experience.info["return"] = first_token_return  # the return at the first response token
             experience.kl = None
-
-
-def _check_free_gpus(groups: List[ModelGroup]) -> None:
-    """Refuses model groups that ask for more GPUs than the Ray cluster has free (they would wait for ever)."""
-    if not groups:
-        return
-    asked = sum(group.gpus for group in groups)
-    free = ray.available_resources().get("GPU", 0)
-    if asked > free:
-        each = ", ".join(f"{g.key}: {g.nodes}x{g.gpus_per_node}" for g in groups)
-        raise ValueError(
-            f"the reward/cost model groups ask for {asked} GPUs ({each}) but the Ray cluster has {free:g} free after "
-            "the actor, reference and vLLM groups: lower their nodes or gpus_per_node, or add GPUs"
-        )
-
-
-# Stands for the response while the chat template renders around it: private-use characters no template writes.
-RESPONSE_MARK = "\ue000gd2po-response\ue000"
-
-
-def render_for_model(
-    model_tokenizer, conversations: List[List[dict]], responses: List[str]
-) -> Dict[str, torch.Tensor]:
-    """``input_ids`` and ``attention_mask`` [B, T] (right-padded) of each conversation + its assistant response as
-    ``model_tokenizer``'s chat template renders it, with the template's special tokens parsed and the response's
-    never: a policy that spells ``<|im_end|>`` or ``<|eot_id|>`` in ordinary tokens cannot close its turn and write
-    a user turn that the reward model would read as real.
-
-    The template renders each conversation twice, around the response and around ``RESPONSE_MARK``: what precedes
-    and follows the mark is the template's (tokenized with special tokens), what lies between them in the real
-    rendering is the response as the template put it (trimmed, say), tokenized with ``split_special_tokens``.
-    """
-    honest = model_tokenizer.apply_chat_template(
-        [c + [{"role": "assistant", "content": r}] for c, r in zip(conversations, responses)], tokenize=False
-    )
-    marked = model_tokenizer.apply_chat_template(
-        [c + [{"role": "assistant", "content": RESPONSE_MARK}] for c in conversations], tokenize=False
-    )
-    parts = []  # (template before, response, template after) of each rollout
-    for text, template in zip(honest, marked):
-        before, found, after = template.partition(RESPONSE_MARK)
-        if (
-            not found
-            or len(before) + len(after) > len(text)
-            or not text.startswith(before)
-            or not text.endswith(after)
-        ):
-            raise ValueError(
-                f"the chat template of the reward model tokenizer {model_tokenizer.name_or_path!r} renders the "
-                "assistant's message in a way the plugin cannot separate from the template's own text, so it cannot "
-                "keep special tokens the policy wrote out of the reward model's input: use a template that inserts "
-                "the message's content as it is"
-            )
-        parts.append((before, text[len(before) : len(text) - len(after)], after))
-    before, response, after = (list(column) for column in zip(*parts))
-    template_ids = model_tokenizer(before + after, add_special_tokens=False)["input_ids"]
-    response_ids = model_tokenizer(response, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-    rows = [
-        head + middle + tail
-        for head, middle, tail in zip(template_ids[: len(parts)], response_ids, template_ids[len(parts) :])
-    ]
-    return model_tokenizer.pad({"input_ids": rows}, padding=True, return_tensors="pt")
-
-
-def _label_conversation(label, prompt) -> List[dict]:
-    """The chat messages a label carries for --gd2po.reward_chat_template own: a JSON list of messages or a user
-    string."""
-    if isinstance(label, str) and label.lstrip().startswith("["):
-        try:
-            label = json.loads(label)
-        except json.JSONDecodeError:
-            pass
-    if isinstance(label, list) and label and all(isinstance(m, dict) and {"role", "content"} <= set(m) for m in label):
-        return [{"role": m["role"], "content": m["content"]} for m in label]
-    if isinstance(label, str) and label.strip():
-        return [{"role": "user", "content": label}]
-    raise ValueError(
-        "--gd2po.reward_chat_template own needs each prompt's conversation in its label (--data.label_key), as JSON "
-        "chat "
-        f"messages or a user string; prompt {prompt!r:.200} has label {label!r:.200}"
-    )
 
 
 # ---- trainer process: openrlhf/trainer/ppo_trainer.py, BasePPOTrainer

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-from typing import List
+from typing import List, Tuple
 
 import torch
 from openrlhf.trainer.ppo_utils.experience import Experience
@@ -86,3 +86,27 @@ def select_rollouts(
         sliced["info"] = {key: value[chunk] for key, value in fields["info"].items()}
         kept.append(Experience(**sliced))
     return kept
+
+
+def rollouts_of_step(
+    experiences: List[Experience],
+    good: torch.Tensor,
+    train: torch.Tensor,
+    lengths: torch.Tensor,
+    shape: StepShape,
+    micro_batch_size: int,
+    pad_token_id: int,
+) -> Tuple[List[Experience], List[Experience], float]:
+    """``(generated, trained, trained share)`` of a step's ``experiences``: re-cut to the rollouts with a valid reward
+    (``good`` [B]: what OpenRLHF's statistics describe) and to the rollouts sent to the actors (``rollouts_to_train``
+    of ``train`` [B], sized so that every data-parallel rank gets equal work), and the share of the step's rollouts
+    trained. The experiences themselves where nothing is cut."""
+    excluded = ~good
+    if bool(train.all()) and shape.balanced_size(len(train)) == len(train):
+        return experiences, experiences, 1.0
+    generated = select_rollouts(experiences, good, micro_batch_size, pad_token_id) if excluded.any() else experiences
+    selected = rollouts_to_train(train, lengths, excluded, shape)
+    trained = (
+        select_rollouts(experiences, selected, micro_batch_size, pad_token_id) if not selected.all() else experiences
+    )
+    return generated, trained, int(selected.sum()) / len(train)

@@ -50,6 +50,9 @@ class ModelGroup:
     normalize: bool = False  # the model's stored mean/std normalisation
     offload: bool = False  # offload to CPU between calls
     chat_template: Optional[str] = None  # policy | own; None: --gd2po.reward_chat_template
+    # Who creates its Ray actor group: OpenRLHF creates the --reward.model_name_or_path group unless a reward file,
+    # server or agent also scores the rollouts (OpenRLHF does not combine them); the plugin creates every other.
+    owner: str = "plugin"  # plugin | openrlhf
 
     @property
     def gpus(self) -> int:
@@ -562,14 +565,18 @@ def resolve_dimensions(args, given: dict) -> Tuple[Tuple[RewardDimension, ...], 
             f"--gd2po.reward_weights has {len(weights)} values {weights} for {len(keys)} reward keys {keys}"
         )
 
+    model_keys = {reward_model_key} if reward_model else set()
+    model_keys |= ({cost_model_key} if cost_model else set()) | set(extra_models)
+    # OpenRLHF scores with its own --reward.model_name_or_path group only when no remote dimension exists.
+    reward_group_owner = "plugin" if remote_source and set(keys) - model_keys else "openrlhf"
     dimensions, groups = [], []
     for key, weight in zip(keys, weights):
         if reward_model and key == reward_model_key:
             dimensions.append(RewardDimension(key, "reward_model", reward_model, weight))
-            groups.append(_flag_group(args, "reward", key, reward_model))
+            groups.append(_flag_group(args, "reward", key, reward_model, reward_group_owner))
         elif cost_model and key == cost_model_key:
             dimensions.append(RewardDimension(key, "cost_model", cost_model, weight))
-            groups.append(_flag_group(args, "cost", key, cost_model))
+            groups.append(_flag_group(args, "cost", key, cost_model, "plugin"))
         elif key in extra_models:
             dimensions.append(RewardDimension(key, "reward_model", extra_models[key].path, weight))
             groups.append(extra_models[key])
@@ -591,7 +598,7 @@ def resolve_dimensions(args, given: dict) -> Tuple[Tuple[RewardDimension, ...], 
     return tuple(dimensions), tuple(groups)
 
 
-def _flag_group(args, prefix: str, key: str, path: str) -> ModelGroup:
+def _flag_group(args, prefix: str, key: str, path: str, owner: str) -> ModelGroup:
     """The --reward.* or --cost.* model group as a ``ModelGroup``."""
     return ModelGroup(
         key,
@@ -601,6 +608,7 @@ def _flag_group(args, prefix: str, key: str, path: str) -> ModelGroup:
         gpus_per_node=_arg(args, f"{prefix}.num_gpus_per_node", 1),
         normalize=bool(_arg(args, f"{prefix}.normalize_enable", False)),
         offload=bool(_arg(args, f"{prefix}.offload", False)),
+        owner=owner,
     )
 
 

@@ -1,10 +1,10 @@
 """One step's rewards on their way to the estimator, in the same stages for every caller:
 
-    stack      info["reward/<key>"] of each rollout → rewards [B, K]                      ``stack_rewards``
-    validate   NaN, ±inf and |r| > MAX_ABS_REWARD found                                    ``invalid_rewards``
-    condition  --gd2po.reward_condition zeroes a key where its gate fails (raw rewards)   ``condition``
-    weights    the step's: fixed, scheduled, or ±λ of a budget                            ``RunSettings.step_weights``
-    estimate   per dimension, or GRPO on the weighted sum (--gd2po.sum_rewards)            ``estimate``
+    stack      info["reward/<key>"] of each rollout → rewards [B, K]              ``stack_rewards``
+    validate   NaN, ±inf and |r| > MAX_ABS_REWARD found                            ``invalid_rewards``
+    condition  --gd2po.reward_condition zeroes a key where its gate fails         ``conditions.apply_conditions``
+    weights    the step's: fixed, scheduled, or ±λ of a budget                    ``RunSettings.step_weights``
+    estimate   per dimension, or GRPO on the weighted sum (--gd2po.sum_rewards)    ``estimate``
 
 The experience maker runs them on a step's batch (between condition and estimate it takes λ's dual-ascent step on the
 conditioned batch), dynamic sampling on one prompt group as it arrives (estimating with ``group_verdicts``), the dry
@@ -19,7 +19,6 @@ from typing import Dict, Mapping, Sequence, Tuple
 
 import torch
 
-from .conditions import RewardCondition, apply_conditions
 from .config import GD2POConfig
 from .estimator import GD2POResult, compute_rollout_advantages
 from .rewards import MAX_ABS_REWARD
@@ -35,17 +34,6 @@ def stack_rewards(infos: Sequence[Mapping[str, torch.Tensor]], keys: Sequence[st
 def invalid_rewards(rewards: torch.Tensor) -> torch.Tensor:
     """[B, K] bool: the rewards the estimator refuses (NaN, ±inf, |r| > MAX_ABS_REWARD)."""
     return ~(torch.isfinite(rewards) & (rewards.abs() <= MAX_ABS_REWARD))
-
-
-def condition(
-    rewards: torch.Tensor, keys: Sequence[str], conditions: Sequence[RewardCondition]
-) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-    """The rewards [B, K] with each condition's key zeroed where its gate fails (``conditions.apply_conditions``),
-    and for each conditioned key the mask [B] of the rollouts where that happened."""
-    if not conditions:
-        return rewards, {}
-    conditioned, failed = apply_conditions(rewards, keys, conditions)
-    return conditioned, {key: failed[:, k] for k, key in enumerate(keys) if any(c.key == key for c in conditions)}
 
 
 def estimator_inputs(
@@ -70,16 +58,14 @@ class StepEstimate:
 
 def estimate(
     rewards: torch.Tensor,
-    condition_failed: Mapping[str, torch.Tensor],
     group_ids: torch.Tensor,
     response_lengths: torch.Tensor,
     config: GD2POConfig,
     sum_rewards: bool,
 ) -> StepEstimate:
-    """The estimator on conditioned rewards [B, K] (``config`` holds the step's weights and keys), with its metrics,
-    ``conditioned/<key>`` (the share of the rollouts whose condition on ``key`` failed, from ``condition``'s masks
-    [B]) and, for the GRPO baseline on several keys, the conflict and mass metrics of the
-    per-dimension (GDPO) advantages of the same rewards, so that every multi-reward run logs them."""
+    """The estimator on conditioned rewards [B, K] (``config`` holds the step's weights and keys), with its metrics
+    and, for the GRPO baseline on several keys, the conflict and mass metrics of the per-dimension (GDPO) advantages
+    of the same rewards, so that every multi-reward run logs them."""
     inputs, inputs_config = estimator_inputs(rewards, config, sum_rewards)
     result = compute_rollout_advantages(inputs, group_ids, response_lengths, inputs_config)
     metrics = dict(result.metrics)
@@ -96,5 +82,4 @@ def estimate(
                 or name.endswith("_mass_ratio")
             }
         )
-    metrics.update({f"conditioned/{key}": float(failed.double().mean()) for key, failed in condition_failed.items()})
     return StepEstimate(result=result, metrics=metrics)

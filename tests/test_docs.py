@@ -39,10 +39,9 @@ def test_the_flag_reference_is_the_parsers_and_the_docs_name_only_real_flags():
 def logged_tags() -> set:
     """Every tag the plugin writes, ``<key>`` for a reward key: the reward pipeline's metrics (computed), dynamic
     sampling's (computed) and the experience maker's own (its ``"gd2po/..."`` literals)."""
-    # Two dimensions, one conditioned, and three with a reference (--gd2po.reference_key).
+    # Two dimensions, and three with a reference (--gd2po.reference_key).
     metrics = estimate(
         torch.tensor([[1.0, 0.0], [0.0, 1.0]]),
-        {"dim0": torch.tensor([False, True])},
         torch.tensor([0, 0]),
         torch.tensor([3, 4]),
         GD2POConfig(filter="snr"),

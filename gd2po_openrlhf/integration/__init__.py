@@ -1,4 +1,5 @@
-"""Everything that touches openrlhf, one responsibility per module (docs/development.md, "Layout"):
-``hook`` (stdlib only, at interpreter start) → ``argparse_patch`` + ``flags`` + ``settings`` (the command line,
-stdlib only) → ``openrlhf_patches`` (every replaced OpenRLHF method) → ``experience_maker``, ``rollout_selection``,
-``resume``, ``reward_client`` (what the patches run)."""
+"""Everything that touches openrlhf, one responsibility per module (docs/development.md, "Layout"), no import cycle:
+``hook`` (with ``targets``: at interpreter start) → ``argparse_patch`` with ``flags`` (every flag, declared once),
+``presets`` and ``settings`` (the command line → ``RunSettings``) → ``patching`` applies ``openrlhf_patches``
+(every replaced OpenRLHF method) with the features that replace them: ``experience_maker`` (+ ``model_groups``,
+``rollout_selection``), ``remote_rewards``, ``dynamic_sampling``, ``resume``."""

@@ -33,6 +33,7 @@ from .dry_run import check_rewards, describe
 from .openrlhf_patches import check_drift
 from .presets import load_preset
 from .settings import GD2PO_ESTIMATORS, RunSettings, _arg, resolve_settings
+from .targets import env_switch
 
 ESTIMATOR_FLAG = "--algo.advantage.estimator"
 ESTIMATOR_ALIAS = "--advantage_estimator"  # OpenRLHF 0.9.x spelling
@@ -200,12 +201,7 @@ def check_command_line(parser: argparse.ArgumentParser, namespace: argparse.Name
             reward_auth_token()
         except ValueError as error:
             refuse(parser, f"{error} (the plugin's reward client in the rollout actors reads it)")
-    dry_run = _arg(namespace, "gd2po.dry_run") or os.environ.get("GD2PO_DRY_RUN", "").strip().lower() in (
-        "1",
-        "true",
-        "yes",
-        "on",
-    )
+    dry_run = _arg(namespace, "gd2po.dry_run") or env_switch("GD2PO_DRY_RUN")
     if estimator not in GD2PO_ESTIMATORS:
         _refuse_ignored_flags(parser, argv, estimator, None)
         if dry_run:  # a baseline launched through the same scripts: OpenRLHF's own estimator, GD²PO inactive

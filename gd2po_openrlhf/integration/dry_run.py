@@ -130,6 +130,7 @@ def check_rewards(args, settings: RunSettings) -> List[str]:
     answer. Model groups are not loaded: their dimensions are 0 here."""
     import torch
 
+    from ..conditions import apply_conditions
     from ..reward_check import (
         ROWS_CHECKED,
         ServerUnreachable,
@@ -141,7 +142,7 @@ def check_rewards(args, settings: RunSettings) -> List[str]:
         server_reward_func,
         stand_in_responses,
     )
-    from ..reward_pipeline import condition, estimate
+    from ..reward_pipeline import estimate
 
     # One source returns every remote dimension: a reward file, or reward servers (the first is asked).
     files = [dim for dim in settings.remote_dimensions if dim.source in ("reward_function", "reward_server")]
@@ -167,10 +168,8 @@ def check_rewards(args, settings: RunSettings) -> List[str]:
     rewards[:, [settings.reward_keys.index(key) for key in keys]] = scored
     groups = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor([len(r) for r in responses]))
     lengths = torch.tensor([max(len(response.split()), 1) for row in responses for response in row])
-    conditioned, condition_failed = condition(rewards, settings.reward_keys, settings.conditions)
-    result = estimate(
-        conditioned, condition_failed, groups, lengths, settings.gd2po_config, settings.sum_rewards
-    ).result
+    conditioned, _ = apply_conditions(rewards, settings.reward_keys, settings.conditions)
+    result = estimate(conditioned, groups, lengths, settings.gd2po_config, settings.sum_rewards).result
     others = [key for key in settings.reward_keys if key not in keys]
     return [
         f"  reward check      {source} on the first {len(rows)} rows of {dataset}, each row's responses one group "

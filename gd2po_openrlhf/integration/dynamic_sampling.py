@@ -29,8 +29,9 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from openrlhf.utils.logging_utils import init_logger
 
+from ..conditions import apply_conditions
 from ..estimator import group_verdicts
-from ..reward_pipeline import condition, estimator_inputs, invalid_rewards, stack_rewards
+from ..reward_pipeline import estimator_inputs, invalid_rewards, stack_rewards
 from .cluster_shape import step_shape
 from .openrlhf_patches import UPSTREAM
 from .rollout_selection import FILLER_ATTRIBUTE
@@ -71,7 +72,7 @@ def judge_group(group: List, settings: RunSettings) -> str:
     if bool(invalid_rewards(rewards).any()):
         return "rejected_bad_reward"
     lengths = torch.cat([e.action_mask.sum(dim=-1) for e in group])
-    conditioned, _ = condition(rewards, settings.reward_keys, settings.conditions)
+    conditioned, _ = apply_conditions(rewards, settings.reward_keys, settings.conditions)
     estimator_rewards, config = estimator_inputs(conditioned, settings.gd2po_config, settings.sum_rewards)
     verdict = group_verdicts(
         estimator_rewards,

@@ -28,8 +28,9 @@ from openrlhf.trainer.ppo_utils.experience_maker import RemoteExperienceMaker
 from openrlhf.trainer.ray.launcher import RayActorGroup, RewardModelActor
 from openrlhf.utils.logging_utils import init_logger
 
+from ..conditions import apply_conditions
 from ..constraints import dual_ascent
-from ..reward_pipeline import condition, estimate, invalid_rewards, stack_rewards
+from ..reward_pipeline import estimate, invalid_rewards, stack_rewards
 from . import model_groups
 from .cluster_shape import step_shape
 from .dynamic_sampling import COUNTS_ATTRIBUTE, SamplingCounts, sampling_metrics
@@ -206,18 +207,11 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
         excluded = dropped | fillers
         good = ~excluded
         # --gd2po.reward_condition on the raw rewards; info["reward/<key>"] keeps what the source returned.
-        rewards, condition_failed = condition(rewards, self.settings.reward_keys, self.settings.conditions)
+        rewards, condition_failed = apply_conditions(rewards, self.settings.reward_keys, self.settings.conditions)
         settings, weight_metrics = self._step_settings(rewards[good])
         weighted_total = (rewards * torch.tensor(settings.reward_weights, dtype=rewards.dtype)).sum(dim=1)
         # The estimator on the valid rollouts (with --gd2po.sum_rewards, on their weighted sum).
-        estimated = estimate(
-            rewards[good],
-            {key: failed[good] for key, failed in condition_failed.items()},
-            groups[good],
-            lengths[good],
-            settings.gd2po_config,
-            settings.sum_rewards,
-        )
+        estimated = estimate(rewards[good], groups[good], lengths[good], settings.gd2po_config, settings.sum_rewards)
         result = estimated.result
         rollout_advantages = torch.zeros(len(indices), dtype=result.rollout_advantages.dtype)
         rollout_advantages[good] = result.rollout_advantages
@@ -227,6 +221,9 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
 
         metrics = {f"gd2po/{name}": value for name, value in estimated.metrics.items()}
         metrics.update(weight_metrics)
+        failed_share = condition_failed[good].double().mean(dim=0).tolist()
+        keys = settings.reward_keys
+        metrics.update({f"gd2po/conditioned/{c.key}": failed_share[keys.index(c.key)] for c in settings.conditions})
         if self.settings.on_bad_reward == "drop_group":
             metrics["gd2po/dropped_bad_groups"] = float(groups[dropped].unique().numel())
         if self._sampling_counts is not None:
@@ -239,7 +236,7 @@ class GD2POExperienceMaker(RemoteExperienceMaker):
             lengths,
             self.step_shape,
             self.args.rollout.micro_batch_size,
-            self.tokenizer.pad_token_id,
+            self.tokenizer,
         )
         if self.settings.drop_filtered or bool(excluded.any()):
             metrics["gd2po/trained_ratio"] = trained_ratio

@@ -25,7 +25,7 @@ also set, the launcher refuses to start instead of silently launching a real run
 import os
 import sys
 
-from .targets import CLI_MODULE, PATCHED_MODULES
+from .targets import CLI_MODULE, PATCHED_MODULES, env_switch
 
 # The OpenRLHF releases whose internals the integration was checked against (the file:line references in
 # integration/ point into openrlhf 0.11.2).
@@ -67,7 +67,7 @@ def check_openrlhf_version(version: "str | None" = None) -> None:
 
 
 def disabled() -> bool:
-    return os.environ.get("GD2PO_DISABLE", "").strip().lower() in ("1", "true", "yes", "on")
+    return env_switch("GD2PO_DISABLE")
 
 
 class _PatchingLoader:
@@ -145,7 +145,7 @@ def install() -> None:
     if any(isinstance(finder, (GD2POFinder, DryRunRefusal)) for finder in sys.meta_path):
         return
     if disabled():
-        if os.environ.get("GD2PO_DRY_RUN", "").strip().lower() in ("1", "true", "yes", "on"):
+        if env_switch("GD2PO_DRY_RUN"):
             sys.meta_path.insert(0, DryRunRefusal())
         return
     sys.meta_path.insert(0, GD2POFinder())

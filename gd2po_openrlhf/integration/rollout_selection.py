@@ -95,15 +95,16 @@ def rollouts_of_step(
     lengths: torch.Tensor,
     shape: StepShape,
     micro_batch_size: int,
-    pad_token_id: int,
+    tokenizer,
 ) -> Tuple[List[Experience], List[Experience], float]:
     """``(generated, trained, trained share)`` of a step's ``experiences``: re-cut to the rollouts with a valid reward
     (``good`` [B]: what OpenRLHF's statistics describe) and to the rollouts sent to the actors (``rollouts_to_train``
     of ``train`` [B], sized so that every data-parallel rank gets equal work), and the share of the step's rollouts
-    trained. The experiences themselves where nothing is cut."""
+    trained. The experiences themselves where nothing is cut (a cut pads with ``tokenizer``'s pad token)."""
     excluded = ~good
     if bool(train.all()) and shape.balanced_size(len(train)) == len(train):
         return experiences, experiences, 1.0
+    pad_token_id = tokenizer.pad_token_id
     generated = select_rollouts(experiences, good, micro_batch_size, pad_token_id) if excluded.any() else experiences
     selected = rollouts_to_train(train, lengths, excluded, shape)
     trained = (

@@ -95,13 +95,14 @@ def load_preset(parser: argparse.ArgumentParser, path: str) -> dict:
         raise ValueError(f"--gd2po.config {path}: expected sections gd2po/cost/reward, got {type(data).__name__}")
     actions = {action.dest: action for action in parser._actions}
     allowed = sorted(flag.dest for flag in flags.FLAGS if flag.preset)
+    renamed = flags.renamed()  # former names of flags
     values = {}
     for section, entries in data.items():
         if not isinstance(entries, dict):
             raise ValueError(f"--gd2po.config {path}: section {section!r} must be a mapping of option: value")
         for key, value in entries.items():
             dest = f"{section}.{key}"
-            dest = flags.renamed().get(dest, dest)
+            dest = renamed.get(dest, dest)
             if dest not in allowed and dest not in PRESET_REWARD_KEYS:
                 raise ValueError(
                     f"--gd2po.config {path}: unknown key {dest!r}; allowed: "
